@@ -1,0 +1,81 @@
+"""The paper's improved U-Net (GSConv + ECA in encoder, bottleneck and decoder) at 512x512.
+
+Trains on the bundled real sample unless a dataset is given. To run it on the full Kaggle/figshare folder:
+
+    python train.py --config configs/default.py --workdir workdirs/default \
+        --config.data.source=folder --config.data.data_dir=/path/to/brain_tumor_folder
+
+Every field below can be overridden the same way, e.g. ``--config.model.eca_in=encoder,decoder``.
+"""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the default experiment config (paper model, SPEC sections 2-5)."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    # Compute dtype of the model: "float32" or "bfloat16". Parameters, optimiser state, BatchNorm
+    # statistics and losses always stay float32.
+    config.dtype = "float32"
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "unet"
+    config.model.features = (64, 128, 256, 512)  # encoder widths; bottleneck = 2 * last
+    config.model.num_classes = 1  # 1 = binary tumour logit; >1 = softmax classes
+    config.model.upsample = "transpose"  # "transpose" | "bilinear"
+    # Comma-separated subsets (so the command line can set them): "" means nowhere.
+    config.model.gsconv_in = "encoder,bottleneck,decoder"
+    config.model.eca_in = "encoder,bottleneck,decoder"
+    config.model.gsconv_act = "mish"  # "mish" | "silu" | "relu"
+    config.model.gsconv_shuffle = "interleave"  # "interleave" | "legacy" | "none"
+    config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
+
+    config.data = ml_collections.ConfigDict()
+    config.data.source = "sample"  # "sample" (bundled) | "folder" (Kaggle layout) | "tfds"
+    config.data.data_dir = ""  # folder with images/ and masks/ (source=folder) or TFDS data_dir
+    config.data.image_size = 512
+    config.data.resize_method = "resize"  # "resize" (image bilinear, mask nearest) | "pad"
+    config.data.equalize = True  # cv2.equalizeHist-exact histogram equalisation
+    config.data.strict_masks = False  # non-binary masks: warn (False) or fail (True)
+    config.data.split_method = "blocked"  # "blocked" | "random" (leaks patients) | "kfold"
+    config.data.val_fraction = 0.2
+    config.data.split_gap = 0  # ids dropped between train and validation blocks
+    config.data.num_folds = 5  # split_method="kfold"
+    config.data.fold = 0
+    config.data.subset_size = 0  # 0 = all pairs; the paper used 500
+    config.data.cache = True  # keep decoded + equalised + resized examples in memory
+    config.data.augment = ml_collections.ConfigDict()
+    config.data.augment.flip = True
+    config.data.augment.rot90 = False
+    config.data.augment.affine = False
+    config.data.augment.max_rotate_deg = 10.0
+    config.data.augment.max_scale = 0.1
+    config.data.augment.max_translate = 0.05
+    config.data.augment.brightness_contrast = False
+    config.data.augment.max_brightness = 0.1
+    config.data.augment.max_contrast = 0.1
+
+    config.batch_size = 8  # global, over all devices and hosts
+    config.eval_batch_size = 8
+    config.num_epochs = 50
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "adam"  # "adam" | "adamw"
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.weight_decay = 0.0  # adamw only
+    config.optimizer.schedule = "constant"  # "constant" | "cosine"
+    config.optimizer.warmup_epochs = 0.0
+    config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+
+    config.loss = ml_collections.ConfigDict()
+    config.loss.bce_weight = 1.0  # cross-entropy weight (BCE, or softmax CE for >1 class)
+    config.loss.dice_weight = 1.0  # soft Dice weight
+
+    config.checkpoint = ml_collections.ConfigDict()
+    config.checkpoint.max_to_keep = 3
+    config.checkpoint.every_steps = 0  # 0 = at the end of every epoch
+
+    config.log_every_steps = 10
+    config.eval_every_epochs = 1
+    return config

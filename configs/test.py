@@ -1,0 +1,21 @@
+"""A tiny CPU config for tests: the paper model at 4-32 channels on 32x32 crops of the bundled sample.
+
+    python train.py --config configs/test.py --workdir /tmp/bts_test
+"""
+
+import ml_collections
+
+from configs import default
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns a config that trains a few steps in seconds on one CPU core."""
+    config = default.get_config()
+    config.model.features = (4, 8, 16, 32)
+    config.data.image_size = 32
+    config.data.augment.flip = True
+    config.batch_size = 4
+    config.eval_batch_size = 4
+    config.num_epochs = 1
+    config.log_every_steps = 1
+    return config
