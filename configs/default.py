@@ -1,6 +1,6 @@
 """The paper's improved U-Net (GSConv + ECA in encoder, bottleneck and decoder) at 512x512.
 
-Trains on the bundled real sample unless a dataset is given. To run it on the full Kaggle/figshare folder:
+Trains on the bundled real sample unless a dataset is given. On the full Kaggle/figshare folder:
 
     python train.py --config configs/default.py --workdir workdirs/default \
         --config.data.source=folder --config.data.data_dir=/path/to/brain_tumor_folder

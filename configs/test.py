@@ -1,6 +1,6 @@
-"""A tiny CPU config for tests: the paper model at 4-32 channels on 32x32 crops of the bundled sample.
+"""A tiny CPU config for tests: the paper model at 4-32 channels on 32x32 bundled images.
 
-    python train.py --config configs/test.py --workdir /tmp/bts_test
+python train.py --config configs/test.py --workdir /tmp/bts_test
 """
 
 import ml_collections

@@ -1,0 +1,17 @@
+"""Segmentation models: U-Net with switchable GSConv and ECA blocks."""
+
+from bts_jax.models.factory import build_model, count_params, model_summary
+from bts_jax.models.layers import ECA, ConvBNAct, GSConv, channel_shuffle, eca_kernel_size
+from bts_jax.models.unet import UNet
+
+__all__ = [
+    "ECA",
+    "ConvBNAct",
+    "GSConv",
+    "UNet",
+    "build_model",
+    "channel_shuffle",
+    "count_params",
+    "eca_kernel_size",
+    "model_summary",
+]
