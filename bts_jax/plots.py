@@ -1,0 +1,217 @@
+"""PNG figures: training curves (the paper's figures 4-7), contour overlays and model comparisons.
+
+Figures are built with matplotlib's object API (``matplotlib.figure.Figure`` rendered by the Agg
+canvas) rather than ``pyplot``: no display or GUI backend is touched, no global figure state is
+kept between calls, and importing this module does not change the backend of a user's session.
+"""
+
+import os
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from scipy import ndimage
+
+# RGB colours of the contours drawn by overlay_contours.
+GT_COLOUR = (0, 255, 0)  # green: ground truth
+PRED_COLOUR = (255, 0, 0)  # red: prediction
+BOTH_COLOUR = (255, 255, 0)  # yellow: where the two contours coincide
+
+_DPI = 100
+
+
+def _save(fig: Figure, path: str) -> str:
+    FigureCanvasAgg(fig)  # attaches the Agg canvas, so savefig never looks for a GUI backend
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    fig.savefig(path, dpi=_DPI, format="png")
+    return path
+
+
+def _series(history: Sequence[Mapping[str, float]], key: str) -> tuple[list, list]:
+    # Epochs without the key (e.g. no validation that epoch) or with a None value are skipped.
+    xs, ys = [], []
+    for i, record in enumerate(history):
+        value = record.get(key)
+        if value is None:
+            continue
+        xs.append(record.get("epoch", i + 1))
+        ys.append(float(value))
+    return xs, ys
+
+
+def plot_training_curves(
+    history: Sequence[Mapping[str, float]],
+    out_dir: str,
+    *,
+    figsize: tuple[float, float] = (6.0, 4.0),
+) -> list[str]:
+    """Writes the per-epoch loss and mIoU curves as PNGs (the paper's figures 4-7).
+
+    - ``loss.png``: ``train_loss`` and ``val_loss`` against ``epoch``.
+    - ``miou.png``: ``val_miou`` against ``epoch``.
+
+    A figure is written only when at least one of its series has a value; missing keys or ``None``
+    values in a record are skipped (e.g. epochs without evaluation).
+
+    Args:
+        history: list of per-epoch dicts such as
+            ``{"epoch": 1, "train_loss": 0.6, "val_loss": 0.5, "val_miou": 0.7}``; ``epoch``
+            defaults to the 1-based position in the list.
+        out_dir: folder for the PNGs (created if needed).
+        figsize: figure size in inches; the PNGs are ``100 * figsize`` pixels (width, height).
+
+    Returns:
+        Paths of the files written, in the order loss, mIoU.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    paths = []
+    panels = [
+        ("loss.png", "Loss", [("train_loss", "train"), ("val_loss", "validation")]),
+        ("miou.png", "mIoU", [("val_miou", "validation")]),
+    ]
+    for filename, ylabel, keys in panels:
+        series = [(label, *_series(history, key)) for key, label in keys]
+        series = [s for s in series if s[1]]
+        if not series:
+            continue
+        fig = Figure(figsize=figsize, dpi=_DPI)
+        ax = fig.add_subplot()
+        for label, xs, ys in series:
+            ax.plot(xs, ys, marker="o", markersize=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.set_title(f"{ylabel} per epoch")
+        ax.grid(True, alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        paths.append(_save(fig, os.path.join(out_dir, filename)))
+    return paths
+
+
+def _to_uint8_gray(image: np.ndarray) -> np.ndarray:
+    image = np.asarray(image)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"image must be (H, W) or (H, W, 1) grayscale, got {image.shape}")
+    if image.dtype == np.uint8:
+        return image
+    # Float images are the pipeline's [0, 1] scale; clip so out-of-range values don't wrap.
+    return np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def mask_contour(mask: np.ndarray) -> np.ndarray:
+    """One-pixel inner contour of a mask: ``mask XOR binary_erosion(mask)``.
+
+    The erosion uses the 4-neighbour cross and treats the image border as background, so a mask
+    touching the border is closed along it.
+
+    Args:
+        mask: ``(H, W)`` mask; nonzero = foreground.
+
+    Returns:
+        bool ``(H, W)`` contour.
+    """
+    m = np.asarray(mask) > 0
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got {m.shape}")
+    return m ^ ndimage.binary_erosion(m, border_value=0)
+
+
+def overlay_contours(
+    image: np.ndarray,
+    mask: np.ndarray | None = None,
+    prediction: np.ndarray | None = None,
+) -> np.ndarray:
+    """Grayscale image as RGB with the ground-truth and predicted contours drawn on it.
+
+    Ground truth is green, prediction red, pixels on both contours yellow. Every other pixel keeps
+    the image's gray value.
+
+    Args:
+        image: ``(H, W)`` or ``(H, W, 1)`` grayscale, uint8 or float in ``[0, 1]`` (clipped).
+        mask: optional ``(H, W)`` ground-truth mask; nonzero = foreground.
+        prediction: optional ``(H, W)`` predicted mask; nonzero = foreground.
+
+    Returns:
+        uint8 ``(H, W, 3)`` RGB image.
+    """
+    gray = _to_uint8_gray(image)
+    rgb = np.repeat(gray[..., None], 3, axis=-1)
+    contours = []
+    for name, m in (("mask", mask), ("prediction", prediction)):
+        if m is None:
+            contours.append(np.zeros(gray.shape, bool))
+            continue
+        if np.shape(m) != gray.shape:
+            raise ValueError(f"{name} shape {np.shape(m)} differs from image shape {gray.shape}")
+        contours.append(mask_contour(m))
+    gt_c, pred_c = contours
+    rgb[gt_c & ~pred_c] = GT_COLOUR
+    rgb[pred_c & ~gt_c] = PRED_COLOUR
+    rgb[gt_c & pred_c] = BOTH_COLOUR
+    return rgb
+
+
+def save_comparison_figure(
+    images: Sequence[np.ndarray],
+    ground_truths: Sequence[np.ndarray],
+    predictions_a: Sequence[np.ndarray],
+    predictions_b: Sequence[np.ndarray],
+    path: str,
+    *,
+    names: tuple[str, str] = ("A", "B"),
+    overlay: bool = False,
+    cell_inches: float = 2.5,
+) -> str:
+    """Side-by-side predictions of two models (the paper's figure 8) as one PNG.
+
+    One row per image; columns: image, ground truth, model A, model B. With ``overlay=False``
+    (as in the paper) masks are shown as black/white images; with ``overlay=True`` each mask
+    column shows the image with the ground-truth contour (green) and that column's contour (red).
+
+    Args:
+        images: ``N`` grayscale images, each ``(H, W)`` or ``(H, W, 1)``, uint8 or float [0, 1].
+        ground_truths: ``N`` masks ``(H, W)``; nonzero = foreground.
+        predictions_a: ``N`` masks ``(H, W)`` of model A.
+        predictions_b: ``N`` masks ``(H, W)`` of model B.
+        path: output PNG path (parent folders are created).
+        names: column titles of the two models.
+        overlay: draw contours on the image instead of showing the bare masks.
+        cell_inches: size of one panel; the PNG is ``4 * 100 * cell_inches`` by
+            ``N * 100 * cell_inches`` pixels.
+
+    Returns:
+        ``path``.
+    """
+    n = len(images)
+    if not n or not (len(ground_truths) == len(predictions_a) == len(predictions_b) == n):
+        raise ValueError(
+            "images, ground_truths, predictions_a and predictions_b must be non-empty and of "
+            f"equal length; got {len(images)}, {len(ground_truths)}, {len(predictions_a)}, "
+            f"{len(predictions_b)}"
+        )
+    titles = ("image", "ground truth", names[0], names[1])
+    fig = Figure(figsize=(4 * cell_inches, n * cell_inches), dpi=_DPI)
+    axes = fig.subplots(n, 4, squeeze=False)
+    for row in range(n):
+        gray = _to_uint8_gray(images[row])
+        gt = np.asarray(ground_truths[row]) > 0
+        panels: list[np.ndarray] = [gray]
+        for m in (gt, predictions_a[row], predictions_b[row]):
+            if overlay:
+                panels.append(overlay_contours(gray, gt, None if m is gt else m))
+            else:
+                panels.append((np.asarray(m) > 0).astype(np.uint8) * 255)
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(titles[col])
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.3 / (n * cell_inches))
+    return _save(fig, path)
