@@ -1,6 +1,7 @@
 """Input pipeline: sources, OpenCV-exact equalisation, splits by id block, host-local batches.
 
-Importing this package hides the GPUs from TensorFlow, which only feeds the host (SPEC section 3, STYLE).
+Importing this package hides the GPUs from TensorFlow, which only feeds the host (SPEC section 3,
+STYLE).
 """
 
 from bts_jax.data.pipeline import make_dataset, num_eval_batches, steps_per_epoch

@@ -5,14 +5,19 @@ Determinism: a run is a function of ``config.seed`` only.
 - Each host's shard of a split is fixed: the split's ids, permuted once from the seed, then every
   ``process_count``-th one from position ``process_index``. A host reads only its shard's files.
 - The training order of epoch e on a host is a permutation of its shard drawn from (seed, e, host).
-- The augmentation of an example in epoch e is drawn from (seed, e, the example's position in the sorted
-  split), with stateless TF random ops, so it does not depend on the host count, the batch it lands in,
+- The augmentation of an example in epoch e is drawn from (seed, e, the example's position in the
+  sorted
+  split), with stateless TF random ops, so it does not depend on the host count, the batch it lands
+  in,
   the number of parallel calls, or whether the examples come from the cache.
-- ``skip_batches`` cuts the epoch's order list, so a run resumed mid-epoch sees the very batches it would
+- ``skip_batches`` cuts the epoch's order list, so a run resumed mid-epoch sees the very batches it
+  would
   have seen, without decoding the skipped ones.
 
-Every host yields the same number of batches (collectives would hang otherwise): ``steps_per_epoch`` is
-``floor(min shard size / local batch)`` for training; evaluation yields ``ceil(split size / global batch)``
+Every host yields the same number of batches (collectives would hang otherwise): ``steps_per_epoch``
+is
+``floor(min shard size / local batch)`` for training; evaluation yields ``ceil(split size / global
+batch)``
 batches on every host, padded with ``valid=False`` entries so each image is counted exactly once.
 """
 
@@ -62,8 +67,8 @@ def _check_config(config: Any, split: str, process_count: int, device_count: int
     size = int(config.data.image_size)
     if size <= 0 or size % _MODEL_STRIDE:
         raise ValueError(
-            f"config.data.image_size must be a positive multiple of {_MODEL_STRIDE} (the U-Net pools "
-            f"4 times), got {size}."
+            f"config.data.image_size must be a positive multiple of {_MODEL_STRIDE} "
+            f"(the U-Net pools 4 times), got {size}."
         )
     batch, name = _global_batch(config, split)
     if device_count is None:
@@ -72,13 +77,13 @@ def _check_config(config: Any, split: str, process_count: int, device_count: int
         device_count = jax.device_count()
     if batch <= 0 or batch % device_count:
         raise ValueError(
-            f"{name}={batch} must be a positive multiple of the device count ({device_count}): the global "
-            f"batch is split evenly over all devices."
+            f"{name}={batch} must be a positive multiple of the device count ({device_count}): "
+            "the global batch is split evenly over all devices."
         )
     if batch % process_count:
         raise ValueError(
-            f"{name}={batch} must be a multiple of the process count ({process_count}): each host loads "
-            f"{name} / process_count examples."
+            f"{name}={batch} must be a multiple of the process count ({process_count}): "
+            f"each host loads {name} / process_count examples."
         )
     return batch // process_count
 
@@ -127,7 +132,8 @@ def _train_steps(n_train: int, global_batch: int, process_count: int) -> int:
 def num_eval_batches(config: Any, split: str = "validation") -> int:
     """Batches yielded by ``make_dataset(config, split)`` for an evaluation split, on every host.
 
-    ``ceil(split size / config.eval_batch_size)`` (the same for any process count: each host's shard fits
+    ``ceil(split size / config.eval_batch_size)`` (the same for any process count: each host's shard
+    fits
     in that many host-local batches, and hosts that run out yield padding batches).
 
     Args:
@@ -284,8 +290,10 @@ def make_dataset(
 ) -> Iterator[dict[str, np.ndarray]]:
     """One pass over a split as host-local numpy batches.
 
-    Training (``split="train"``): one epoch, shuffled from (``config.seed``, ``epoch``), augmented, full
-    batches only, `steps_per_epoch` batches minus ``skip_batches``. Evaluation (any other split): sorted
+    Training (``split="train"``): one epoch, shuffled from (``config.seed``, ``epoch``), augmented,
+    full
+    batches only, `steps_per_epoch` batches minus ``skip_batches``. Evaluation (any other split):
+    sorted
     shard order, no augmentation, `num_eval_batches` batches with the tail padded by ``valid=False``
     entries (zero image and mask, id "").
 
@@ -296,7 +304,8 @@ def make_dataset(
     - ``"valid"``: bool (b,), False for padding entries;
     - ``"id"``: str (b,), host-only (drop it before sending the batch to devices).
 
-    Sources are validated (every file decoded) before the first batch; validation is cached per folder.
+    Sources are validated (every file decoded) before the first batch; validation is cached per
+    folder.
 
     Args:
       config: the experiment config (``seed``, ``batch_size``, ``eval_batch_size``, ``data.*``).
@@ -311,7 +320,8 @@ def make_dataset(
       An iterator of batches (finite).
 
     Raises:
-      ValueError: sizes that do not divide (the message names the config field), an image size that is not
+      ValueError: sizes that do not divide (the message names the config field), an image size that
+        is not
         a multiple of 16, fewer training examples than one batch, or a source that fails validation.
     """
     process_index, process_count = _process_info(process_index, process_count)

@@ -1,10 +1,13 @@
 """Per-image preprocessing (SPEC section 3): decode, grayscale, equalise, resize or pad, augment.
 
-Everything that runs inside the tf.data graph is written in TensorFlow ops; the numpy helpers at the end
-(`load_grayscale`, `preprocess_image`, `restore_original_size`) run the very same ops eagerly, so that
+Everything that runs inside the tf.data graph is written in TensorFlow ops; the numpy helpers at the
+end
+(`load_grayscale`, `preprocess_image`, `restore_original_size`) run the very same ops eagerly, so
+that
 inference on a single file sees exactly the pixels the model was trained on.
 
-Conventions: images are uint8 until the final scaling to float32 [0, 1]; masks are uint8 {0, 1} inside the
+Conventions: images are uint8 until the final scaling to float32 [0, 1]; masks are uint8 {0, 1}
+  inside the
 pipeline and int32 {0, 1} in the batches.
 """
 
@@ -27,17 +30,22 @@ _LUMA_WEIGHTS_PER_MILLE = (299, 587, 114)
 def equalize_histogram(image: tf.Tensor) -> tf.Tensor:
     """Histogram equalisation, bit-identical to OpenCV's ``cv2.equalizeHist``.
 
-    OpenCV (imgproc/src/histogram.cpp, ``EqualizeHistLut_Invoker``) computes, for a uint8 image of N pixels
+    OpenCV (imgproc/src/histogram.cpp, ``EqualizeHistLut_Invoker``) computes, for a uint8 image of N
+    pixels
     with 256-bin histogram ``hist``:
 
-    - ``i0`` = the first level with ``hist[i0] > 0``; if ``hist[i0] == N`` the image is constant and is
+    - ``i0`` = the first level with ``hist[i0] > 0``; if ``hist[i0] == N`` the image is constant and
+      is
       returned unchanged (OpenCV fills the output with ``i0``, which is the same thing);
     - ``scale = 255.f / (N - hist[i0])`` in float32;
     - ``lut[v] = saturate_cast<uchar>((float)(cdf[v] - hist[i0]) * scale)`` for ``v >= i0`` (so
-      ``lut[i0] = 0``), and ``lut[v] = 0`` below ``i0``. ``saturate_cast`` rounds half to even (``cvRound``).
+      ``lut[i0] = 0``), and ``lut[v] = 0`` below ``i0``. ``saturate_cast`` rounds half to even
+      (``cvRound``).
 
-    This reproduces those float32 operations one by one (a float32 division, a float32 product, round half
-    to even), which is what makes it bit-exact: computing the formula in float64 instead differs from
+    This reproduces those float32 operations one by one (a float32 division, a float32 product,
+    round half
+    to even), which is what makes it bit-exact: computing the formula in float64 instead differs
+    from
     OpenCV on a few levels of some images.
 
     Works eagerly, inside ``tf.function`` and inside ``tf.data`` maps.
@@ -75,9 +83,12 @@ def to_grayscale(image: tf.Tensor) -> tf.Tensor:
     """Converts a decoded uint8 image with 1-4 channels to a single grayscale channel.
 
     RGB uses the BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, computed in integers as
-    ``(299 R + 587 G + 114 B + 500) // 1000`` — exact rounding to nearest, halves up. (This can differ by one
-    level from OpenCV's and Pillow's fixed-point conversions, which use 14- and 16-bit weights.) An RGB image
-    whose channels are equal (a gray image saved as RGB) is returned exactly. Alpha channels are dropped.
+    ``(299 R + 587 G + 114 B + 500) // 1000`` — exact rounding to nearest, halves up. (This can
+    differ by one
+    level from OpenCV's and Pillow's fixed-point conversions, which use 14- and 16-bit weights.) An
+    RGB image
+    whose channels are equal (a gray image saved as RGB) is returned exactly. Alpha channels are
+    dropped.
 
     Args:
       image: uint8 tensor (H, W, C) with C in {1, 2 (gray + alpha), 3 (RGB), 4 (RGBA)}.
@@ -113,7 +124,7 @@ def decode_grayscale(encoded: tf.Tensor) -> tf.Tensor:
 
 
 def _content_size(height, width, size: int):
-    """Size (h, w) of the image inside the size x size canvas of ``resize_method="pad"`` (tensors or ints)."""
+    """Size (h, w) of the image in the canvas of ``resize_method="pad"`` (tensors or ints)."""
     longest = tf.maximum(height, width)
     scale = tf.minimum(1.0, size / tf.cast(longest, tf.float64))
     h = tf.maximum(1, tf.cast(tf.math.round(tf.cast(height, tf.float64) * scale), tf.int32))
@@ -124,8 +135,10 @@ def _content_size(height, width, size: int):
 def _resize_image(image: tf.Tensor, height, width) -> tf.Tensor:
     """Bilinear resize of a uint8 (H, W, 1) image, rounded back to uint8.
 
-    Antialiasing only matters when shrinking (it is then a proper triangle filter instead of sampling 4
-    pixels out of many); when enlarging, or at the same size, it is plain bilinear with half-pixel centres
+    Antialiasing only matters when shrinking (it is then a proper triangle filter instead of
+    sampling 4
+    pixels out of many); when enlarging, or at the same size, it is plain bilinear with half-pixel
+    centres
     (as cv2.INTER_LINEAR), and a same-size resize returns the input exactly.
     """
     resized = tf.image.resize(
@@ -143,10 +156,14 @@ def fit_to_size(
 ) -> tuple[tf.Tensor, tf.Tensor | None]:
     """Brings an image (and its mask) to size x size.
 
-    - ``"resize"``: image bilinear (see `_resize_image`), mask nearest; the aspect ratio is not kept.
-    - ``"pad"`` (letterbox): an image that fits is zero-padded around its centre to size x size at its
-      native resolution (top/left get the smaller half of an odd padding); a larger one is first shrunk,
-      keeping its aspect ratio, until its longest side is ``size``. `content_box` says where the image lies
+    - ``"resize"``: image bilinear (see `_resize_image`), mask nearest; the aspect ratio is not
+      kept.
+    - ``"pad"`` (letterbox): an image that fits is zero-padded around its centre to size x size at
+      its
+      native resolution (top/left get the smaller half of an odd padding); a larger one is first
+      shrunk,
+      keeping its aspect ratio, until its longest side is ``size``. `content_box` says where the
+      image lies
       in the canvas, and `restore_original_size` undoes it.
 
     Args:
@@ -206,9 +223,10 @@ def preprocess_pair(
 
 
 def _affine_transform(seed: tf.Tensor, size: int, augment: Mapping[str, Any]) -> tf.Tensor:
-    """Random rotation/scale/translation about the image centre, as an output->input projective transform.
+    """Random rotation/scale/shift about the image centre, as an output->input projective transform.
 
-    Returns the 8 parameters ``[a0, a1, a2, b0, b1, b2, 0, 0]`` of ImageProjectiveTransformV3: output pixel
+    Returns the 8 parameters ``[a0, a1, a2, b0, b1, b2, 0, 0]`` of ImageProjectiveTransformV3:
+    output pixel
     (x, y) samples input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2).
     """
     u = tf.random.stateless_uniform([4], seed, -1.0, 1.0, dtype=tf.float32)
@@ -218,7 +236,8 @@ def _affine_transform(seed: tf.Tensor, size: int, augment: Mapping[str, Any]) ->
     ty = u[3] * float(augment["max_translate"]) * size
     c = (size - 1) / 2.0
     cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    # Forward map: out = c + scale * R(angle) (in - c) + t, inverted because the op samples the input.
+    # Forward map: out = c + scale * R(angle) (in - c) + t, inverted because the op samples the
+    # input.
     a2 = c - (cos * (c + tx) + sin * (c + ty))
     b2 = c - (-sin * (c + tx) + cos * (c + ty))
     return tf.stack([cos, sin, a2, -sin, cos, b2, 0.0, 0.0])
@@ -241,20 +260,23 @@ def augment_pair(
 ) -> tuple[tf.Tensor, tf.Tensor]:
     """Random augmentation of one training pair; image and mask get the same geometric transform.
 
-    Each augmentation draws from its own stateless stream (``seed`` folded with a fixed number), so turning
+    Each augmentation draws from its own stateless stream (``seed`` folded with a fixed number), so
+    turning
     one on or off does not change the draws of the others, and the result depends only on ``seed``.
 
     - ``flip``: left-right and up-down, each with probability 1/2.
     - ``rot90``: k * 90 degrees, k uniform in {0, 1, 2, 3}.
     - ``affine``: rotation uniform in +-``max_rotate_deg`` degrees, zoom 1 +- ``max_scale``, shift
       +-``max_translate`` of the side in x and y; image bilinear, mask nearest, zero fill outside.
-    - ``brightness_contrast``: ``(x - mean) * c + mean + b`` with c in 1 +- ``max_contrast`` and b in
+    - ``brightness_contrast``: ``(x - mean) * c + mean + b`` with c in 1 +- ``max_contrast`` and b
+      in
       +-``max_brightness``, clipped to [0, 1]; image only.
 
     Args:
       image: float32 (S, S, 1) in [0, 1].
       mask: uint8 (S, S, 1) with values {0, 1}.
-      seed: int32/int64 tensor of shape (2,), e.g. from ``tf.random.experimental.stateless_fold_in``.
+      seed: int32/int64 tensor of shape (2,), e.g. from
+        ``tf.random.experimental.stateless_fold_in``.
       augment: ``config.data.augment``.
 
     Returns:
@@ -290,7 +312,7 @@ def augment_pair(
 
 
 def load_grayscale(path: str | os.PathLike) -> np.ndarray:
-    """Reads an image file as uint8 grayscale, with the same decoding and luma as the training pipeline.
+    """Reads an image file as uint8 grayscale, decoded exactly as in the training pipeline.
 
     Args:
       path: a PNG/JPEG/BMP/GIF file.
@@ -315,9 +337,10 @@ def load_grayscale(path: str | os.PathLike) -> np.ndarray:
 
 
 def preprocess_image(image: np.ndarray, data_config: Mapping[str, Any]) -> np.ndarray:
-    """Preprocesses one grayscale image of any size for inference, exactly as the eval pipeline does.
+    """Preprocesses one grayscale image of any size for inference, exactly as evaluation does.
 
-    Equalise (if ``config.data.equalize``), resize or pad to ``config.data.image_size``, scale to [0, 1].
+    Equalise (if ``config.data.equalize``), resize or pad to ``config.data.image_size``, scale to
+    [0, 1].
     Use `restore_original_size` to bring a prediction back to the original (H, W).
 
     Args:
@@ -365,7 +388,8 @@ def restore_original_size(
 ) -> np.ndarray:
     """Maps a model-size prediction back onto the original image grid (undoes resize or pad).
 
-    Crops the content box (pad mode) and resizes it to the original size with nearest-neighbour sampling, so
+    Crops the content box (pad mode) and resizes it to the original size with nearest-neighbour
+    sampling, so
     a label map stays a label map (pass probabilities to get nearest-sampled probabilities).
 
     Args:

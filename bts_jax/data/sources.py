@@ -1,7 +1,8 @@
 """Dataset sources: a folder in the Kaggle layout, the bundled sample, and the TFDS builder.
 
 A source is listed as `Example` records (id, tumour type, where the image and mask bytes come from).
-Folders are validated before training, so a broken dataset fails with a message naming the file instead
+Folders are validated before training, so a broken dataset fails with a message naming the file
+instead
 of crashing an epoch later inside tf.data.
 """
 
@@ -101,7 +102,8 @@ def read_metadata(path: str) -> dict[str, int]:
                 label = -1
             if not 0 <= label < len(TUMOUR_TYPES):
                 raise ValueError(
-                    f"{path}, line {line}: label {value!r} is not one of 1, 2, 3 (or empty = unknown)."
+                    f"{path}, line {line}: label {value!r} is not one of 1, 2, 3 "
+                    "(or empty = unknown)."
                 )
             labels[row["id"].strip()] = label
     return labels
@@ -110,7 +112,8 @@ def read_metadata(path: str) -> dict[str, int]:
 def list_folder(data_dir: str, setting: str = "config.data.data_dir") -> list[Example]:
     """Lists the pairs of a folder in the Kaggle layout (no pixel checks; see `validate_folder`).
 
-    Layout: ``images/<id>.<ext>``, ``masks/<id>.<ext>``, optional ``metadata.csv`` with ``id,label``.
+    Layout: ``images/<id>.<ext>``, ``masks/<id>.<ext>``, optional ``metadata.csv`` with
+      ``id,label``.
     Without ``metadata.csv`` (or for ids it does not list) the tumour type is unknown (0).
 
     Args:
@@ -122,7 +125,8 @@ def list_folder(data_dir: str, setting: str = "config.data.data_dir") -> list[Ex
 
     Raises:
       FileNotFoundError: a folder is missing.
-      ValueError: a folder is empty, or an image has no mask or a mask no image (the message names them).
+      ValueError: a folder is empty, or an image has no mask or a mask no image (the message names
+        them).
     """
     if not data_dir:
         raise ValueError(f"{setting} is empty: set it to a folder with images/ and masks/.")
@@ -134,12 +138,14 @@ def list_folder(data_dir: str, setting: str = "config.data.data_dir") -> list[Ex
     no_image = sorted(set(masks) - set(images), key=id_sort_key)
     if no_mask:
         raise ValueError(
-            f"{len(no_mask)} image(s) without a mask in {data_dir}/masks, e.g. {images[no_mask[0]]} "
+            f"{len(no_mask)} image(s) without a mask in {data_dir}/masks, "
+            f"e.g. {images[no_mask[0]]} "
             f"(ids {no_mask[:10]})."
         )
     if no_image:
         raise ValueError(
-            f"{len(no_image)} mask(s) without an image in {data_dir}/images, e.g. {masks[no_image[0]]} "
+            f"{len(no_image)} mask(s) without an image in {data_dir}/images, "
+            f"e.g. {masks[no_image[0]]} "
             f"(ids {no_image[:10]})."
         )
     metadata_path = os.path.join(data_dir, "metadata.csv")
@@ -164,7 +170,8 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
             return f"Cannot read {path}: {e}", None
     if sizes[0] != sizes[1]:
         return (
-            f"Mask {example.mask} is {sizes[1][0]}x{sizes[1][1]} (WxH) but its image {example.image} is "
+            f"Mask {example.mask} is {sizes[1][0]}x{sizes[1][1]} (WxH) but its image "
+            f"{example.image} is "
             f"{sizes[0][0]}x{sizes[0][1]}.",
             None,
         )
@@ -181,8 +188,10 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
 def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
     """Checks every pair of a folder source before training.
 
-    Every file must decode (fully: truncated files are caught), each mask must have its image's size, and
-    masks should hold only {0, 255}; otherwise a warning (``logging`` and ``warnings``), or an error when
+    Every file must decode (fully: truncated files are caught), each mask must have its image's
+    size, and
+    masks should hold only {0, 255}; otherwise a warning (``logging`` and ``warnings``), or an error
+    when
     ``strict_masks`` (``config.data.strict_masks``).
 
     Args:
@@ -211,7 +220,8 @@ def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
 
 @functools.lru_cache(maxsize=8)
 def _validated_folder(data_dir: str, setting: str, strict_masks: bool, stamp: tuple) -> tuple:
-    # Cached on the folders' modification times, so each epoch's make_dataset does not re-read every file
+    # Cached on the folders' modification times, so each epoch's make_dataset does not re-read every
+    # file
     # while an edited folder is checked again.
     del stamp
     examples = list_folder(data_dir, setting)

@@ -1,17 +1,24 @@
 """Train/validation splits by id, deterministic from the config (SPEC sections 5 and 6).
 
 Neighbouring figshare ids are mostly slices of one patient and patient ids are not published, so the
-default split keeps contiguous id blocks together (``split_method="blocked"``). ``"random"`` reproduces the
-paper's per-slice split and leaks patients between training and validation (neighbouring slices of one
-tumour land on both sides), which inflates every validation metric; use it only to compare with the paper.
+default split keeps contiguous id blocks together (``split_method="blocked"``). ``"random"``
+reproduces the
+paper's per-slice split and leaks patients between training and validation (neighbouring slices of
+one
+tumour land on both sides), which inflates every validation metric; use it only to compare with the
+paper.
 
 Subset selection (``config.data.subset_size`` > 0, the paper used 500) happens first:
 
-- ``blocked`` and ``kfold``: per tumour type, proportionally to the type's count (largest remainder), as
-  contiguous blocks: the type's sorted ids are cut into up to 10 equal segments and a run of consecutive
-  ids is taken from each segment, at an offset drawn from ``config.seed``. The subset thus spans each
+- ``blocked`` and ``kfold``: per tumour type, proportionally to the type's count (largest
+  remainder), as
+  contiguous blocks: the type's sorted ids are cut into up to 10 equal segments and a run of
+  consecutive
+  ids is taken from each segment, at an offset drawn from ``config.seed``. The subset thus spans
+  each
   type's whole id range while keeping slices of a patient together.
-- ``random``: a uniform random subset of slices, drawn from ``config.seed`` (as the paper presumably did).
+- ``random``: a uniform random subset of slices, drawn from ``config.seed`` (as the paper presumably
+  did).
 """
 
 from __future__ import annotations
@@ -42,7 +49,7 @@ def _by_type(examples: Sequence[Example]) -> dict[int, list[Example]]:
 
 
 def _proportional(counts: Sequence[int], total: int) -> list[int]:
-    """Splits ``total`` over groups proportionally to ``counts`` (largest remainder, ties to the first)."""
+    """Splits ``total`` over groups proportionally to ``counts`` (largest remainder)."""
     counts = np.asarray(counts, dtype=np.int64)
     exact = counts * total / counts.sum()
     alloc = np.floor(exact).astype(np.int64)
@@ -61,10 +68,12 @@ def _select_subset(examples: Sequence[Example], config: Any) -> list[Example]:
         return [examples[i] for i in sorted(chosen)]
     groups = _by_type(examples)
     subset = []
-    for group, take in zip(groups.values(), _proportional([len(g) for g in groups.values()], size)):
+    for group, take in zip(
+        groups.values(), _proportional([len(g) for g in groups.values()], size), strict=True
+    ):
         segments = np.array_split(np.arange(len(group)), min(_SUBSET_SEGMENTS, max(take, 1)))
         takes = [len(s) for s in np.array_split(np.arange(take), len(segments))]
-        for segment, n in zip(segments, takes):
+        for segment, n in zip(segments, takes, strict=True):
             start = segment[0] + int(rng.integers(0, len(segment) - n + 1))
             subset.extend(group[start : start + n])
     return subset
@@ -82,17 +91,22 @@ def split_examples(
 ) -> dict[str, list[Example]]:
     """Splits the source's examples into "train" and "validation" (see the module docstring).
 
-    - ``blocked``: per tumour type, ids sorted; validation = the last ``val_fraction`` of the type's ids
-      (at least one, at most all but one), training = the ids before them, minus ``split_gap`` ids next to
+    - ``blocked``: per tumour type, ids sorted; validation = the last ``val_fraction`` of the type's
+      ids
+      (at least one, at most all but one), training = the ids before them, minus ``split_gap`` ids
+      next to
       the validation block.
     - ``random``: per slice, a seed permutation of all ids; validation = its first ``val_fraction``.
       ``split_gap`` does not apply. Leaks patients.
-    - ``kfold``: per tumour type, the sorted ids cut into ``num_folds`` contiguous, near-equal blocks;
-      validation = block ``fold``; training = the other blocks minus ``split_gap`` ids on each side of it.
+    - ``kfold``: per tumour type, the sorted ids cut into ``num_folds`` contiguous, near-equal
+      blocks;
+      validation = block ``fold``; training = the other blocks minus ``split_gap`` ids on each side
+      of it.
 
     Args:
       config: the experiment config (reads ``seed`` and ``data.*``).
-      examples: the source's examples; default: `get_examples` of ``config.data`` (listing, no validation).
+      examples: the source's examples; default: `get_examples` of ``config.data`` (listing, no
+        validation).
 
     Returns:
       {"train": [...], "validation": [...]}, each sorted by id.
