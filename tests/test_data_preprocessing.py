@@ -92,7 +92,7 @@ def test_preprocess_image_matches_eval_scaling_and_rejects_bad_input():
     image = np.random.default_rng(0).integers(0, 256, (40, 40), dtype=np.uint8)
     data = _data_config(image_size=32, equalize=False)
     out = preprocess_image(image[..., None], data)
-    assert 0.0 <= out.min() and out.max() <= 1.0 and out.shape == (32, 32, 1)
+    assert out.min() >= 0.0 and out.max() <= 1.0 and out.shape == (32, 32, 1)
     with pytest.raises(ValueError, match="uint8"):
         preprocess_image(image.astype(np.float32), data)
     with pytest.raises(ValueError, match="resize_method"):
@@ -159,7 +159,7 @@ def test_brightness_contrast_changes_image_only_and_is_seeded():
     assert not np.array_equal(a_image.numpy(), c_image.numpy())
     assert not np.array_equal(a_image.numpy(), image.numpy())
     np.testing.assert_array_equal(a_mask.numpy(), mask.numpy())
-    assert 0.0 <= a_image.numpy().min() and a_image.numpy().max() <= 1.0
+    assert a_image.numpy().min() >= 0.0 and a_image.numpy().max() <= 1.0
 
 
 def test_switching_one_augmentation_does_not_change_the_others():

@@ -1,6 +1,7 @@
 """TFDS builder ``brain_tumor_segmentation``: the Kaggle/figshare pairs as a TFDS dataset.
 
-Nothing is downloaded: the user downloads the Kaggle archive, extracts it, and points ``manual_dir`` at
+Nothing is downloaded: the user downloads the Kaggle archive, extracts it, and points ``manual_dir``
+at
 it. One split, ``train``, holds every pair; ``bts_jax`` applies its own id-block splits on top.
 
 Prepare once, then train from it::
@@ -26,13 +27,15 @@ _CITATION = """\
 @article{cheng2015enhanced,
   title={Enhanced performance of brain tumor classification via tumor region augmentation and
          partition},
-  author={Cheng, Jun and Huang, Wei and Cao, Shuangliang and Yang, Ru and Yang, Wei and Yun, Zhaoqiang
+  author={Cheng, Jun and Huang, Wei and Cao, Shuangliang and Yang, Ru and Yang, Wei and Yun,
+  Zhaoqiang
           and Wang, Zhijian and Feng, Qianjin},
   journal={PLoS One}, volume={10}, number={10}, pages={e0140381}, year={2015}
 }
 @article{cheng2016retrieval,
   title={Retrieval of brain tumors by adaptive spatial pooling and Fisher vector representation},
-  author={Cheng, Jun and Yang, Wei and Huang, Meiyan and Huang, Wei and Jiang, Jun and Zhou, Yujia and
+  author={Cheng, Jun and Yang, Wei and Huang, Meiyan and Huang, Wei and Jiang, Jun and Zhou, Yujia
+  and
           Yang, Ru and Zhao, Jie and Feng, Yanqiu and Feng, Qianjin and Chen, Wufan},
   journal={PLoS One}, volume={11}, number={6}, pages={e0157112}, year={2016}
 }
@@ -83,10 +86,11 @@ class BrainTumorSegmentation(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release: image, mask, id, tumor_type; one split `train`."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the Kaggle dataset `nikhilroxtomar/brain-tumor-segmentation`
-    (https://www.kaggle.com/datasets/nikhilroxtomar/brain-tumor-segmentation), extract the archive and
-    pass the extracted folder as `manual_dir`. It must contain (at most two levels down) `images/<id>.png`
-    and `masks/<id>.png`; an optional `metadata.csv` with columns `id,label` (1 meningioma, 2 glioma,
-    3 pituitary) adds the tumour type. Nothing is fetched from the network.
+    (https://www.kaggle.com/datasets/nikhilroxtomar/brain-tumor-segmentation), extract the
+    archive and pass the extracted folder as `manual_dir`. It must contain (at most two levels
+    down) `images/<id>.png` and `masks/<id>.png`; an optional `metadata.csv` with columns
+    `id,label` (1 meningioma, 2 glioma, 3 pituitary) adds the tumour type. Nothing is fetched
+    from the network.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
@@ -94,7 +98,8 @@ class BrainTumorSegmentation(tfds.core.GeneratorBasedBuilder):
             builder=self,
             description=(
                 "T1-weighted contrast-enhanced brain MRI slices (Cheng et al., figshare "
-                "10.6084/m9.figshare.1512427, CC BY 4.0) with binary tumour masks, as 8-bit grayscale."
+                "10.6084/m9.figshare.1512427, CC BY 4.0) with binary tumour masks, as 8-bit "
+                "grayscale."
             ),
             features=tfds.features.FeaturesDict(
                 {
