@@ -6,19 +6,15 @@ Determinism: a run is a function of ``config.seed`` only.
   ``process_count``-th one from position ``process_index``. A host reads only its shard's files.
 - The training order of epoch e on a host is a permutation of its shard drawn from (seed, e, host).
 - The augmentation of an example in epoch e is drawn from (seed, e, the example's position in the
-  sorted
-  split), with stateless TF random ops, so it does not depend on the host count, the batch it lands
-  in,
-  the number of parallel calls, or whether the examples come from the cache.
+  sorted split), with stateless TF random ops, so it does not depend on the host count, the batch it
+  lands in, the number of parallel calls, or whether the examples come from the cache.
 - ``skip_batches`` cuts the epoch's order list, so a run resumed mid-epoch sees the very batches it
-  would
-  have seen, without decoding the skipped ones.
+  would have seen, without decoding the skipped ones.
 
 Every host yields the same number of batches (collectives would hang otherwise): ``steps_per_epoch``
-is
-``floor(min shard size / local batch)`` for training; evaluation yields ``ceil(split size / global
-batch)``
-batches on every host, padded with ``valid=False`` entries so each image is counted exactly once.
+is ``floor(min shard size / local batch)`` for training; evaluation yields ``ceil(split size /
+global batch)`` batches on every host, padded with ``valid=False`` entries so each image is counted
+exactly once.
 """
 
 from __future__ import annotations
@@ -133,8 +129,7 @@ def num_eval_batches(config: Any, split: str = "validation") -> int:
     """Batches yielded by ``make_dataset(config, split)`` for an evaluation split, on every host.
 
     ``ceil(split size / config.eval_batch_size)`` (the same for any process count: each host's shard
-    fits
-    in that many host-local batches, and hosts that run out yield padding batches).
+    fits in that many host-local batches, and hosts that run out yield padding batches).
 
     Args:
       config: the experiment config.
@@ -291,11 +286,9 @@ def make_dataset(
     """One pass over a split as host-local numpy batches.
 
     Training (``split="train"``): one epoch, shuffled from (``config.seed``, ``epoch``), augmented,
-    full
-    batches only, `steps_per_epoch` batches minus ``skip_batches``. Evaluation (any other split):
-    sorted
-    shard order, no augmentation, `num_eval_batches` batches with the tail padded by ``valid=False``
-    entries (zero image and mask, id "").
+    full batches only, `steps_per_epoch` batches minus ``skip_batches``. Evaluation (any other
+    split): sorted shard order, no augmentation, `num_eval_batches` batches with the tail padded by
+    ``valid=False`` entries (zero image and mask, id "").
 
     Each batch (b = global batch // process_count, S = ``config.data.image_size``):
 
@@ -321,8 +314,8 @@ def make_dataset(
 
     Raises:
       ValueError: sizes that do not divide (the message names the config field), an image size that
-        is not
-        a multiple of 16, fewer training examples than one batch, or a source that fails validation.
+        is not a multiple of 16, fewer training examples than one batch, or a source that fails
+        validation.
     """
     process_index, process_count = _process_info(process_index, process_count)
     local_batch = _check_config(config, split, process_count, device_count)

@@ -1,14 +1,11 @@
 """Per-image preprocessing (SPEC section 3): decode, grayscale, equalise, resize or pad, augment.
 
 Everything that runs inside the tf.data graph is written in TensorFlow ops; the numpy helpers at the
-end
-(`load_grayscale`, `preprocess_image`, `restore_original_size`) run the very same ops eagerly, so
-that
-inference on a single file sees exactly the pixels the model was trained on.
+end (`load_grayscale`, `preprocess_image`, `restore_original_size`) run the very same ops eagerly,
+so that inference on a single file sees exactly the pixels the model was trained on.
 
 Conventions: images are uint8 until the final scaling to float32 [0, 1]; masks are uint8 {0, 1}
-  inside the
-pipeline and int32 {0, 1} in the batches.
+inside the pipeline and int32 {0, 1} in the batches.
 """
 
 from __future__ import annotations
@@ -31,22 +28,18 @@ def equalize_histogram(image: tf.Tensor) -> tf.Tensor:
     """Histogram equalisation, bit-identical to OpenCV's ``cv2.equalizeHist``.
 
     OpenCV (imgproc/src/histogram.cpp, ``EqualizeHistLut_Invoker``) computes, for a uint8 image of N
-    pixels
-    with 256-bin histogram ``hist``:
+    pixels with 256-bin histogram ``hist``:
 
     - ``i0`` = the first level with ``hist[i0] > 0``; if ``hist[i0] == N`` the image is constant and
-      is
-      returned unchanged (OpenCV fills the output with ``i0``, which is the same thing);
+      is returned unchanged (OpenCV fills the output with ``i0``, which is the same thing);
     - ``scale = 255.f / (N - hist[i0])`` in float32;
     - ``lut[v] = saturate_cast<uchar>((float)(cdf[v] - hist[i0]) * scale)`` for ``v >= i0`` (so
       ``lut[i0] = 0``), and ``lut[v] = 0`` below ``i0``. ``saturate_cast`` rounds half to even
       (``cvRound``).
 
     This reproduces those float32 operations one by one (a float32 division, a float32 product,
-    round half
-    to even), which is what makes it bit-exact: computing the formula in float64 instead differs
-    from
-    OpenCV on a few levels of some images.
+    round half to even), which is what makes it bit-exact: computing the formula in float64 instead
+    differs from OpenCV on a few levels of some images.
 
     Works eagerly, inside ``tf.function`` and inside ``tf.data`` maps.
 
@@ -82,13 +75,11 @@ def equalize_histogram(image: tf.Tensor) -> tf.Tensor:
 def to_grayscale(image: tf.Tensor) -> tf.Tensor:
     """Converts a decoded uint8 image with 1-4 channels to a single grayscale channel.
 
-    RGB uses the BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, computed in integers as
-    ``(299 R + 587 G + 114 B + 500) // 1000`` — exact rounding to nearest, halves up. (This can
-    differ by one
-    level from OpenCV's and Pillow's fixed-point conversions, which use 14- and 16-bit weights.) An
-    RGB image
-    whose channels are equal (a gray image saved as RGB) is returned exactly. Alpha channels are
-    dropped.
+    RGB uses the BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, computed in integers as ``(299 R + 587
+    G + 114 B + 500) // 1000`` — exact rounding to nearest, halves up. (This can differ by one level
+    from OpenCV's and Pillow's fixed-point conversions, which use 14- and 16-bit weights.) An RGB
+    image whose channels are equal (a gray image saved as RGB) is returned exactly. Alpha channels
+    are dropped.
 
     Args:
       image: uint8 tensor (H, W, C) with C in {1, 2 (gray + alpha), 3 (RGB), 4 (RGBA)}.
@@ -136,10 +127,8 @@ def _resize_image(image: tf.Tensor, height, width) -> tf.Tensor:
     """Bilinear resize of a uint8 (H, W, 1) image, rounded back to uint8.
 
     Antialiasing only matters when shrinking (it is then a proper triangle filter instead of
-    sampling 4
-    pixels out of many); when enlarging, or at the same size, it is plain bilinear with half-pixel
-    centres
-    (as cv2.INTER_LINEAR), and a same-size resize returns the input exactly.
+    sampling 4 pixels out of many); when enlarging, or at the same size, it is plain bilinear with
+    half-pixel centres (as cv2.INTER_LINEAR), and a same-size resize returns the input exactly.
     """
     resized = tf.image.resize(
         tf.cast(image, tf.float32), [height, width], "bilinear", antialias=True
@@ -159,12 +148,9 @@ def fit_to_size(
     - ``"resize"``: image bilinear (see `_resize_image`), mask nearest; the aspect ratio is not
       kept.
     - ``"pad"`` (letterbox): an image that fits is zero-padded around its centre to size x size at
-      its
-      native resolution (top/left get the smaller half of an odd padding); a larger one is first
-      shrunk,
-      keeping its aspect ratio, until its longest side is ``size``. `content_box` says where the
-      image lies
-      in the canvas, and `restore_original_size` undoes it.
+      its native resolution (top/left get the smaller half of an odd padding); a larger one is first
+      shrunk, keeping its aspect ratio, until its longest side is ``size``. `content_box` says where
+      the image lies in the canvas, and `restore_original_size` undoes it.
 
     Args:
       image: uint8 (H, W, 1).
@@ -226,8 +212,7 @@ def _affine_transform(seed: tf.Tensor, size: int, augment: Mapping[str, Any]) ->
     """Random rotation/scale/shift about the image centre, as an output->input projective transform.
 
     Returns the 8 parameters ``[a0, a1, a2, b0, b1, b2, 0, 0]`` of ImageProjectiveTransformV3:
-    output pixel
-    (x, y) samples input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    output pixel (x, y) samples input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2).
     """
     u = tf.random.stateless_uniform([4], seed, -1.0, 1.0, dtype=tf.float32)
     angle = u[0] * float(augment["max_rotate_deg"]) * (math.pi / 180.0)
@@ -261,16 +246,15 @@ def augment_pair(
     """Random augmentation of one training pair; image and mask get the same geometric transform.
 
     Each augmentation draws from its own stateless stream (``seed`` folded with a fixed number), so
-    turning
-    one on or off does not change the draws of the others, and the result depends only on ``seed``.
+    turning one on or off does not change the draws of the others, and the result depends only on
+    ``seed``.
 
     - ``flip``: left-right and up-down, each with probability 1/2.
     - ``rot90``: k * 90 degrees, k uniform in {0, 1, 2, 3}.
     - ``affine``: rotation uniform in +-``max_rotate_deg`` degrees, zoom 1 +- ``max_scale``, shift
       +-``max_translate`` of the side in x and y; image bilinear, mask nearest, zero fill outside.
     - ``brightness_contrast``: ``(x - mean) * c + mean + b`` with c in 1 +- ``max_contrast`` and b
-      in
-      +-``max_brightness``, clipped to [0, 1]; image only.
+      in +-``max_brightness``, clipped to [0, 1]; image only.
 
     Args:
       image: float32 (S, S, 1) in [0, 1].
@@ -340,8 +324,7 @@ def preprocess_image(image: np.ndarray, data_config: Mapping[str, Any]) -> np.nd
     """Preprocesses one grayscale image of any size for inference, exactly as evaluation does.
 
     Equalise (if ``config.data.equalize``), resize or pad to ``config.data.image_size``, scale to
-    [0, 1].
-    Use `restore_original_size` to bring a prediction back to the original (H, W).
+    [0, 1]. Use `restore_original_size` to bring a prediction back to the original (H, W).
 
     Args:
       image: uint8 array (H, W) or (H, W, 1).
@@ -389,8 +372,8 @@ def restore_original_size(
     """Maps a model-size prediction back onto the original image grid (undoes resize or pad).
 
     Crops the content box (pad mode) and resizes it to the original size with nearest-neighbour
-    sampling, so
-    a label map stays a label map (pass probabilities to get nearest-sampled probabilities).
+    sampling, so a label map stays a label map (pass probabilities to get nearest-sampled
+    probabilities).
 
     Args:
       prediction: array (S, S) or (S, S, C).

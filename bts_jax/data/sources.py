@@ -2,8 +2,7 @@
 
 A source is listed as `Example` records (id, tumour type, where the image and mask bytes come from).
 Folders are validated before training, so a broken dataset fails with a message naming the file
-instead
-of crashing an epoch later inside tf.data.
+instead of crashing an epoch later inside tf.data.
 """
 
 from __future__ import annotations
@@ -189,10 +188,8 @@ def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
     """Checks every pair of a folder source before training.
 
     Every file must decode (fully: truncated files are caught), each mask must have its image's
-    size, and
-    masks should hold only {0, 255}; otherwise a warning (``logging`` and ``warnings``), or an error
-    when
-    ``strict_masks`` (``config.data.strict_masks``).
+    size, and masks should hold only {0, 255}; otherwise a warning (``logging`` and ``warnings``),
+    or an error when ``strict_masks`` (``config.data.strict_masks``).
 
     Args:
       examples: pairs from `list_folder` (paths, not bytes).
@@ -221,8 +218,7 @@ def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
 @functools.lru_cache(maxsize=8)
 def _validated_folder(data_dir: str, setting: str, strict_masks: bool, stamp: tuple) -> tuple:
     # Cached on the folders' modification times, so each epoch's make_dataset does not re-read every
-    # file
-    # while an edited folder is checked again.
+    # file while an edited folder is checked again.
     del stamp
     examples = list_folder(data_dir, setting)
     validate_examples(examples, strict_masks)

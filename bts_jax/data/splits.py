@@ -2,21 +2,16 @@
 
 Neighbouring figshare ids are mostly slices of one patient and patient ids are not published, so the
 default split keeps contiguous id blocks together (``split_method="blocked"``). ``"random"``
-reproduces the
-paper's per-slice split and leaks patients between training and validation (neighbouring slices of
-one
-tumour land on both sides), which inflates every validation metric; use it only to compare with the
-paper.
+reproduces the paper's per-slice split and leaks patients between training and validation
+(neighbouring slices of one tumour land on both sides), which inflates every validation metric; use
+it only to compare with the paper.
 
 Subset selection (``config.data.subset_size`` > 0, the paper used 500) happens first:
 
 - ``blocked`` and ``kfold``: per tumour type, proportionally to the type's count (largest
-  remainder), as
-  contiguous blocks: the type's sorted ids are cut into up to 10 equal segments and a run of
-  consecutive
-  ids is taken from each segment, at an offset drawn from ``config.seed``. The subset thus spans
-  each
-  type's whole id range while keeping slices of a patient together.
+  remainder), as contiguous blocks: the type's sorted ids are cut into up to 10 equal segments and a
+  run of consecutive ids is taken from each segment, at an offset drawn from ``config.seed``. The
+  subset thus spans each type's whole id range while keeping slices of a patient together.
 - ``random``: a uniform random subset of slices, drawn from ``config.seed`` (as the paper presumably
   did).
 """
@@ -92,16 +87,13 @@ def split_examples(
     """Splits the source's examples into "train" and "validation" (see the module docstring).
 
     - ``blocked``: per tumour type, ids sorted; validation = the last ``val_fraction`` of the type's
-      ids
-      (at least one, at most all but one), training = the ids before them, minus ``split_gap`` ids
-      next to
-      the validation block.
+      ids (at least one, at most all but one), training = the ids before them, minus ``split_gap``
+      ids next to the validation block.
     - ``random``: per slice, a seed permutation of all ids; validation = its first ``val_fraction``.
       ``split_gap`` does not apply. Leaks patients.
     - ``kfold``: per tumour type, the sorted ids cut into ``num_folds`` contiguous, near-equal
-      blocks;
-      validation = block ``fold``; training = the other blocks minus ``split_gap`` ids on each side
-      of it.
+      blocks; validation = block ``fold``; training = the other blocks minus ``split_gap`` ids on
+      each side of it.
 
     Args:
       config: the experiment config (reads ``seed`` and ``data.*``).

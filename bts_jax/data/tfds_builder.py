@@ -1,8 +1,8 @@
 """TFDS builder ``brain_tumor_segmentation``: the Kaggle/figshare pairs as a TFDS dataset.
 
-Nothing is downloaded: the user downloads the Kaggle archive, extracts it, and points ``manual_dir``
-at
-it. One split, ``train``, holds every pair; ``bts_jax`` applies its own id-block splits on top.
+Nothing is downloaded: the user downloads the Kaggle archive, extracts it, and points
+``manual_dir`` at it. One split, ``train``, holds every pair; ``bts_jax`` applies its own id-block
+splits on top.
 
 Prepare once, then train from it::
 
@@ -31,8 +31,7 @@ _CITATION = """\
   Zhaoqiang
           and Wang, Zhijian and Feng, Qianjin},
   journal={PLoS One}, volume={10}, number={10}, pages={e0140381}, year={2015}
-}
-@article{cheng2016retrieval,
+} @article{cheng2016retrieval,
   title={Retrieval of brain tumors by adaptive spatial pooling and Fisher vector representation},
   author={Cheng, Jun and Yang, Wei and Huang, Meiyan and Huang, Wei and Jiang, Jun and Zhou, Yujia
   and
@@ -86,11 +85,10 @@ class BrainTumorSegmentation(tfds.core.GeneratorBasedBuilder):
     RELEASE_NOTES = {"1.0.0": "First release: image, mask, id, tumor_type; one split `train`."}
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Download the Kaggle dataset `nikhilroxtomar/brain-tumor-segmentation`
-    (https://www.kaggle.com/datasets/nikhilroxtomar/brain-tumor-segmentation), extract the
-    archive and pass the extracted folder as `manual_dir`. It must contain (at most two levels
-    down) `images/<id>.png` and `masks/<id>.png`; an optional `metadata.csv` with columns
-    `id,label` (1 meningioma, 2 glioma, 3 pituitary) adds the tumour type. Nothing is fetched
-    from the network.
+    (https://www.kaggle.com/datasets/nikhilroxtomar/brain-tumor-segmentation), extract the archive
+    and pass the extracted folder as `manual_dir`. It must contain (at most two levels down)
+    `images/<id>.png` and `masks/<id>.png`; an optional `metadata.csv` with columns `id,label` (1
+    meningioma, 2 glioma, 3 pituitary) adds the tumour type. Nothing is fetched from the network.
     """
 
     def _info(self) -> tfds.core.DatasetInfo:
