@@ -19,6 +19,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from bts_jax.data import sources
 from bts_jax.data.preprocessing import load_grayscale
@@ -90,6 +91,14 @@ class BrainTumorSegmentation(tfds.core.GeneratorBasedBuilder):
     `images/<id>.png` and `masks/<id>.png`; an optional `metadata.csv` with columns `id,label` (1
     meningioma, 2 glioma, 3 pituitary) adds the tumour type. Nothing is fetched from the network.
     """
+
+    # TFDS finds a builder's source folder (for its checksums file) through `importlib_resources`,
+    # which TFDS 4.9 imports without declaring it as a dependency on Python >= 3.9; naming the folder
+    # here avoids that import. There are no URLs, hence no checksums file.
+    @tfds.core.utils.classproperty
+    @classmethod
+    def code_path(cls) -> epath.Path:
+        return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
