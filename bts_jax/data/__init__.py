@@ -1,0 +1,36 @@
+"""Input pipeline: sources, OpenCV-exact equalisation, splits by id block, host-local batches.
+
+Importing this package hides the GPUs from TensorFlow, which only feeds the host (SPEC section 3,
+STYLE).
+"""
+
+from bts_jax.data.pipeline import make_dataset, num_eval_batches, steps_per_epoch
+from bts_jax.data.preprocessing import (
+    augment_pair,
+    content_box,
+    equalize_histogram,
+    load_grayscale,
+    preprocess_image,
+    restore_original_size,
+)
+from bts_jax.data.sources import SAMPLE_DIR, TUMOUR_TYPES, Example, get_examples
+from bts_jax.data.splits import get_split_ids, split_examples, write_split_file
+
+__all__ = [
+    "SAMPLE_DIR",
+    "TUMOUR_TYPES",
+    "Example",
+    "augment_pair",
+    "content_box",
+    "equalize_histogram",
+    "get_examples",
+    "get_split_ids",
+    "load_grayscale",
+    "make_dataset",
+    "num_eval_batches",
+    "preprocess_image",
+    "restore_original_size",
+    "split_examples",
+    "steps_per_epoch",
+    "write_split_file",
+]

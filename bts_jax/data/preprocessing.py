@@ -1,0 +1,395 @@
+"""Per-image preprocessing (SPEC section 3): decode, grayscale, equalise, resize or pad, augment.
+
+Everything that runs inside the tf.data graph is written in TensorFlow ops; the numpy helpers at the
+end (`load_grayscale`, `preprocess_image`, `restore_original_size`) run the very same ops eagerly,
+so that inference on a single file sees exactly the pixels the model was trained on.
+
+Conventions: images are uint8 until the final scaling to float32 [0, 1]; masks are uint8 {0, 1}
+inside the pipeline and int32 {0, 1} in the batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from bts_jax.data._tf import tf
+
+# Luma weights of ITU-R BT.601 (SPEC 3.1) in thousandths, so grayscale conversion is exact integer
+# arithmetic and identical in the TF graph and in numpy.
+_LUMA_WEIGHTS_PER_MILLE = (299, 587, 114)
+
+
+def equalize_histogram(image: tf.Tensor) -> tf.Tensor:
+    """Histogram equalisation, bit-identical to OpenCV's ``cv2.equalizeHist``.
+
+    OpenCV (imgproc/src/histogram.cpp, ``EqualizeHistLut_Invoker``) computes, for a uint8 image of N
+    pixels with 256-bin histogram ``hist``:
+
+    - ``i0`` = the first level with ``hist[i0] > 0``; if ``hist[i0] == N`` the image is constant and
+      is returned unchanged (OpenCV fills the output with ``i0``, which is the same thing);
+    - ``scale = 255.f / (N - hist[i0])`` in float32;
+    - ``lut[v] = saturate_cast<uchar>((float)(cdf[v] - hist[i0]) * scale)`` for ``v >= i0`` (so
+      ``lut[i0] = 0``), and ``lut[v] = 0`` below ``i0``. ``saturate_cast`` rounds half to even
+      (``cvRound``).
+
+    This reproduces those float32 operations one by one (a float32 division, a float32 product,
+    round half to even), which is what makes it bit-exact: computing the formula in float64 instead
+    differs from OpenCV on a few levels of some images.
+
+    Works eagerly, inside ``tf.function`` and inside ``tf.data`` maps.
+
+    Args:
+      image: uint8 tensor of shape (H, W) or (H, W, 1).
+
+    Returns:
+      The equalised uint8 tensor, same shape as ``image``.
+    """
+    image = tf.convert_to_tensor(image)
+    if image.dtype != tf.uint8:
+        raise ValueError(f"equalize_histogram expects a uint8 image, got {image.dtype}.")
+    if image.shape.rank not in (None, 2, 3):
+        raise ValueError(
+            f"equalize_histogram expects shape (H, W) or (H, W, 1), got {image.shape}."
+        )
+    flat = tf.cast(tf.reshape(image, [-1]), tf.int32)
+    hist = tf.math.bincount(flat, minlength=256, maxlength=256, dtype=tf.int32)
+    total = tf.size(flat, out_type=tf.int32)
+    i0 = tf.argmax(tf.cast(hist > 0, tf.int32), output_type=tf.int32)
+    hist_i0 = hist[i0]
+    # Guard only against the division by zero of a constant image, whose result is not used.
+    denominator = tf.cast(tf.maximum(total - hist_i0, 1), tf.float32)
+    scale = tf.constant(255.0, tf.float32) / denominator
+    shifted_cdf = tf.cast(tf.cumsum(hist) - hist_i0, tf.float32)
+    lut = tf.clip_by_value(tf.math.round(shifted_cdf * scale), 0.0, 255.0)
+    lut = tf.where(tf.range(256) >= i0, lut, 0.0)
+    lut = tf.cast(lut, tf.uint8)
+    equalized = tf.reshape(tf.gather(lut, flat), tf.shape(image))
+    return tf.where(hist_i0 == total, image, equalized)
+
+
+def to_grayscale(image: tf.Tensor) -> tf.Tensor:
+    """Converts a decoded uint8 image with 1-4 channels to a single grayscale channel.
+
+    RGB uses the BT.601 luma ``0.299 R + 0.587 G + 0.114 B``, computed in integers as ``(299 R + 587
+    G + 114 B + 500) // 1000`` — exact rounding to nearest, halves up. (This can differ by one level
+    from OpenCV's and Pillow's fixed-point conversions, which use 14- and 16-bit weights.) An RGB
+    image whose channels are equal (a gray image saved as RGB) is returned exactly. Alpha channels
+    are dropped.
+
+    Args:
+      image: uint8 tensor (H, W, C) with C in {1, 2 (gray + alpha), 3 (RGB), 4 (RGBA)}.
+
+    Returns:
+      uint8 tensor (H, W).
+    """
+    channels = tf.shape(image)[-1]
+
+    def luma():
+        rgb = tf.cast(image[..., :3], tf.int32)
+        weighted = (
+            _LUMA_WEIGHTS_PER_MILLE[0] * rgb[..., 0]
+            + _LUMA_WEIGHTS_PER_MILLE[1] * rgb[..., 1]
+            + _LUMA_WEIGHTS_PER_MILLE[2] * rgb[..., 2]
+        )
+        return tf.cast((weighted + 500) // 1000, tf.uint8)
+
+    return tf.cond(channels >= 3, luma, lambda: image[..., 0])
+
+
+def decode_grayscale(encoded: tf.Tensor) -> tf.Tensor:
+    """Decodes PNG/JPEG/BMP/GIF bytes to a uint8 grayscale image (16-bit PNGs are scaled to 8 bits).
+
+    Args:
+      encoded: scalar string tensor, the file's bytes.
+
+    Returns:
+      uint8 tensor (H, W).
+    """
+    image = tf.io.decode_image(encoded, channels=0, dtype=tf.uint8, expand_animations=False)
+    return to_grayscale(image)
+
+
+def _content_size(height, width, size: int):
+    """Size (h, w) of the image in the canvas of ``resize_method="pad"`` (tensors or ints)."""
+    longest = tf.maximum(height, width)
+    scale = tf.minimum(1.0, size / tf.cast(longest, tf.float64))
+    h = tf.maximum(1, tf.cast(tf.math.round(tf.cast(height, tf.float64) * scale), tf.int32))
+    w = tf.maximum(1, tf.cast(tf.math.round(tf.cast(width, tf.float64) * scale), tf.int32))
+    return h, w
+
+
+def _resize_image(image: tf.Tensor, height, width) -> tf.Tensor:
+    """Bilinear resize of a uint8 (H, W, 1) image, rounded back to uint8.
+
+    Antialiasing only matters when shrinking (it is then a proper triangle filter instead of
+    sampling 4 pixels out of many); when enlarging, or at the same size, it is plain bilinear with
+    half-pixel centres (as cv2.INTER_LINEAR), and a same-size resize returns the input exactly.
+    """
+    resized = tf.image.resize(
+        tf.cast(image, tf.float32), [height, width], "bilinear", antialias=True
+    )
+    return tf.cast(tf.clip_by_value(tf.math.round(resized), 0.0, 255.0), tf.uint8)
+
+
+def _resize_mask(mask: tf.Tensor, height, width) -> tf.Tensor:
+    return tf.image.resize(mask, [height, width], "nearest")
+
+
+def fit_to_size(
+    image: tf.Tensor, mask: tf.Tensor | None, size: int, resize_method: str
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Brings an image (and its mask) to size x size.
+
+    - ``"resize"``: image bilinear (see `_resize_image`), mask nearest; the aspect ratio is not
+      kept.
+    - ``"pad"`` (letterbox): an image that fits is zero-padded around its centre to size x size at
+      its native resolution (top/left get the smaller half of an odd padding); a larger one is first
+      shrunk, keeping its aspect ratio, until its longest side is ``size``. `content_box` says where
+      the image lies in the canvas, and `restore_original_size` undoes it.
+
+    Args:
+      image: uint8 (H, W, 1).
+      mask: uint8 (H, W, 1) with values {0, 1}, or None.
+      size: the output side S.
+      resize_method: "resize" or "pad".
+
+    Returns:
+      (image, mask), uint8 (S, S, 1) each (mask None if not given).
+    """
+    if resize_method == "resize":
+        image = _resize_image(image, size, size)
+        mask = None if mask is None else _resize_mask(mask, size, size)
+        return image, mask
+    if resize_method != "pad":
+        raise ValueError(
+            f'config.data.resize_method must be "resize" or "pad", got {resize_method!r}.'
+        )
+    shape = tf.shape(image)
+    h, w = _content_size(shape[0], shape[1], size)
+    image = _resize_image(image, h, w)
+    mask = None if mask is None else _resize_mask(mask, h, w)
+    top, left = (size - h) // 2, (size - w) // 2
+    image = tf.image.pad_to_bounding_box(image, top, left, size, size)
+    if mask is not None:
+        mask = tf.image.pad_to_bounding_box(mask, top, left, size, size)
+    return image, mask
+
+
+def preprocess_pair(
+    image: tf.Tensor, mask: tf.Tensor | None, data_config: Mapping[str, Any]
+) -> tuple[tf.Tensor, tf.Tensor | None]:
+    """Deterministic preprocessing of one decoded pair: equalise, binarise the mask, fit to size.
+
+    Equalisation runs on the original image, before any resizing, as in the paper's OpenCV pipeline.
+
+    Args:
+      image: uint8 (H, W) grayscale image.
+      mask: uint8 (H, W) mask (any values; > 127 is tumour) or None.
+      data_config: ``config.data`` (reads ``equalize``, ``image_size``, ``resize_method``).
+
+    Returns:
+      (image uint8 (S, S, 1), mask uint8 (S, S, 1) with values {0, 1} or None).
+    """
+    if data_config["equalize"]:
+        image = equalize_histogram(image)
+    image = image[..., tf.newaxis]
+    if mask is not None:
+        mask = tf.cast(mask > 127, tf.uint8)[..., tf.newaxis]
+    size = int(data_config["image_size"])
+    image, mask = fit_to_size(image, mask, size, data_config["resize_method"])
+    image = tf.ensure_shape(image, [size, size, 1])
+    if mask is not None:
+        mask = tf.ensure_shape(mask, [size, size, 1])
+    return image, mask
+
+
+def _affine_transform(seed: tf.Tensor, size: int, augment: Mapping[str, Any]) -> tf.Tensor:
+    """Random rotation/scale/shift about the image centre, as an output->input projective transform.
+
+    Returns the 8 parameters ``[a0, a1, a2, b0, b1, b2, 0, 0]`` of ImageProjectiveTransformV3:
+    output pixel (x, y) samples input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2).
+    """
+    u = tf.random.stateless_uniform([4], seed, -1.0, 1.0, dtype=tf.float32)
+    angle = u[0] * float(augment["max_rotate_deg"]) * (math.pi / 180.0)
+    scale = 1.0 + u[1] * float(augment["max_scale"])
+    tx = u[2] * float(augment["max_translate"]) * size
+    ty = u[3] * float(augment["max_translate"]) * size
+    c = (size - 1) / 2.0
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    # Forward map: out = c + scale * R(angle) (in - c) + t, inverted because the op samples the
+    # input.
+    a2 = c - (cos * (c + tx) + sin * (c + ty))
+    b2 = c - (-sin * (c + tx) + cos * (c + ty))
+    return tf.stack([cos, sin, a2, -sin, cos, b2, 0.0, 0.0])
+
+
+def _project(x: tf.Tensor, transform: tf.Tensor, interpolation: str, size: int) -> tf.Tensor:
+    out = tf.raw_ops.ImageProjectiveTransformV3(
+        images=x[tf.newaxis],
+        transforms=transform[tf.newaxis],
+        output_shape=tf.constant([size, size], tf.int32),
+        fill_value=tf.constant(0.0, tf.float32),
+        interpolation=interpolation,
+        fill_mode="CONSTANT",
+    )
+    return out[0]
+
+
+def augment_pair(
+    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, augment: Mapping[str, Any]
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random augmentation of one training pair; image and mask get the same geometric transform.
+
+    Each augmentation draws from its own stateless stream (``seed`` folded with a fixed number), so
+    turning one on or off does not change the draws of the others, and the result depends only on
+    ``seed``.
+
+    - ``flip``: left-right and up-down, each with probability 1/2.
+    - ``rot90``: k * 90 degrees, k uniform in {0, 1, 2, 3}.
+    - ``affine``: rotation uniform in +-``max_rotate_deg`` degrees, zoom 1 +- ``max_scale``, shift
+      +-``max_translate`` of the side in x and y; image bilinear, mask nearest, zero fill outside.
+    - ``brightness_contrast``: ``(x - mean) * c + mean + b`` with c in 1 +- ``max_contrast`` and b
+      in +-``max_brightness``, clipped to [0, 1]; image only.
+
+    Args:
+      image: float32 (S, S, 1) in [0, 1].
+      mask: uint8 (S, S, 1) with values {0, 1}.
+      seed: int32/int64 tensor of shape (2,), e.g. from
+        ``tf.random.experimental.stateless_fold_in``.
+      augment: ``config.data.augment``.
+
+    Returns:
+      (image float32 (S, S, 1) in [0, 1], mask uint8 (S, S, 1) in {0, 1}).
+    """
+    size = int(image.shape[0])
+
+    def stream(k):
+        return tf.random.experimental.stateless_fold_in(seed, k)
+
+    if augment["flip"]:
+        u = tf.random.stateless_uniform([2], stream(1))
+        lr, ud = u[0] < 0.5, u[1] < 0.5
+        image = tf.where(lr, tf.reverse(image, [1]), image)
+        mask = tf.where(lr, tf.reverse(mask, [1]), mask)
+        image = tf.where(ud, tf.reverse(image, [0]), image)
+        mask = tf.where(ud, tf.reverse(mask, [0]), mask)
+    if augment["rot90"]:
+        k = tf.random.stateless_uniform([], stream(2), 0, 4, dtype=tf.int32)
+        image = tf.image.rot90(image, k)
+        mask = tf.image.rot90(mask, k)
+    if augment["affine"]:
+        transform = _affine_transform(stream(3), size, augment)
+        image = _project(image, transform, "BILINEAR", size)
+        mask = _project(mask, transform, "NEAREST", size)
+    if augment["brightness_contrast"]:
+        u = tf.random.stateless_uniform([2], stream(4), -1.0, 1.0)
+        contrast = 1.0 + u[0] * float(augment["max_contrast"])
+        brightness = u[1] * float(augment["max_brightness"])
+        mean = tf.reduce_mean(image)
+        image = tf.clip_by_value((image - mean) * contrast + mean + brightness, 0.0, 1.0)
+    return tf.ensure_shape(image, [size, size, 1]), tf.ensure_shape(mask, [size, size, 1])
+
+
+def load_grayscale(path: str | os.PathLike) -> np.ndarray:
+    """Reads an image file as uint8 grayscale, decoded exactly as in the training pipeline.
+
+    Args:
+      path: a PNG/JPEG/BMP/GIF file.
+
+    Returns:
+      uint8 array (H, W).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: the file cannot be decoded as an image (the message names it).
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path}")
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        image = decode_grayscale(tf.constant(data))
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e.message.splitlines()[0]}") from None
+    return image.numpy()
+
+
+def preprocess_image(image: np.ndarray, data_config: Mapping[str, Any]) -> np.ndarray:
+    """Preprocesses one grayscale image of any size for inference, exactly as evaluation does.
+
+    Equalise (if ``config.data.equalize``), resize or pad to ``config.data.image_size``, scale to
+    [0, 1]. Use `restore_original_size` to bring a prediction back to the original (H, W).
+
+    Args:
+      image: uint8 array (H, W) or (H, W, 1).
+      data_config: ``config.data``.
+
+    Returns:
+      float32 array (S, S, 1) in [0, 1].
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"preprocess_image expects a uint8 image, got {image.dtype}.")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2:
+        raise ValueError(f"preprocess_image expects shape (H, W) or (H, W, 1), got {image.shape}.")
+    processed, _ = preprocess_pair(tf.constant(image), None, data_config)
+    return processed.numpy().astype(np.float32) / 255.0
+
+
+def content_box(
+    height: int, width: int, data_config: Mapping[str, Any]
+) -> tuple[int, int, int, int]:
+    """Where an (height, width) image lies in the S x S model input.
+
+    Args:
+      height: original image height H.
+      width: original image width W.
+      data_config: ``config.data``.
+
+    Returns:
+      (top, left, h, w): the image occupies rows top:top+h and columns left:left+w. For
+      ``resize_method="resize"`` that is the whole canvas (0, 0, S, S).
+    """
+    size = int(data_config["image_size"])
+    if data_config["resize_method"] == "resize":
+        return 0, 0, size, size
+    h, w = _content_size(tf.constant(height), tf.constant(width), size)
+    h, w = int(h), int(w)
+    return (size - h) // 2, (size - w) // 2, h, w
+
+
+def restore_original_size(
+    prediction: np.ndarray, original_shape: tuple[int, int], data_config: Mapping[str, Any]
+) -> np.ndarray:
+    """Maps a model-size prediction back onto the original image grid (undoes resize or pad).
+
+    Crops the content box (pad mode) and resizes it to the original size with nearest-neighbour
+    sampling, so a label map stays a label map (pass probabilities to get nearest-sampled
+    probabilities).
+
+    Args:
+      prediction: array (S, S) or (S, S, C).
+      original_shape: (H, W) of the original image.
+      data_config: ``config.data``.
+
+    Returns:
+      array (H, W) or (H, W, C), dtype of ``prediction``.
+    """
+    prediction = np.asarray(prediction)
+    squeeze = prediction.ndim == 2
+    if squeeze:
+        prediction = prediction[..., None]
+    height, width = int(original_shape[0]), int(original_shape[1])
+    top, left, h, w = content_box(height, width, data_config)
+    crop = prediction[top : top + h, left : left + w]
+    if (h, w) != (height, width):
+        crop = tf.image.resize(crop, [height, width], "nearest").numpy()
+    return crop[..., 0] if squeeze else crop
