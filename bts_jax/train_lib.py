@@ -113,9 +113,7 @@ def create_learning_rate_schedule(
             0.0, base, warmup, max(total_steps, warmup + 1), end_value=0.0
         )
     if name != "constant":
-        raise ValueError(
-            f"config.optimizer.schedule={name!r}; expected 'constant' or 'cosine'."
-        )
+        raise ValueError(f"config.optimizer.schedule={name!r}; expected 'constant' or 'cosine'.")
     if not warmup:
         return optax.constant_schedule(base)
     return optax.join_schedules(
@@ -143,7 +141,9 @@ def create_optimizer(
     else:
         raise ValueError(f"config.optimizer.name={name!r}; expected 'adam' or 'adamw'.")
     if optimizer_config.grad_clip_norm > 0:
-        optimizer = optax.chain(optax.clip_by_global_norm(optimizer_config.grad_clip_norm), optimizer)
+        optimizer = optax.chain(
+            optax.clip_by_global_norm(optimizer_config.grad_clip_norm), optimizer
+        )
     return optimizer
 
 
@@ -625,7 +625,9 @@ def train_and_evaluate(
 
     def save(manager, step, step_metrics=None):
         best_value = None if best_miou == -math.inf else best_miou
-        _save(manager, step, state, {"history": logger.history, "best_miou": best_value}, step_metrics)
+        _save(
+            manager, step, state, {"history": logger.history, "best_miou": best_value}, step_metrics
+        )
 
     step = int(state.step)
     checkpoint_step = latest.latest_step()
@@ -646,8 +648,12 @@ def train_and_evaluate(
                     epoch_metrics += _check_finite(pending, checkpoint_step)
                     pending = []
                     if is_main and hasattr(bar, "set_postfix"):
-                        rate = len(epoch_metrics) * config.batch_size / (time.perf_counter() - start)
-                        bar.set_postfix(loss=f"{epoch_metrics[-1]['loss']:.4f}", img_s=f"{rate:.1f}")
+                        rate = (
+                            len(epoch_metrics) * config.batch_size / (time.perf_counter() - start)
+                        )
+                        bar.set_postfix(
+                            loss=f"{epoch_metrics[-1]['loss']:.4f}", img_s=f"{rate:.1f}"
+                        )
                 if every and step % every == 0 and step % run.steps_per_epoch:
                     epoch_metrics += _check_finite(pending, checkpoint_step)
                     pending = []

@@ -14,8 +14,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.features = (4, 8, 16, 32)
     config.data.image_size = 32
     config.data.augment.flip = True
-    config.batch_size = 4
-    config.eval_batch_size = 4
+    # A multiple of the 8 fake CPU devices the tests run on.
+    config.batch_size = 8
+    config.eval_batch_size = 8
     config.num_epochs = 1
     config.log_every_steps = 1
     return config
