@@ -48,7 +48,8 @@ def test_bundled_sample_contents():
     assert {"1203", "1204", "1205", "1206", "1207"} <= set(ids)
     total = sum(os.path.getsize(p) for e in examples for p in (e.image, e.mask))
     assert total < 8e6
-    readme = open(os.path.join(SAMPLE_DIR, "README.md")).read()
+    with open(os.path.join(SAMPLE_DIR, "README.md")) as f:
+        readme = f.read()
     for needle in ("CC BY 4.0", "10.6084/m9.figshare.1512427", "e0140381", "e0157112"):
         assert needle in readme
     for e in examples[:5]:
@@ -167,7 +168,7 @@ def test_tfds_builder_round_trip(tmp_path):
             np.testing.assert_array_equal(
                 decode_grayscale(data).numpy(), load_grayscale(manual / kind / f"{e.id}.png")
             )
-    # The pipeline reads it through config.data.source="tfds" and gives the same batches as the folder.
+    # Read through config.data.source="tfds": the same batches as from the folder.
     config = test_config.get_config()
     config.data.update(source="tfds", data_dir=str(tmp_path / "tfds"), image_size=16, cache=False)
     config.eval_batch_size = 2

@@ -114,7 +114,8 @@ def test_subset_is_proportional_blocked_and_seeded():
 def test_write_split_file(tmp_path):
     config = _config()
     path = write_split_file(config, tmp_path / "run")
-    content = json.load(open(path))
+    with open(path) as f:
+        content = json.load(f)
     assert content["train"] == get_split_ids(config)["train"]
     assert content["validation"] == get_split_ids(config)["validation"]
     assert content["settings"]["split_method"] == "blocked"

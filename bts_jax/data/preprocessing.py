@@ -117,7 +117,7 @@ def decode_grayscale(encoded: tf.Tensor) -> tf.Tensor:
 def _content_size(height, width, size: int):
     """Size (h, w) of the image in the canvas of ``resize_method="pad"`` (tensors or ints)."""
     longest = tf.maximum(height, width)
-    scale = tf.minimum(1.0, size / tf.cast(longest, tf.float64))
+    scale = tf.minimum(tf.constant(1.0, tf.float64), size / tf.cast(longest, tf.float64))
     h = tf.maximum(1, tf.cast(tf.math.round(tf.cast(height, tf.float64) * scale), tf.int32))
     w = tf.maximum(1, tf.cast(tf.math.round(tf.cast(width, tf.float64) * scale), tf.int32))
     return h, w

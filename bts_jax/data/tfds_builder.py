@@ -92,12 +92,15 @@ class BrainTumorSegmentation(tfds.core.GeneratorBasedBuilder):
     meningioma, 2 glioma, 3 pituitary) adds the tumour type. Nothing is fetched from the network.
     """
 
-    # TFDS finds a builder's source folder (for its checksums file) through `importlib_resources`,
-    # which TFDS 4.9 imports without declaring it as a dependency on Python >= 3.9; naming the folder
-    # here avoids that import. There are no URLs, hence no checksums file.
     @tfds.core.utils.classproperty
     @classmethod
     def code_path(cls) -> epath.Path:
+        """This file.
+
+        TFDS otherwise locates it through `importlib_resources`, which TFDS 4.9 imports without
+        declaring it as a dependency on Python >= 3.9. Only used to look for a checksums file (there
+        is none: nothing is downloaded).
+        """
         return epath.Path(__file__)
 
     def _info(self) -> tfds.core.DatasetInfo:
