@@ -12,7 +12,7 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import flax
@@ -147,6 +147,25 @@ def create_optimizer(
     return optimizer
 
 
+def _init_fn(config, model: nn.Module, optimizer: optax.GradientTransformation):
+    """Returns a pure function rng -> TrainState at step 0."""
+    size = config.data.image_size
+
+    def init(rng):
+        init_rng, run_rng = jax.random.split(rng)
+        variables = model.init(init_rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=optimizer.init(params),
+            rng=jax.random.key_data(run_rng),
+        )
+
+    return init
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -164,22 +183,34 @@ def create_train_state(
     Returns:
       A TrainState at step 0.
     """
-    size = config.data.image_size
+    init = _init_fn(config, model, optimizer)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(config.seed))
 
-    def init(rng):
-        init_rng, run_rng = jax.random.split(rng)
-        variables = model.init(init_rng, jnp.zeros((1, size, size, 1), jnp.float32), train=False)
-        params = variables["params"]
-        return TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            batch_stats=variables.get("batch_stats", {}),
-            opt_state=optimizer.init(params),
-            rng=jax.random.key_data(run_rng),
-        )
 
+def abstract_train_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """The shapes, dtypes and (replicated) shardings of the train state, computing nothing.
+
+    Restoring a checkpoint into this skips the initialisation's compilation.
+
+    Args:
+      config: experiment config.
+      model: the segmentation model.
+      optimizer: the optax transformation.
+      mesh: device mesh.
+
+    Returns:
+      A TrainState of ``jax.ShapeDtypeStruct`` leaves.
+    """
+    shapes = jax.eval_shape(_init_fn(config, model, optimizer), jax.random.key(config.seed))
     replicated = NamedSharding(mesh, P())
-    return jax.jit(init, out_shardings=replicated)(jax.random.key(config.seed))
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+    )
 
 
 def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -256,7 +287,7 @@ def train_step(
         "loss": loss,
         "cross_entropy": parts["cross_entropy"],
         "dice_loss": parts["dice_loss"],
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
     }
     return new_state, step_metrics
 
@@ -429,12 +460,13 @@ def _save(manager, step: int, state: TrainState, meta: dict, step_metrics=None) 
     )
 
 
-def restore_checkpoint(manager, state: TrainState, step: int | None = None):
-    """Restores (state, meta) from ``manager`` at ``step`` (default: latest) with ``state``'s layout.
+def restore_checkpoint(manager, target: TrainState, step: int | None = None):
+    """Restores (state, meta) from ``manager`` at ``step`` (default: latest) in ``target``'s layout.
 
     Args:
       manager: an Orbax CheckpointManager.
-      state: a TrainState whose shapes, dtypes and shardings the restored arrays take.
+      target: a TrainState of arrays or ``jax.ShapeDtypeStruct`` s (see
+        :func:`abstract_train_state`) whose shapes, dtypes and shardings the restored arrays take.
       step: the step to restore; None for the latest.
 
     Returns:
@@ -443,7 +475,7 @@ def restore_checkpoint(manager, state: TrainState, step: int | None = None):
     step = manager.latest_step() if step is None else step
     if step is None:
         return None, None
-    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, state)
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
     restored = manager.restore(
         step,
         args=ocp.args.Composite(
@@ -513,9 +545,9 @@ def _check_finite(pending: list[tuple[int, dict]], checkpoint_step: int | None) 
         if not np.isfinite(step_metrics["loss"]):
             last = "none" if checkpoint_step is None else f"step {checkpoint_step}"
             raise NonFiniteLossError(
-                f"Training loss is {step_metrics['loss']} at step {step}. The run stopped; the last "
-                f"good checkpoint ({last}) is intact. Lower config.optimizer.learning_rate, set "
-                "config.optimizer.grad_clip_norm, or check the input data."
+                f"Training loss is {step_metrics['loss']} at step {step}. The run stopped; the "
+                f"last good checkpoint ({last}) is intact. Lower config.optimizer.learning_rate, "
+                "set config.optimizer.grad_clip_norm, or check the input data."
             )
     return [m for _, m in fetched]
 
@@ -605,19 +637,20 @@ def train_and_evaluate(
         _save_config(config, workdir)
         data_lib.write_split_file(config, workdir)
 
-    state = create_train_state(config, run.model, run.optimizer, run.mesh)
+    abstract = abstract_train_state(config, run.model, run.optimizer, run.mesh)
     if is_main:
         logging.info(
             "Model: %s parameters; %d devices over %d processes; %d steps per epoch.",
-            f"{count_params(state.params):,}",
+            f"{count_params(abstract.params):,}",
             run.mesh.devices.size,
             jax.process_count(),
             run.steps_per_epoch,
         )
     latest, best = checkpoint_managers(workdir, config)
-    restored, meta = restore_checkpoint(latest, state)
-    if restored is not None:
-        state = restored
+    state, meta = restore_checkpoint(latest, abstract)
+    if state is None:
+        state = create_train_state(config, run.model, run.optimizer, run.mesh)
+    else:
         logging.info("Resumed from step %d of %s.", int(state.step), workdir)
     meta = meta or {"history": [], "best_miou": None}
     logger = MetricLogger(workdir, meta["history"])
@@ -733,10 +766,10 @@ def evaluate_checkpoint(
     if which not in ("best", "latest"):
         raise ValueError(f"which={which!r}; expected 'best' or 'latest'.")
     run = run or setup_run(config)
-    state = create_train_state(config, run.model, run.optimizer, run.mesh)
+    abstract = abstract_train_state(config, run.model, run.optimizer, run.mesh)
     latest, best = checkpoint_managers(workdir, config)
     manager = best if which == "best" and best.latest_step() is not None else latest
-    restored, _ = restore_checkpoint(manager, state)
+    restored, _ = restore_checkpoint(manager, abstract)
     if restored is None:
         raise FileNotFoundError(f"No checkpoint in {workdir!r}: train it first.")
     result = evaluate(

@@ -30,6 +30,11 @@ def tiny_config(**overrides):
     return config
 
 
+def read_text(*path):
+    with open(os.path.join(*path)) as f:
+        return f.read()
+
+
 def params_of(state):
     return jax.device_get(state.params)
 
@@ -132,8 +137,12 @@ def test_batch_statistics_are_those_of_the_global_batch(two_batches):
     variables = {"params": params_of(new_state), "batch_stats": before}
     # Reference: the model's own train-mode update on the whole batch, on one device.
     _, updates = run.model.apply(
-        {"params": jax.device_get(train_lib.create_train_state(
-            config, run.model, run.optimizer, mesh).params), "batch_stats": before},
+        {
+            "params": jax.device_get(
+                train_lib.create_train_state(config, run.model, run.optimizer, mesh).params
+            ),
+            "batch_stats": before,
+        },
         jnp.asarray(batches[0]["image"]),
         train=True,
         mutable=["batch_stats"],
@@ -192,25 +201,43 @@ def uninterrupted(tmp_path_factory):
 
 def _final_params(config, workdir):
     run = train_lib.setup_run(config)
-    state = train_lib.create_train_state(config, run.model, run.optimizer, run.mesh)
+    target = train_lib.abstract_train_state(config, run.model, run.optimizer, run.mesh)
     latest, _ = train_lib.checkpoint_managers(workdir, config)
-    restored, meta = train_lib.restore_checkpoint(latest, state)
+    restored, meta = train_lib.restore_checkpoint(latest, target)
     latest.close()
     return restored, meta
 
 
 def test_run_writes_everything_a_user_needs(uninterrupted):
     config, workdir, result = uninterrupted
-    for name in ("config.json", "data_split.json", "metrics.jsonl", "metrics.csv", "loss.png",
-                 "miou.png", "eval_validation.json"):
+    for name in (
+        "config.json",
+        "data_split.json",
+        "metrics.jsonl",
+        "metrics.csv",
+        "loss.png",
+        "miou.png",
+        "eval_validation.json",
+    ):
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "tensorboard"))
-    rows = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]
+    lines = read_text(workdir, "metrics.jsonl").splitlines()
+    rows = [json.loads(line) for line in lines]
     assert [row["epoch"] for row in rows] == [1, 2]
     assert all(np.isfinite(row["val_miou"]) and np.isfinite(row["train_loss"]) for row in rows)
-    saved = json.load(open(os.path.join(workdir, "eval_validation.json")))
-    for key in ("miou", "iou_tumour", "dice", "dice_per_image", "hd95_px", "hd95_mm",
-                "boundary_iou", "precision", "recall", "loss"):
+    saved = json.loads(read_text(workdir, "eval_validation.json"))
+    for key in (
+        "miou",
+        "iou_tumour",
+        "dice",
+        "dice_per_image",
+        "hd95_px",
+        "hd95_mm",
+        "boundary_iou",
+        "precision",
+        "recall",
+        "loss",
+    ):
         assert key in saved and key in result
     # The best checkpoint is the epoch with the highest validation mIoU.
     best_epoch = max(rows, key=lambda row: row["val_miou"])
@@ -300,13 +327,14 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
     config = tiny_config()
     global_batches = []
     shards = [
-        first_batches(config, 2, process_index=i, process_count=2, device_count=4)
-        for i in range(2)
+        first_batches(config, 2, process_index=i, process_count=2, device_count=4) for i in range(2)
     ]
     for step in range(2):
         global_batches.append(
-            {k: np.concatenate([shards[0][step][k], shards[1][step][k]]) for k in ("image", "mask",
-                                                                                   "valid")}
+            {
+                k: np.concatenate([shards[0][step][k], shards[1][step][k]])
+                for k in ("image", "mask", "valid")
+            }
         )
     mesh = train_lib.make_mesh(jax.devices()[:4])
     state, _ = _run_steps(config, mesh, global_batches)
@@ -323,7 +351,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
     for key in flat:
         np.testing.assert_array_equal(multi[key], other[key])
     # Evaluation over two hosts counts every validation image once.
-    evaluation = json.load(open(os.path.join(tmp_path, "eval_0.json")))
+    evaluation = json.loads(read_text(tmp_path, "eval_0.json"))
     assert evaluation["num_images"] == len(data_lib.get_split_ids(config)["validation"])
 
 
@@ -334,23 +362,49 @@ def test_train_py_end_to_end_and_flag_errors(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     workdir = tmp_path / "cli"
     done = subprocess.run(
-        [sys.executable, "train.py", "--config", "configs/test.py", "--workdir", str(workdir),
-         "--config.num_epochs=1"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/test.py",
+            "--workdir",
+            str(workdir),
+            "--config.num_epochs=1",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Validation (best checkpoint, step 6)" in done.stdout
     assert (workdir / "eval_validation.json").is_file() and (workdir / "best").is_dir()
 
     bad = subprocess.run(
-        [sys.executable, "train.py", "--config", "configs/test.py", "--workdir", str(workdir),
-         "--config.model.upsample=nearest"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "train.py",
+            "--config",
+            "configs/test.py",
+            "--workdir",
+            str(workdir),
+            "--config.model.upsample=nearest",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert bad.returncode != 0
     assert "config.model.upsample='nearest'" in bad.stderr
     missing = subprocess.run(
         [sys.executable, "train.py", "--config", "configs/test.py"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert missing.returncode != 0 and "--workdir" in missing.stderr

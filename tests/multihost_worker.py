@@ -1,0 +1,53 @@
+"""One process of the two-process test: 2 CPU devices, jax.distributed over 127.0.0.1.
+
+Usage: python tests/multihost_worker.py PORT PROCESS_ID OUTPUT_DIR
+Trains two steps of the tiny config on this host's shard of the global batches, then evaluates.
+"""
+
+import json
+import os
+import sys
+
+import jax
+
+jax.config.update("jax_num_cpu_devices", 2)
+jax.config.update("jax_platforms", "cpu")
+
+from bts_jax import distributed  # noqa: E402
+
+
+def main(port: str, process_id: str, out_dir: str) -> None:
+    distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
+    assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
+
+    import numpy as np
+
+    from bts_jax import data as data_lib
+    from bts_jax import train_lib
+    from configs import test as test_config
+
+    config = test_config.get_config()
+    mesh = train_lib.make_mesh()
+    run = train_lib.setup_run(config, mesh)
+    state = train_lib.create_train_state(config, run.model, run.optimizer, mesh)
+    for i, batch in enumerate(data_lib.make_dataset(config, "train")):
+        if i == 2:
+            break
+        state, _ = run.train_fn(state, train_lib.make_global_batch(batch, mesh))
+    # Replicated: every host holds a full copy in its first local shard.
+    params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
+    flat = {
+        "/".join(str(getattr(k, "key", k)) for k in path): np.asarray(leaf)
+        for path, leaf in jax.tree_util.tree_leaves_with_path(params)
+    }
+    np.savez(os.path.join(out_dir, f"params_{jax.process_index()}.npz"), **flat)
+    result = train_lib.evaluate(
+        run.eval_fn, state, data_lib.make_dataset(config, "validation"), mesh, num_classes=1
+    )
+    with open(os.path.join(out_dir, f"eval_{jax.process_index()}.json"), "w") as f:
+        json.dump(result, f)
+    jax.distributed.shutdown()
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:])
