@@ -1,0 +1,54 @@
+"""Evaluates a trained workdir's checkpoint on a split: prints every metric and saves them as JSON.
+
+    python evaluate.py --workdir workdirs/quickstart
+    python evaluate.py --workdir workdirs/quickstart --split train --which latest
+
+The config is the one the run saved (``<workdir>/config.json``), so the data source and split are
+those of training; the metrics go to ``<workdir>/eval_<split>.json``.
+"""
+
+import logging as std_logging
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags, logging  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A directory written by train.py.")
+flags.DEFINE_enum("split", "validation", ["validation", "train"], "Split to evaluate.")
+flags.DEFINE_enum(
+    "which", "best", ["best", "latest"], "Checkpoint: best validation mIoU or latest."
+)
+flags.mark_flags_as_required(["workdir"])
+
+
+class _QuietLibraries:
+    """Drops routine INFO records of Orbax and TFDS so the run's own log stays readable."""
+
+    def filter(self, record) -> bool:
+        noisy = ("orbax", "tensorflow_datasets")
+        return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
+
+
+def main(argv):
+    """Entry point."""
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    logging.get_absl_handler().addFilter(_QuietLibraries())
+
+    from bts_jax import inference, train_lib
+
+    config = inference.load_config(FLAGS.workdir)
+    result = train_lib.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.split, which=FLAGS.which)
+    width = max(map(len, result))
+    print(f"{FLAGS.which} checkpoint of {FLAGS.workdir} on {FLAGS.split}:")
+    for key in sorted(result):
+        value = result[key]
+        shown = f"{int(value)}" if key == "step" or key.startswith("num_") else f"{value:.4f}"
+        print(f"  {key:<{width}}  {shown}")
+    print(f"Saved {os.path.join(os.path.abspath(FLAGS.workdir), f'eval_{FLAGS.split}.json')}")
+
+
+if __name__ == "__main__":
+    app.run(main)
