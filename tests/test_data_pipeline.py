@@ -6,11 +6,15 @@ import pytest
 from bts_jax.data import get_split_ids, make_dataset, num_eval_batches, steps_per_epoch
 from configs import test as test_config
 
-ONE_HOST = {"process_index": 0, "process_count": 1}
+# These tests check the pipeline on its own, as on hosts with one device each; the device-count
+# check is tested explicitly below.
+ONE_HOST = {"process_index": 0, "process_count": 1, "device_count": 1}
 
 
 def _config(**data):
-    config = test_config.get_config()  # bundled sample, 32x32, batch 4, flips on
+    config = test_config.get_config()  # bundled sample, 32x32, flips on
+    config.batch_size = 4
+    config.eval_batch_size = 4
     config.data.update(data)
     return config
 
@@ -105,7 +109,9 @@ def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_b
     config.batch_size = 4 * hosts if hosts != 3 else 6
     config.eval_batch_size = eval_batch
     evals = [
-        list(make_dataset(config, "validation", process_index=p, process_count=hosts))
+        list(
+            make_dataset(config, "validation", process_index=p, process_count=hosts, device_count=1)
+        )
         for p in range(hosts)
     ]
     assert len({len(e) for e in evals}) == 1  # every host runs the same number of eval steps
@@ -115,7 +121,11 @@ def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_b
     for e in evals:
         assert all(b["image"].shape[0] == eval_batch // hosts for b in e)
     trains = [
-        list(make_dataset(config, "train", epoch=1, process_index=p, process_count=hosts))
+        list(
+            make_dataset(
+                config, "train", epoch=1, process_index=p, process_count=hosts, device_count=1
+            )
+        )
         for p in range(hosts)
     ]
     assert len({len(t) for t in trains}) == 1
@@ -135,7 +145,7 @@ def test_augmentation_of_an_example_does_not_depend_on_the_host_count():
     }
     two = {
         i: x
-        for b in make_dataset(config, "train", process_index=1, process_count=2)
+        for b in make_dataset(config, "train", process_index=1, process_count=2, device_count=1)
         for i, x in zip(b["id"], b["image"], strict=True)
     }
     assert two and all(np.array_equal(one[i], x) for i, x in two.items() if i in one)
@@ -152,9 +162,9 @@ def test_pad_mode_and_mixed_sizes():
 def test_errors_name_the_setting():
     config = _config()
     with pytest.raises(ValueError, match=r"config\.batch_size=4 .*device count \(3\)"):
-        make_dataset(config, "train", device_count=3, **ONE_HOST)
+        make_dataset(config, "train", process_index=0, process_count=1, device_count=3)
     with pytest.raises(ValueError, match=r"config\.eval_batch_size=4 .*process count \(3\)"):
-        make_dataset(config, "validation", process_index=0, process_count=3)
+        make_dataset(config, "validation", process_index=0, process_count=3, device_count=1)
     with pytest.raises(ValueError, match=r"config\.data\.image_size .*multiple of 16.*40"):
         make_dataset(_config(image_size=40), "train", **ONE_HOST)
     config.batch_size = 52

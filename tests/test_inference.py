@@ -18,7 +18,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -26,7 +25,6 @@ from bts_jax import inference, train_lib
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_CACHE_OPTIONS = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs")
 SAMPLE_IMAGES = os.path.join(data_lib.SAMPLE_DIR, "images")
 
 
@@ -43,20 +41,8 @@ def workdir(tmp_path_factory):
     config = test_config.get_config()
     config.num_epochs = 1
     path = str(tmp_path_factory.mktemp("inference") / "run")
-    # train_and_evaluate compiles the state initialisation twice (to train, then to evaluate the
-    # best checkpoint), ~15 s each on CPU: a persistent cache, for this fixture only, makes the
-    # second a hit.
-    saved = {name: getattr(jax.config, name) for name in _CACHE_OPTIONS}
-    jax.config.update("jax_compilation_cache_dir", str(tmp_path_factory.mktemp("jax_cache")))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-    compilation_cache.reset_cache()
-    try:
-        # One device: sharding is tested elsewhere, and the 8-device programs compile slower.
-        train_lib.train_and_evaluate(config, path, mesh=train_lib.make_mesh(jax.devices()[:1]))
-    finally:
-        for name, value in saved.items():
-            jax.config.update(name, value)
-        compilation_cache.reset_cache()
+    # One device: sharding is tested elsewhere, and the 8-device programs compile slower.
+    train_lib.train_and_evaluate(config, path, mesh=train_lib.make_mesh(jax.devices()[:1]))
     return path
 
 

@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets everything up in a virtual environment (.venv), then runs the main job or the tests.
+#   ./run.sh train [train.py flags]   train the quickstart config on the bundled sample
+#   ./run.sh test  [pytest args]      lint, then the whole test suite
+# Needs only Python >= 3.11 with pip and venv (set PYTHON=/path/to/python3.11 to choose one).
+set -euo pipefail
+cd "$(dirname "$0")"
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+
+"$PYTHON" -c 'import sys; sys.exit("bts_jax needs Python >= 3.11, found " + sys.version.split()[0] if sys.version_info < (3, 11) else 0)'
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+
+case "${1:-}" in
+  train)
+    shift
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+    exec "$VENV/bin/python" train.py --config configs/quickstart.py --workdir workdirs/quickstart "$@"
+    ;;
+  test)
+    shift
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
+    "$VENV/bin/ruff" check .
+    "$VENV/bin/ruff" format --check .
+    exec "$VENV/bin/python" -m pytest -n 2 --dist loadfile --durations=10 tests "$@"
+    ;;
+  *)
+    echo "usage: ./run.sh train|test [args]" >&2
+    exit 2
+    ;;
+esac
