@@ -389,6 +389,63 @@ def _split_ids(workdir: str, config: ml_collections.ConfigDict, split: str) -> l
     return ids[split]
 
 
+def _split_images(
+    workdir: str, config: ml_collections.ConfigDict, split: str, num_images: int
+) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    """The first ``num_images`` (ids, uint8 images, binary masks) of a workdir's split."""
+    ids = _split_ids(workdir, config, split)[:num_images]
+    if not ids:
+        raise ValueError(f"{workdir}'s {split} split is empty.")
+    examples = {e.id: e for e in data_lib.get_examples(config.data, validate=False)}
+    missing = [i for i in ids if i not in examples]
+    if missing:
+        raise ValueError(
+            f"Ids {missing} of {workdir}'s {split} split are not in its data source "
+            f"(config.data.source={config.data.source!r}, data_dir={config.data.data_dir!r})."
+        )
+    images = [_decode(examples[i].image) for i in ids]
+    # Same binarisation as training (> 127 is tumour).
+    truths = [(_decode(examples[i].mask) > 127).astype(np.uint8) for i in ids]
+    return ids, images, truths
+
+
+def save_split_predictions(
+    workdir: str | os.PathLike,
+    output_dir: str | os.PathLike | None = None,
+    *,
+    num_images: int = 8,
+    split: str = "validation",
+    which: str = "best",
+) -> list[str]:
+    """Draws a trained model's predictions on the first images of its own split, for looking at.
+
+    Each PNG shows the image at its original size with the ground-truth contour in green and the
+    predicted contour in red (:func:`plots.overlay_contours`).
+
+    Args:
+      workdir: a trained workdir.
+      output_dir: where to write ``<id>.png``; default ``workdir/predictions``.
+      num_images: how many images of the split (fewer if the split is smaller).
+      split: "validation" or "train".
+      which: checkpoint, "best" or "latest".
+
+    Returns:
+      The written paths, in split order.
+    """
+    workdir = os.fspath(workdir)
+    output_dir = os.fspath(output_dir or os.path.join(workdir, "predictions"))
+    config, model, variables = load_trained_model(workdir, which)
+    ids, images, truths = _split_images(workdir, config, split, num_images)
+    predictions = predict_masks(model, variables, images, config.data)
+    os.makedirs(output_dir, exist_ok=True)
+    paths = []
+    for example_id, image, truth, prediction in zip(ids, images, truths, predictions, strict=True):
+        path = os.path.join(output_dir, f"{example_id}.png")
+        Image.fromarray(plots.overlay_contours(image, truth, prediction)).save(path)
+        paths.append(path)
+    return paths
+
+
 def compare_workdirs(
     workdir_a: str | os.PathLike,
     workdir_b: str | os.PathLike,
@@ -449,19 +506,7 @@ def compare_workdirs(
             f"{workdir_b} may have trained on.",
             stacklevel=2,
         )
-    ids = _split_ids(workdir_a, config_a, split)[:num_images]
-    if not ids:
-        raise ValueError(f"{workdir_a}'s {split} split is empty.")
-    examples = {e.id: e for e in data_lib.get_examples(config_a.data, validate=False)}
-    missing = [i for i in ids if i not in examples]
-    if missing:
-        raise ValueError(
-            f"Ids {missing} of {workdir_a}'s {split} split are not in its data source "
-            f"(config.data.source={config_a.data.source!r}, data_dir={config_a.data.data_dir!r})."
-        )
-    images = [_decode(examples[i].image) for i in ids]
-    # Same binarisation as training (> 127 is tumour).
-    truths = [(_decode(examples[i].mask) > 127).astype(np.uint8) for i in ids]
+    _, images, truths = _split_images(workdir_a, config_a, split, num_images)
     predictions = []
     for workdir in (workdir_a, workdir_b):
         config, model, variables = load_trained_model(workdir, which)

@@ -29,7 +29,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bts_jax import data as data_lib
-from bts_jax import losses, metrics, plots
+from bts_jax import inference, losses, metrics, plots
 from bts_jax.models import build_model, count_params
 
 # Keys of a batch that live on devices; the rest ("id") stays on the host.
@@ -613,10 +613,11 @@ def train_and_evaluate(
 ) -> dict[str, float]:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, then evaluates.
 
-    Writes to ``workdir``: ``config.json``, ``split.json``, ``checkpoints/`` (latest N) and
+    Writes to ``workdir``: ``config.json``, ``data_split.json``, ``checkpoints/`` (latest N) and
     ``best/`` (best validation mIoU), ``metrics.jsonl``, ``metrics.csv``, ``tensorboard/``,
-    ``loss.png`` and ``miou.png``, and ``eval_validation.json`` (full metrics of the best
-    checkpoint). Only process 0 writes logs; every process takes part in checkpointing.
+    ``loss.png`` and ``miou.png``, ``eval_validation.json`` (full metrics of the best
+    checkpoint) and ``predictions/`` (contours of truth and prediction on validation images).
+    Only process 0 writes logs; every process takes part in checkpointing.
 
     Args:
       config: experiment config.
@@ -736,6 +737,8 @@ def train_and_evaluate(
     if is_main:
         plots.plot_training_curves(logger.history, workdir)
     final = evaluate_checkpoint(config, workdir, "validation", run=run, which="best")
+    if is_main:
+        inference.save_split_predictions(workdir, num_images=config.num_predictions)
     latest.close()
     best.close()
     return final

@@ -77,5 +77,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint.every_steps = 0  # 0 = at the end of every epoch
 
     config.log_every_steps = 10
+    config.num_predictions = 8  # validation images drawn to workdir/predictions at the end
     config.eval_every_epochs = 1
     return config

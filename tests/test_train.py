@@ -126,30 +126,32 @@ def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
     assert metrics8["loss"] == pytest.approx(metrics1["loss"], rel=1e-5)
 
 
+def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
+    _, batches = two_batches
+    config = tiny_config(dtype="bfloat16")
+    state, step_metrics = _run_steps(config, train_lib.make_mesh(), batches[:1])
+    leaves = jax.tree_util.tree_leaves(
+        jax.device_get((state.params, state.batch_stats, state.opt_state))
+    )
+    floating = {leaf.dtype for leaf in leaves if np.issubdtype(leaf.dtype, np.floating)}
+    assert floating == {np.dtype(np.float32)}
+    assert step_metrics["loss"].dtype == np.float32 and np.isfinite(step_metrics["loss"])
+
+
 def test_batch_statistics_are_those_of_the_global_batch(two_batches):
-    """With 8 devices and 1 image each, per-device BatchNorm would give different statistics."""
+    """With 8 devices and 1 image each, per-device BatchNorm would give other statistics."""
     config, batches = two_batches
     mesh = train_lib.make_mesh()
     run = train_lib.setup_run(config, mesh)
     state = train_lib.create_train_state(config, run.model, run.optimizer, mesh)
-    before = jax.device_get(state.batch_stats)
-    new_state, _ = run.train_fn(state, train_lib.make_global_batch(batches[0], mesh))
-    variables = {"params": params_of(new_state), "batch_stats": before}
-    # Reference: the model's own train-mode update on the whole batch, on one device.
-    _, updates = run.model.apply(
-        {
-            "params": jax.device_get(
-                train_lib.create_train_state(config, run.model, run.optimizer, mesh).params
-            ),
-            "batch_stats": before,
-        },
-        jnp.asarray(batches[0]["image"]),
-        train=True,
-        mutable=["batch_stats"],
+    variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    # Reference: the model's own train-mode update on the whole batch at once, on one device.
+    _, expected = jax.jit(lambda v, x: run.model.apply(v, x, train=True, mutable=["batch_stats"]))(
+        variables, jnp.asarray(batches[0]["image"])
     )
-    del variables
+    new_state, _ = run.train_fn(state, train_lib.make_global_batch(batches[0], mesh))
     chex.assert_trees_all_close(
-        jax.device_get(new_state.batch_stats), jax.device_get(updates["batch_stats"]), atol=1e-5
+        jax.device_get(new_state.batch_stats), jax.device_get(expected["batch_stats"]), atol=1e-5
     )
 
 
@@ -221,6 +223,10 @@ def test_run_writes_everything_a_user_needs(uninterrupted):
     ):
         assert os.path.isfile(os.path.join(workdir, name)), name
     assert os.listdir(os.path.join(workdir, "tensorboard"))
+    expected_ids = data_lib.get_split_ids(config)["validation"][:8]
+    assert sorted(os.listdir(os.path.join(workdir, "predictions"))) == sorted(
+        f"{i}.png" for i in expected_ids
+    )
     lines = read_text(workdir, "metrics.jsonl").splitlines()
     rows = [json.loads(line) for line in lines]
     assert [row["epoch"] for row in rows] == [1, 2]
