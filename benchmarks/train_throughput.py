@@ -85,7 +85,12 @@ def main(argv):
     print(f"compile: {compile_s:.1f} s")
     print(f"step time (median of {FLAGS.steps}): {step_s * 1e3:.1f} ms")
     print(f"throughput: {config.batch_size / step_s:.1f} images/s")
-    print(f"waiting for input: {100 * sum(wait_times) / sum(step_times):.1f}% of step time")
+    # The total includes each epoch's pipeline start (new shuffle order, first batch); the
+    # median is the steady state.
+    print(
+        f"waiting for input: {100 * sum(wait_times) / sum(step_times):.1f}% of step time in all, "
+        f"median {statistics.median(wait_times) * 1e3:.1f} ms per step"
+    )
     print(f"peak device memory: {peak_memory_gib()}")
 
 
