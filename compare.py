@@ -7,12 +7,13 @@ Rows are the first ``--num_images`` images of workdir A's validation split; colu
 truth, model A, model B. Warns when the two runs were split differently.
 """
 
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bts_jax.logs import quiet_library_logs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir_a", None, "First trained workdir; its split gives the images.")
@@ -25,19 +26,11 @@ flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of both model
 flags.mark_flags_as_required(["workdir_a", "workdir_b", "output"])
 
 
-class _QuietLibraries:
-    """Drops routine INFO records of Orbax and TFDS so the run's own log stays readable."""
-
-    def filter(self, record) -> bool:
-        noisy = ("orbax", "tensorflow_datasets")
-        return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
     """Entry point."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_library_logs()
 
     from bts_jax import inference
 

@@ -9,12 +9,13 @@ in red on the image) per input. Needs only the workdir, not the training data. I
 be read, nothing is written and the error lists the files.
 """
 
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags, logging  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bts_jax.logs import quiet_library_logs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A directory written by train.py.")
@@ -27,19 +28,11 @@ flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
 flags.mark_flags_as_required(["workdir", "inputs", "output_dir"])
 
 
-class _QuietLibraries:
-    """Drops routine INFO records of Orbax and TFDS so the run's own log stays readable."""
-
-    def filter(self, record) -> bool:
-        noisy = ("orbax", "tensorflow_datasets")
-        return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
     """Entry point."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_library_logs()
 
     from bts_jax import inference
 

@@ -8,7 +8,6 @@ Multi-host: start one process per host with ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I`` (or let a SLURM/Open MPI environment provide them).
 """
 
-import logging as std_logging
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -17,6 +16,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from bts_jax import distributed  # noqa: E402
+from bts_jax.logs import quiet_library_logs  # noqa: E402
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
@@ -27,19 +27,11 @@ flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-class _QuietLibraries:
-    """Drops routine INFO records of Orbax and TFDS so the run's own log stays readable."""
-
-    def filter(self, record) -> bool:
-        noisy = ("orbax", "tensorflow_datasets")
-        return record.levelno > std_logging.INFO or not any(n in record.pathname for n in noisy)
-
-
 def main(argv):
     """Entry point."""
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    logging.get_absl_handler().addFilter(_QuietLibraries())
+    quiet_library_logs()
     distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
 
     import jax
