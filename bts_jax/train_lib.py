@@ -695,12 +695,16 @@ def train_and_evaluate(
                     checkpoint_step = step
             epoch_metrics += _check_finite(pending, checkpoint_step)
             if step % run.steps_per_epoch:
-                break  # The input ran short: never happens with a consistent dataset.
+                raise RuntimeError(
+                    f"The training input of epoch {epoch + 1} ended after step {step}, before "
+                    f"its {run.steps_per_epoch} steps: did the dataset change during the run?"
+                )
             elapsed = time.perf_counter() - start
             epoch = step // run.steps_per_epoch
             row = {
                 "epoch": epoch,
                 "step": step,
+                # After a mid-epoch resume, the mean of the steps run since the resume.
                 "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
                 "learning_rate": float(run.schedule(step)),
                 "train_images_per_s": len(epoch_metrics) * config.batch_size / elapsed,
