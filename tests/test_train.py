@@ -1,5 +1,6 @@
 """Training tests on the tiny config: sharding, no recompiles, resume, NaN stop, multi-host, CLI."""
 
+import itertools
 import json
 import os
 import socket
@@ -299,6 +300,18 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, mon
     assert int(restored.step) == 4
     leaves = jax.tree_util.tree_leaves(jax.device_get(restored.params))
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
+
+
+def test_training_input_that_ends_early_is_an_error(tmp_path, monkeypatch):
+    real = data_lib.make_dataset
+
+    def short(config, split, **kwargs):
+        batches = real(config, split, **kwargs)
+        return itertools.islice(batches, 3) if split == "train" else batches
+
+    monkeypatch.setattr(train_lib.data_lib, "make_dataset", short)
+    with pytest.raises(RuntimeError, match="ended after step 3, before its 6 steps"):
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "short"))
 
 
 # ----------------------------------------------------------------------------- multi-host
