@@ -65,12 +65,6 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
     features = tuple(int(f) for f in model_config.features)
     gsconv_in = parse_places(model_config.gsconv_in, GSCONV_PLACES, "config.model.gsconv_in")
     eca_in = parse_places(model_config.eca_in, ECA_PLACES, "config.model.eca_in")
-    if gsconv_in:
-        odd = [f for f in (*features, 2 * features[-1]) if f % 2]
-        if odd:
-            raise ValueError(
-                f"GSConv needs even widths; config.model.features has odd widths {odd}."
-            )
     model = UNet(
         features=features,
         num_classes=int(model_config.num_classes),
