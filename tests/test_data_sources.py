@@ -123,9 +123,9 @@ def test_size_mismatch_is_named(tmp_path):
 
 
 def test_non_binary_masks_warn_or_fail_when_strict(tmp_path):
-    make_folder(tmp_path, mask_values=(0, 1))
+    make_folder(tmp_path, mask_values=(0, 200))
     examples = list_folder(str(tmp_path))
-    with pytest.warns(UserWarning, match=r"not binary.*values \[0, 1\]"):
+    with pytest.warns(UserWarning, match=r"not binary.*values \[0, 200\]"):
         validate_examples(examples, strict_masks=False)
     with pytest.raises(ValueError, match="strict_masks"):
         validate_examples(examples, strict_masks=True)
@@ -133,6 +133,19 @@ def test_non_binary_masks_warn_or_fail_when_strict(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         validate_examples(list_folder(str(tmp_path)), strict_masks=True)
+
+
+def test_masks_that_binarise_to_empty_are_errors_even_when_not_strict(tmp_path):
+    make_folder(tmp_path, mask_values=(0, 1))
+    with pytest.raises(ValueError, match=r"masks/.*values \[0, 1\], all <= 127.*0/255"):
+        validate_examples(list_folder(str(tmp_path)), strict_masks=False)
+
+
+def test_sixteen_bit_files_are_named(tmp_path):
+    make_folder(tmp_path)
+    Image.fromarray(np.zeros((20, 24), np.uint16)).save(tmp_path / "masks" / "2.png")
+    with pytest.raises(ValueError, match=r"masks/2\.png is a 'I;16' image; only 8-bit"):
+        validate_examples(list_folder(str(tmp_path)), strict_masks=False)
 
 
 def test_get_examples_validates_folder_source(tmp_path):

@@ -32,7 +32,7 @@ from bts_jax.data.preprocessing import augment_pair, decode_grayscale, preproces
 from bts_jax.data.sources import Example, get_examples, source_dir
 from bts_jax.data.splits import SPLITS, split_examples
 
-_MODEL_STRIDE = 16  # 2 ** (number of U-Net pooling stages), SPEC section 2
+_UNET_STAGES = 4  # pooling stages of the SPEC's U-Net, for configs without a model section
 _AUGMENTATIONS = ("flip", "rot90", "affine", "brightness_contrast")
 _CACHE_ENTRIES = 4  # e.g. train + validation of two configs; bounded so tests don't pile up memory
 _cache: collections.OrderedDict = collections.OrderedDict()
@@ -61,10 +61,11 @@ def _global_batch(config: Any, split: str) -> tuple[int, str]:
 def _check_config(config: Any, split: str, process_count: int, device_count: int | None) -> int:
     """Validates sizes; returns the host-local batch size."""
     size = int(config.data.image_size)
-    if size <= 0 or size % _MODEL_STRIDE:
+    stages = len(config.model.features) if "model" in config else _UNET_STAGES
+    if size <= 0 or size % 2**stages:
         raise ValueError(
-            f"config.data.image_size must be a positive multiple of {_MODEL_STRIDE} "
-            f"(the U-Net pools 4 times), got {size}."
+            f"config.data.image_size must be a positive multiple of {2**stages} "
+            f"(the U-Net pools {stages} times), got {size}."
         )
     batch, name = _global_batch(config, split)
     if device_count is None:

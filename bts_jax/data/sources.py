@@ -21,7 +21,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff")
+# What the training decoder (tf.io.decode_image) reads; TIFF is not among them.
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
+# Pillow modes of 8-bit images; TensorFlow keeps only the top byte of 16-bit ones.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 # figshare labels (metadata.csv `label`); 0 = unknown.
 TUMOUR_TYPES = ("unknown", "meningioma", "glioma", "pituitary")
 UNKNOWN_LABEL = 0
@@ -162,6 +165,12 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
         try:
             with Image.open(path) as im:
                 im.load()  # full decode: catches truncated and corrupt files, not only bad headers
+                if im.mode not in EIGHT_BIT_MODES:
+                    return (
+                        f"{path} is a {im.mode!r} image; only 8-bit images are supported "
+                        "(convert it to 8-bit grayscale).",
+                        None,
+                    )
                 sizes.append(im.size)
                 if path is example.mask:
                     mask = np.asarray(im if im.mode == "L" else im.convert("L"))
@@ -175,6 +184,13 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
             None,
         )
     values = np.unique(mask)
+    if 0 < values.max() <= 127:
+        # Binarised with > 127, such a mask (e.g. saved as 0/1) would train as all background.
+        return (
+            f"Mask {example.mask} has values {values[:8].tolist()}, all <= 127: binarised with "
+            "> 127 -> tumour it would be empty. Save masks as 0/255.",
+            None,
+        )
     if not np.isin(values, (0, 255)).all():
         shown = values[:8].tolist()
         return None, (
