@@ -60,7 +60,14 @@ class TrainState:
 
 
 def make_mesh(devices: Iterable[jax.Device] | None = None) -> Mesh:
-    """Returns a 1-D mesh with axis "data" over ``devices`` (default: all devices of all hosts)."""
+    """Returns a 1-D mesh with axis "data" over ``devices``.
+
+    Args:
+      devices: the devices to use; default all devices of all processes.
+
+    Returns:
+      A ``Mesh`` of shape (num_devices,) with axis name "data".
+    """
     devices = np.asarray(list(devices) if devices is not None else jax.devices())
     return Mesh(devices, ("data",))
 
@@ -332,7 +339,17 @@ def eval_step(
 
 
 def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, optimizer, mesh: Mesh):
-    """Compiles :func:`train_step` for ``mesh``: batch sharded, state replicated and donated."""
+    """Compiles :func:`train_step` for ``mesh``: batch sharded, state replicated and donated.
+
+    Args:
+      config: experiment config (``loss`` weights).
+      model: the segmentation model.
+      optimizer: the optax transformation.
+      mesh: device mesh.
+
+    Returns:
+      A jitted function ``(state, global_batch) -> (state, metrics)``.
+    """
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
     step = functools.partial(
@@ -351,7 +368,16 @@ def make_train_step(config: ml_collections.ConfigDict, model: nn.Module, optimiz
 
 
 def make_eval_step(config: ml_collections.ConfigDict, model: nn.Module, mesh: Mesh):
-    """Compiles :func:`eval_step` for ``mesh``; predictions stay sharded like the batch."""
+    """Compiles :func:`eval_step` for ``mesh``; predictions stay sharded like the batch.
+
+    Args:
+      config: experiment config (``loss`` weights).
+      model: the segmentation model.
+      mesh: device mesh.
+
+    Returns:
+      A jitted function ``(state, global_batch) -> outputs`` (see :func:`eval_step`).
+    """
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
     step = functools.partial(
@@ -436,6 +462,13 @@ def checkpoint_managers(workdir: str, config: ml_collections.ConfigDict):
 
     ``workdir/checkpoints`` keeps the last ``config.checkpoint.max_to_keep`` saves;
     ``workdir/best`` keeps the one save with the highest validation mIoU.
+
+    Args:
+      workdir: the run's directory.
+      config: experiment config (``checkpoint.max_to_keep``).
+
+    Returns:
+      ``(latest, best)`` Orbax CheckpointManagers; close them when done.
     """
     latest = ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"),
@@ -507,7 +540,11 @@ class MetricLogger:
             self._tb = tf.summary.create_file_writer(os.path.join(workdir, "tensorboard"))
 
     def write(self, row: dict[str, float]) -> None:
-        """Appends one epoch's metrics (must contain "epoch" and "step")."""
+        """Appends one epoch's metrics and rewrites the log files from the whole history.
+
+        Args:
+          row: metric name -> value; must contain "epoch" and "step".
+        """
         self.history.append(dict(row))
         if not self.enabled:
             return
