@@ -225,10 +225,22 @@ def dice_per_image(pred: np.ndarray, gt: np.ndarray) -> float:
     return 2.0 * float(np.logical_and(p, g).sum()) / total
 
 
-def _contour(mask: np.ndarray) -> np.ndarray:
-    # Foreground pixels with a 4-neighbour outside the mask; the image border counts as outside
-    # (border_value=0), so a mask touching the edge still has a closed contour.
-    return mask & ~ndimage.binary_erosion(mask, border_value=0)
+def mask_contour(mask: np.ndarray) -> np.ndarray:
+    """One-pixel inner contour of a mask: ``mask AND NOT binary_erosion(mask)``.
+
+    The erosion uses the 4-neighbour cross and treats the image border as background, so a mask
+    touching the border still has a closed contour along it.
+
+    Args:
+        mask: ``(H, W)`` mask; nonzero = foreground.
+
+    Returns:
+        bool ``(H, W)`` contour.
+    """
+    m = np.asarray(mask) > 0
+    if m.ndim != 2:
+        raise ValueError(f"mask must be (H, W), got {m.shape}")
+    return m & ~ndimage.binary_erosion(m, border_value=0)
 
 
 def _spacing_pair(spacing: float | Sequence[float]) -> tuple[float, float]:
@@ -269,7 +281,7 @@ def hd95(pred: np.ndarray, gt: np.ndarray, spacing: float | Sequence[float] = 1.
     if has_p != has_g:
         h, w = p.shape
         return math.hypot(h * sy, w * sx)
-    p_contour, g_contour = _contour(p), _contour(g)
+    p_contour, g_contour = mask_contour(p), mask_contour(g)
     # Distance of every pixel to the nearest contour pixel of the other mask.
     to_g = ndimage.distance_transform_edt(~g_contour, sampling=(sy, sx))
     to_p = ndimage.distance_transform_edt(~p_contour, sampling=(sy, sx))

@@ -11,7 +11,8 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from scipy import ndimage
+
+from bts_jax.metrics import mask_contour
 
 # RGB colours of the contours drawn by overlay_contours.
 GT_COLOUR = (0, 255, 0)  # green: ground truth
@@ -101,24 +102,6 @@ def _to_uint8_gray(image: np.ndarray) -> np.ndarray:
         return image
     # Float images are the pipeline's [0, 1] scale; clip so out-of-range values don't wrap.
     return np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
-
-
-def mask_contour(mask: np.ndarray) -> np.ndarray:
-    """One-pixel inner contour of a mask: ``mask XOR binary_erosion(mask)``.
-
-    The erosion uses the 4-neighbour cross and treats the image border as background, so a mask
-    touching the border is closed along it.
-
-    Args:
-        mask: ``(H, W)`` mask; nonzero = foreground.
-
-    Returns:
-        bool ``(H, W)`` contour.
-    """
-    m = np.asarray(mask) > 0
-    if m.ndim != 2:
-        raise ValueError(f"mask must be (H, W), got {m.shape}")
-    return m ^ ndimage.binary_erosion(m, border_value=0)
 
 
 def overlay_contours(
