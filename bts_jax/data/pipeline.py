@@ -288,8 +288,8 @@ def make_dataset(
 
     Training (``split="train"``): one epoch, shuffled from (``config.seed``, ``epoch``), augmented,
     full batches only, `steps_per_epoch` batches minus ``skip_batches``. Evaluation (any other
-    split): sorted shard order, no augmentation, `num_eval_batches` batches with the tail padded by
-    ``valid=False`` entries (zero image and mask, id "").
+    split): the host's shard in a fixed order, no augmentation, `num_eval_batches` batches with the
+    tail padded by ``valid=False`` entries (zero image and mask, id "").
 
     Each batch (b = global batch // process_count, S = ``config.data.image_size``):
 
