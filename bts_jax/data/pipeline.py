@@ -93,6 +93,11 @@ def _host_shard(
     return order[process_index::process_count]
 
 
+def _split(config: Any, split: str, validate: bool) -> list:
+    """The examples of one split of the configured source (validated once per folder)."""
+    return split_examples(config, get_examples(config.data, validate=validate))[split]
+
+
 def steps_per_epoch(config: Any, *, process_count: int | None = None) -> int:
     """Training steps (batches) per epoch, the same on every host.
 
@@ -110,7 +115,7 @@ def steps_per_epoch(config: Any, *, process_count: int | None = None) -> int:
       ValueError: the training split has fewer examples than one batch.
     """
     _, process_count = _process_info(0, process_count)
-    n = len(split_examples(config, get_examples(config.data, validate=False))["train"])
+    n = len(_split(config, "train", validate=False))
     return _train_steps(n, int(config.batch_size), process_count)
 
 
@@ -139,7 +144,7 @@ def num_eval_batches(config: Any, split: str = "validation") -> int:
     Returns:
       The number of batches.
     """
-    n = len(split_examples(config, get_examples(config.data, validate=False))[split])
+    n = len(_split(config, split, validate=False))
     return math.ceil(n / int(config.eval_batch_size))
 
 
@@ -321,7 +326,7 @@ def make_dataset(
     process_index, process_count = _process_info(process_index, process_count)
     local_batch = _check_config(config, split, process_count, device_count)
     train = split == "train"
-    examples = split_examples(config, get_examples(config.data))[split]
+    examples = _split(config, split, validate=True)
     shard = _host_shard(examples, config.seed, process_index, process_count)
     size = int(config.data.image_size)
     if train:
