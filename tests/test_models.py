@@ -97,11 +97,14 @@ def test_channel_shuffle_errors():
 
 
 def _conv(x, kernel, stride=1, groups=1):
+    # Explicit k // 2 on both sides, as torch.nn.Conv2d(padding=k // 2) in the authors' GSConv;
+    # not "SAME", which pads (0, 1) at stride 2 on even sizes.
+    pad = kernel.shape[0] // 2
     return jax.lax.conv_general_dilated(
         x,
         kernel,
         window_strides=(stride, stride),
-        padding="SAME",
+        padding=((pad, pad), (pad, pad)),
         dimension_numbers=("NHWC", "HWIO", "NHWC"),
         feature_group_count=groups,
         precision=jax.lax.Precision.HIGHEST,
@@ -144,17 +147,19 @@ def _gsconv_reference(x, variables, *, stride, act, shuffle, train):
 
 
 @pytest.mark.parametrize(
-    "features,stride,act,shuffle,train",
+    "features,stride,act,shuffle,train,size",
     [
-        (8, 1, "mish", "interleave", False),
-        (8, 2, "mish", "legacy", False),
-        (12, 1, "silu", "none", False),
-        (6, 1, "relu", "interleave", True),
+        (8, 1, "mish", "interleave", False, 8),
+        (8, 2, "mish", "legacy", False, 8),
+        (8, 2, "mish", "interleave", False, 9),
+        (8, 2, "silu", "interleave", True, 32),
+        (12, 1, "silu", "none", False, 8),
+        (6, 1, "relu", "interleave", True, 8),
     ],
 )
-def test_gsconv_equals_lax_reference(features, stride, act, shuffle, train):
+def test_gsconv_equals_lax_reference(features, stride, act, shuffle, train, size):
     module = GSConv(features, strides=stride, act=act, shuffle=shuffle)
-    variables, x = init(module, (2, 8, 8, 5))
+    variables, x = init(module, (2, size, size, 5))
     variables = randomize_batch_stats(variables)
     # Perturb BatchNorm scale/bias away from (1, 0) so they matter.
     variables = {
@@ -174,7 +179,8 @@ def test_gsconv_equals_lax_reference(features, stride, act, shuffle, train):
     else:
         out = module.apply(variables, x, train=False)
     expected = _gsconv_reference(x, variables, stride=stride, act=act, shuffle=shuffle, train=train)
-    chex.assert_shape(out, (2, 8 // stride, 8 // stride, features))
+    out_size = (size - 1) // stride + 1
+    chex.assert_shape(out, (2, out_size, out_size, features))
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 

@@ -102,7 +102,7 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 
 
 class ConvBNAct(nn.Module):
-    """Convolution without bias, "same" padding, BatchNorm, then an activation.
+    """Convolution without bias, symmetric k // 2 padding, BatchNorm, then an activation.
 
     Attributes:
       features: number of output channels.
@@ -138,7 +138,9 @@ class ConvBNAct(nn.Module):
             self.features,
             (self.kernel_size, self.kernel_size),
             strides=(self.strides, self.strides),
-            padding="SAME",
+            # k // 2 on every side, as PyTorch's Conv2d(padding=k // 2) in the authors' code. XLA's
+            # "SAME" pads (0, 1) for stride 2 on even sizes, shifting every output by one pixel.
+            padding=((self.kernel_size // 2,) * 2,) * 2,
             feature_group_count=self.groups,
             use_bias=False,
             dtype=self.dtype,
