@@ -5,10 +5,15 @@ python benchmarks/model_stats.py --image_size=256
 """
 
 import importlib
+import os
+import sys
 
 from absl import app, flags
 
-from bts_jax.models import build_model, model_summary
+# Configs import `configs.default`: put the repository root on the path, as train.py has it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+from bts_jax.models import build_model, model_summary  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 512, "Input height and width.")
