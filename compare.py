@@ -32,9 +32,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
 
-    from bts_jax import inference
+    from bts_jax import figures
 
-    path = inference.compare_workdirs(
+    path = figures.compare_workdirs(
         FLAGS.workdir_a,
         FLAGS.workdir_b,
         FLAGS.output,

@@ -17,7 +17,7 @@ from bts_jax.logs import quiet_library_logs  # noqa: E402
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A directory written by train.py.")
-flags.DEFINE_enum("split", "validation", ["validation", "train"], "Split to evaluate.")
+flags.DEFINE_enum("split", "validation", ["validation", "test", "train"], "Split to evaluate.")
 flags.DEFINE_enum(
     "which", "best", ["best", "latest"], "Checkpoint: best validation mIoU or latest."
 )
@@ -30,9 +30,9 @@ def main(argv):
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
 
-    from bts_jax import inference, train_lib
+    from bts_jax import checkpointing, train_lib
 
-    config = inference.load_config(FLAGS.workdir)
+    config = checkpointing.load_config(FLAGS.workdir)
     result = train_lib.evaluate_checkpoint(config, FLAGS.workdir, FLAGS.split, which=FLAGS.which)
     width = max(map(len, result))
     print(f"{FLAGS.which} checkpoint of {FLAGS.workdir} on {FLAGS.split}:")

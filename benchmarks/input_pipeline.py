@@ -14,7 +14,7 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from bts_jax.data import make_dataset, preprocessing, sources  # noqa: E402
+from bts_jax.data import InputPipeline, preprocessing, sources  # noqa: E402
 from configs import default  # noqa: E402
 
 _SHARED = os.path.join(
@@ -22,8 +22,9 @@ _SHARED = os.path.join(
 )
 
 
-def _config(data_dir: str, cache: bool, max_images: int):
+def _config(data_dir: str, cache: bool, max_images: int, image_size: int):
     config = default.get_config()
+    config.data.image_size = image_size
     if data_dir:
         config.data.update(source="folder", data_dir=data_dir)
     config.data.update(cache=cache, subset_size=max_images, split_method="blocked")
@@ -32,12 +33,11 @@ def _config(data_dir: str, cache: bool, max_images: int):
     return config
 
 
-def _train_rate(config, epochs: int) -> tuple[float, int]:
-    """Images/s over `epochs` train epochs (after the first call's source validation)."""
+def _train_rate(pipeline: InputPipeline, epochs: range) -> tuple[float, int]:
+    """Images/s over the given train epochs of one run's pipeline (its cache persists)."""
     n, start = 0, time.perf_counter()
-    for epoch in range(epochs):
-        for batch in make_dataset(config, "train", epoch=epoch, process_index=0, process_count=1):
-            n += len(batch["id"])
+    for batch in pipeline.train_epochs(epochs):
+        n += len(batch["id"])
     return n / (time.perf_counter() - start), n
 
 
@@ -45,28 +45,33 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", default=_SHARED if os.path.isdir(_SHARED) else "")
     parser.add_argument("--max_images", type=int, default=400, help="subset size (0 = all)")
+    parser.add_argument("--image_size", type=int, default=512)
+    parser.add_argument("--equalize_images", type=int, default=200, help="images for cv2 timing")
     args = parser.parse_args()
     where = args.data_dir or "bundled sample"
-    print(f"data: {where}; cores: {os.cpu_count()}; image_size 512; batch 8; all augmentations on")
+    print(
+        f"data: {where}; cores: {os.cpu_count()}; image_size {args.image_size}; batch 8; "
+        "all augmentations on"
+    )
+    one_host = {"process_index": 0, "process_count": 1}
 
-    config = _config(args.data_dir, cache=False, max_images=args.max_images)
-    sources.get_examples(config.data)  # validate once, outside the timings
-    rate, n = _train_rate(config, epochs=1)
+    config = _config(args.data_dir, False, args.max_images, args.image_size)
+    pipeline = InputPipeline(config, **one_host)
+    pipeline.examples("train")  # validate once, outside the timings
+    rate, n = _train_rate(pipeline, range(1))
     print(
         f"train, cache off (read + decode + equalise + resize + augment):  "
         f"{rate:8.1f} images/s ({n})"
     )
 
-    config = _config(args.data_dir, cache=True, max_images=args.max_images)
-    start = time.perf_counter()
-    first = sum(
-        len(b["id"]) for b in make_dataset(config, "train", process_index=0, process_count=1)
-    )
+    config = _config(args.data_dir, True, args.max_images, args.image_size)
+    pipeline = InputPipeline(config, **one_host)
+    pipeline.examples("train")
+    rate, n = _train_rate(pipeline, range(1))
     print(
-        f"train, cache on, first epoch (fills the cache):               "
-        f"{first / (time.perf_counter() - start):8.1f} images/s ({first})"
+        f"train, cache on, first epoch (fills the cache):               {rate:8.1f} images/s ({n})"
     )
-    rate, n = _train_rate(config, epochs=2)
+    rate, n = _train_rate(pipeline, range(1, 3))
     print(
         f"train, cache on, later epochs (augment only):                 {rate:8.1f} images/s ({n})"
     )
@@ -74,7 +79,8 @@ def main():
     import cv2
 
     images = [
-        preprocessing.load_grayscale(e.image) for e in sources.get_examples(config.data)[:200]
+        preprocessing.load_grayscale(e.image)
+        for e in sources.get_examples(config.data)[: args.equalize_images]
     ]
     start = time.perf_counter()
     repeats = 5

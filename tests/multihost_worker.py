@@ -22,18 +22,19 @@ def main(port: str, process_id: str, out_dir: str) -> None:
 
     import numpy as np
 
-    from bts_jax import data as data_lib
-    from bts_jax import train_lib
+    from bts_jax import evaluation, train_lib
+    from bts_jax.state import create_train_state, make_global_batch, make_mesh
     from configs import test as test_config
 
     config = test_config.get_config()
-    mesh = train_lib.make_mesh()
+    mesh = make_mesh()
     run = train_lib.setup_run(config, mesh)
-    state = train_lib.create_train_state(config, run.model, run.optimizer, mesh)
-    for i, batch in enumerate(data_lib.make_dataset(config, "train")):
+    state = create_train_state(config, run.model, run.optimizer, mesh)
+    pipeline = train_lib.make_input_pipeline(config)
+    for i, batch in enumerate(pipeline.train_batches(start_step=0)):
         if i == 2:
             break
-        state, _ = run.train_fn(state, train_lib.make_global_batch(batch, mesh))
+        state, _ = run.train_fn(state, make_global_batch(batch, mesh))
     # Replicated: every host holds a full copy in its first local shard.
     params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
     flat = {
@@ -41,9 +42,10 @@ def main(port: str, process_id: str, out_dir: str) -> None:
         for path, leaf in jax.tree_util.tree_leaves_with_path(params)
     }
     np.savez(os.path.join(out_dir, f"params_{jax.process_index()}.npz"), **flat)
-    result = train_lib.evaluate(
-        run.eval_fn, state, data_lib.make_dataset(config, "validation"), mesh, num_classes=1
+    found = evaluation.evaluate(
+        run.eval_fn, state, pipeline.eval_batches("validation"), mesh, num_classes=1
     )
+    result = {**found.metrics, "per_image_ids": [row["id"] for row in found.per_image]}
     with open(os.path.join(out_dir, f"eval_{jax.process_index()}.json"), "w") as f:
         json.dump(result, f)
     jax.distributed.shutdown()

@@ -1,14 +1,23 @@
-"""make_dataset: shapes, determinism, resume, eval padding, multi-host sharding, errors."""
+"""make_dataset and InputPipeline: shapes, determinism, resume, padding, sharding, errors, cache."""
+
+import os
 
 import numpy as np
 import pytest
 
-from bts_jax.data import get_split_ids, make_dataset, num_eval_batches, steps_per_epoch
+from bts_jax.data import (
+    DataCache,
+    InputPipeline,
+    get_split_ids,
+    make_dataset,
+    num_eval_batches,
+    steps_per_epoch,
+)
 from configs import test as test_config
 
 # These tests check the pipeline on its own, as on hosts with one device each; the device-count
 # check is tested explicitly below.
-ONE_HOST = {"process_index": 0, "process_count": 1, "device_count": 1}
+ONE_HOST = {"process_index": 0, "process_count": 1}
 
 
 def _config(**data):
@@ -109,9 +118,7 @@ def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_b
     config.batch_size = 4 * hosts if hosts != 3 else 6
     config.eval_batch_size = eval_batch
     evals = [
-        list(
-            make_dataset(config, "validation", process_index=p, process_count=hosts, device_count=1)
-        )
+        list(make_dataset(config, "validation", process_index=p, process_count=hosts))
         for p in range(hosts)
     ]
     assert len({len(e) for e in evals}) == 1  # every host runs the same number of eval steps
@@ -121,11 +128,7 @@ def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_b
     for e in evals:
         assert all(b["image"].shape[0] == eval_batch // hosts for b in e)
     trains = [
-        list(
-            make_dataset(
-                config, "train", epoch=1, process_index=p, process_count=hosts, device_count=1
-            )
-        )
+        list(make_dataset(config, "train", epoch=1, process_index=p, process_count=hosts))
         for p in range(hosts)
     ]
     assert len({len(t) for t in trains}) == 1
@@ -145,7 +148,7 @@ def test_augmentation_of_an_example_does_not_depend_on_the_host_count():
     }
     two = {
         i: x
-        for b in make_dataset(config, "train", process_index=1, process_count=2, device_count=1)
+        for b in make_dataset(config, "train", process_index=1, process_count=2)
         for i, x in zip(b["id"], b["image"], strict=True)
     }
     assert two and all(np.array_equal(one[i], x) for i, x in two.items() if i in one)
@@ -161,14 +164,77 @@ def test_pad_mode_and_mixed_sizes():
 
 def test_errors_name_the_setting():
     config = _config()
-    with pytest.raises(ValueError, match=r"config\.batch_size=4 .*device count \(3\)"):
-        make_dataset(config, "train", process_index=0, process_count=1, device_count=3)
+    # The device count and the image size are checked with the whole config, at set-up:
+    # tests/test_config_checks.py.
     with pytest.raises(ValueError, match=r"config\.eval_batch_size=4 .*process count \(3\)"):
-        make_dataset(config, "validation", process_index=0, process_count=3, device_count=1)
-    with pytest.raises(ValueError, match=r"config\.data\.image_size .*multiple of 16.*40"):
-        make_dataset(_config(image_size=40), "train", **ONE_HOST)
+        make_dataset(config, "validation", process_index=0, process_count=3)
     config.batch_size = 52
     with pytest.raises(ValueError, match=r"48 examples, fewer than one batch.*config\.batch_size"):
         make_dataset(config, "train", **ONE_HOST)
     with pytest.raises(ValueError, match="split must be"):
         make_dataset(_config(), "test", **ONE_HOST)
+
+
+# ----------------------------------------------------------------------------- one pipeline per run
+
+
+def test_one_run_pipeline_yields_exactly_the_per_epoch_batches():
+    config = _config()
+    config.num_epochs = 3
+    config.data.augment.update(rot90=True, brightness_contrast=True)
+    pipeline = InputPipeline(config, **ONE_HOST)
+    steps = pipeline.steps_per_epoch
+    run = list(pipeline.train_batches(start_step=0))
+    per_epoch = [b for e in range(3) for b in make_dataset(config, "train", epoch=e, **ONE_HOST)]
+    assert len(run) == 3 * steps
+    _same(run, per_epoch)
+    # A run resumed mid-epoch (step steps + 5) sees the very batches it would have seen.
+    _same(list(pipeline.train_batches(start_step=steps + 5)), per_epoch[steps + 5 :])
+    assert list(pipeline.train_batches(start_step=3 * steps)) == []
+
+
+def test_eval_pipeline_is_built_once_and_reiterated():
+    config = _config()
+    pipeline = InputPipeline(config, **ONE_HOST)
+    first = list(pipeline.eval_batches("validation"))
+    graph = pipeline._eval_datasets["validation"]
+    _same(first, list(pipeline.eval_batches("validation")))
+    assert pipeline._eval_datasets["validation"] is graph
+    _same(first, list(make_dataset(config, "validation", **ONE_HOST)))
+
+
+def test_run_cache_decodes_once_and_sees_files_rewritten_in_place(tmp_path):
+    from PIL import Image
+
+    from tests.test_data_sources import make_folder
+
+    folder = make_folder(tmp_path / "data", ids=[str(i) for i in range(1, 13)], size=(32, 32))
+    config = _config(source="folder", data_dir=str(folder), val_fraction=0.25)
+    cache = DataCache()
+    first = list(make_dataset(config, "validation", cache=cache, **ONE_HOST))
+    entries = len(cache)
+    again = list(make_dataset(config, "validation", cache=cache, **ONE_HOST))
+    _same(first, again)
+    assert len(cache) == entries  # nothing decoded or validated twice
+    # Rewrite one validation image in place (same name): the cache must not serve old pixels.
+    image_id = first[0]["id"][0]
+    path = folder / "images" / f"{image_id}.png"
+    Image.fromarray(np.full((32, 32), 7, np.uint8)).save(path)
+    os.utime(path, ns=(1, 1))  # a different mtime even on coarse-grained file systems
+    changed = list(make_dataset(config, "validation", cache=cache, **ONE_HOST))
+    row = list(changed[0]["id"]).index(image_id)
+    assert not np.array_equal(changed[0]["image"][row], first[0]["image"][0])
+    # Equalising a constant image leaves it constant.
+    assert len(np.unique(changed[0]["image"][row])) == 1
+
+
+def test_no_module_level_caches_remain():
+    import bts_jax.data.pipeline as pipeline_module
+    import bts_jax.data.sources as sources_module
+
+    for module in (pipeline_module, sources_module):
+        for name, value in vars(module).items():
+            assert not hasattr(value, "cache_clear"), f"{module.__name__}.{name} is an lru_cache"
+            assert not isinstance(value, dict | list) or name.isupper() or name.startswith("__"), (
+                f"{module.__name__}.{name} is module-level mutable state"
+            )

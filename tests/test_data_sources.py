@@ -185,13 +185,9 @@ def test_tfds_builder_round_trip(tmp_path):
     config = test_config.get_config()
     config.data.update(source="tfds", data_dir=str(tmp_path / "tfds"), image_size=16, cache=False)
     config.eval_batch_size = 2
-    from_tfds = list(
-        make_dataset(config, "validation", process_index=0, process_count=1, device_count=1)
-    )
+    from_tfds = list(make_dataset(config, "validation", process_index=0, process_count=1))
     config.data.update(source="folder", data_dir=str(manual))
-    from_folder = list(
-        make_dataset(config, "validation", process_index=0, process_count=1, device_count=1)
-    )
+    from_folder = list(make_dataset(config, "validation", process_index=0, process_count=1))
     assert len(from_tfds) == len(from_folder) >= 1
     for a, b in zip(from_tfds, from_folder, strict=True):
         for key in ("image", "mask", "valid", "id"):

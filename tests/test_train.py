@@ -1,6 +1,5 @@
 """Training tests on the tiny config: sharding, no recompiles, resume, NaN stop, multi-host, CLI."""
 
-import itertools
 import json
 import os
 import socket
@@ -11,10 +10,12 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
+from bts_jax import checkpointing, evaluation, steps, train_lib
 from bts_jax import data as data_lib
-from bts_jax import train_lib
+from bts_jax import state as state_lib
 from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -40,9 +41,12 @@ def params_of(state):
     return jax.device_get(state.params)
 
 
-def first_batches(config, n, **kwargs):
+def first_batches(config, n, *, process_index=0, process_count=1):
     batches = []
-    for batch in data_lib.make_dataset(config, "train", **kwargs):
+    batches_of_epoch = data_lib.make_dataset(
+        config, "train", process_index=process_index, process_count=process_count
+    )
+    for batch in batches_of_epoch:
         batches.append(batch)
         if len(batches) == n:
             break
@@ -72,12 +76,12 @@ def test_setup_run_rejects_bad_configs_naming_the_setting(overrides, message):
 
 def test_learning_rate_schedules():
     config = tiny_config(**{"optimizer.warmup_epochs": 1.0, "optimizer.learning_rate": 1e-3})
-    constant = train_lib.create_learning_rate_schedule(config.optimizer, 10, 100)
+    constant = state_lib.create_learning_rate_schedule(config.optimizer, 10, 100)
     assert float(constant(0)) == 0.0
     assert float(constant(5)) == pytest.approx(5e-4)
     assert float(constant(50)) == pytest.approx(1e-3)
     config.optimizer.schedule = "cosine"
-    cosine = train_lib.create_learning_rate_schedule(config.optimizer, 10, 100)
+    cosine = state_lib.create_learning_rate_schedule(config.optimizer, 10, 100)
     assert float(cosine(10)) == pytest.approx(1e-3)
     assert float(cosine(55)) == pytest.approx(5e-4, rel=1e-3)
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
@@ -86,11 +90,11 @@ def test_learning_rate_schedules():
 def test_gradient_clipping_bounds_the_update():
     config = tiny_config(**{"optimizer.name": "adamw", "optimizer.grad_clip_norm": 1e-3})
     config.optimizer.learning_rate = 1.0
-    schedule = train_lib.create_learning_rate_schedule(config.optimizer, 1, 1)
-    optimizer = train_lib.create_optimizer(config.optimizer, schedule)
+    schedule = state_lib.create_learning_rate_schedule(config.optimizer, 1, 1)
+    optimizer = state_lib.create_optimizer(config.optimizer, schedule)
     params = {"w": jnp.ones(3)}
     state = optimizer.init(params)
-    clipped, _ = train_lib.optax.clip_by_global_norm(1e-3).update({"w": jnp.full(3, 100.0)}, None)
+    clipped, _ = optax.clip_by_global_norm(1e-3).update({"w": jnp.full(3, 100.0)}, None)
     assert float(jnp.linalg.norm(clipped["w"])) == pytest.approx(1e-3, rel=1e-4)
     updates, _ = optimizer.update({"w": jnp.full(3, 100.0)}, state, params)
     assert np.all(np.isfinite(updates["w"]))
@@ -107,17 +111,17 @@ def two_batches():
 
 def _run_steps(config, mesh, batches):
     run = train_lib.setup_run(config, mesh)
-    state = train_lib.create_train_state(config, run.model, run.optimizer, mesh)
+    state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
     for batch in batches:
-        state, step_metrics = run.train_fn(state, train_lib.make_global_batch(batch, mesh))
+        state, step_metrics = run.train_fn(state, state_lib.make_global_batch(batch, mesh))
     return state, jax.device_get(step_metrics)
 
 
 def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
     config, batches = two_batches
     assert jax.device_count() == 8
-    state8, metrics8 = _run_steps(config, train_lib.make_mesh(), batches)
-    state1, metrics1 = _run_steps(config, train_lib.make_mesh(jax.devices()[:1]), batches)
+    state8, metrics8 = _run_steps(config, state_lib.make_mesh(), batches)
+    state1, metrics1 = _run_steps(config, state_lib.make_mesh(jax.devices()[:1]), batches)
     assert state8.params["head"]["kernel"].sharding.is_fully_replicated
     assert int(state8.step) == int(state1.step) == 2
     chex.assert_trees_all_close(params_of(state8), params_of(state1), rtol=1e-4, atol=2e-6)
@@ -130,7 +134,7 @@ def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
 def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
     _, batches = two_batches
     config = tiny_config(dtype="bfloat16")
-    state, step_metrics = _run_steps(config, train_lib.make_mesh(), batches[:1])
+    state, step_metrics = _run_steps(config, state_lib.make_mesh(), batches[:1])
     leaves = jax.tree_util.tree_leaves(
         jax.device_get((state.params, state.batch_stats, state.opt_state))
     )
@@ -142,15 +146,15 @@ def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
 def test_batch_statistics_are_those_of_the_global_batch(two_batches):
     """With 8 devices and 1 image each, per-device BatchNorm would give other statistics."""
     config, batches = two_batches
-    mesh = train_lib.make_mesh()
+    mesh = state_lib.make_mesh()
     run = train_lib.setup_run(config, mesh)
-    state = train_lib.create_train_state(config, run.model, run.optimizer, mesh)
+    state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
     # Reference: the model's own train-mode update on the whole batch at once, on one device.
     _, expected = jax.jit(lambda v, x: run.model.apply(v, x, train=True, mutable=["batch_stats"]))(
         variables, jnp.asarray(batches[0]["image"])
     )
-    new_state, _ = run.train_fn(state, train_lib.make_global_batch(batches[0], mesh))
+    new_state, _ = run.train_fn(state, state_lib.make_global_batch(batches[0], mesh))
     chex.assert_trees_all_close(
         jax.device_get(new_state.batch_stats), jax.device_get(expected["batch_stats"]), atol=1e-5
     )
@@ -158,12 +162,11 @@ def test_batch_statistics_are_those_of_the_global_batch(two_batches):
 
 def test_eval_counts_every_image_once_with_padding(two_batches):
     config, _ = two_batches
-    mesh = train_lib.make_mesh()
+    mesh = state_lib.make_mesh()
     run = train_lib.setup_run(config, mesh)
-    state = train_lib.create_train_state(config, run.model, run.optimizer, mesh)
-    result = train_lib.evaluate(
-        run.eval_fn, state, data_lib.make_dataset(config, "validation"), mesh, num_classes=1
-    )
+    state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
+    batches = data_lib.make_dataset(config, "validation", process_index=0, process_count=1)
+    result = evaluation.evaluate(run.eval_fn, state, batches, mesh, num_classes=1).metrics
     expected = len(data_lib.get_split_ids(config)["validation"])
     assert result["num_images"] == expected
     assert 0.0 <= result["miou"] <= 1.0 and np.isfinite(result["loss"])
@@ -172,19 +175,33 @@ def test_eval_counts_every_image_once_with_padding(two_batches):
 # ----------------------------------------------------------------------------- full runs
 
 
-def _interrupting_make_dataset(real, *, fail_at_train_batch):
-    """Wraps make_dataset so the training input dies after a number of batches (a crash)."""
-    count = {"n": 0}
+class _AlteredTrainInput(data_lib.InputPipeline):
+    """The run's real input, with its training batches passed through ``alter(index, batch)``.
 
-    def make_dataset(config, split, **kwargs):
-        for batch in real(config, split, **kwargs):
-            if split == "train":
-                count["n"] += 1
-                if count["n"] == fail_at_train_batch:
-                    raise RuntimeError("simulated crash")
+    ``alter`` returns the batch to yield, or raises (a crash), or returns None to end the input.
+    """
+
+    def __init__(self, config, alter):
+        super().__init__(config, process_index=0, process_count=1)
+        self.alter = alter
+
+    def train_batches(self, *, start_step=0):
+        for index, batch in enumerate(super().train_batches(start_step=start_step)):
+            batch = self.alter(index, batch)
+            if batch is None:
+                return
             yield batch
 
-    return make_dataset
+
+def _crash_at(train_batch):
+    """Makes the training input die at its ``train_batch``-th batch (1-based), like a crash."""
+
+    def alter(index, batch):
+        if index + 1 == train_batch:
+            raise RuntimeError("simulated crash")
+        return batch
+
+    return alter
 
 
 @pytest.fixture(scope="module")
@@ -192,21 +209,21 @@ def uninterrupted(tmp_path_factory):
     """Two epochs of the tiny config, checkpointing every 2 steps, with no recompilation."""
     config = tiny_config(num_epochs=2, **{"checkpoint.every_steps": 2})
     workdir = str(tmp_path_factory.mktemp("uninterrupted"))
-    traced = chex.assert_max_traces(train_lib.train_step, n=1)
-    original = train_lib.train_step
-    train_lib.train_step = traced
+    traced = chex.assert_max_traces(steps.train_step, n=1)
+    original = steps.train_step
+    steps.train_step = traced
     try:
         result = train_lib.train_and_evaluate(config, workdir)
     finally:
-        train_lib.train_step = original
+        steps.train_step = original
     return config, workdir, result
 
 
 def _final_params(config, workdir):
     run = train_lib.setup_run(config)
-    target = train_lib.abstract_train_state(config, run.model, run.optimizer, run.mesh)
-    latest, _ = train_lib.checkpoint_managers(workdir, config)
-    restored, meta = train_lib.restore_checkpoint(latest, target)
+    target = state_lib.abstract_train_state(config, run.model, run.optimizer, run.mesh)
+    latest, _ = checkpointing.checkpoint_managers(workdir, config)
+    restored, meta = checkpointing.restore_checkpoint(latest, target)
     latest.close()
     return restored, meta
 
@@ -254,19 +271,15 @@ def test_run_writes_everything_a_user_needs(uninterrupted):
     assert steps == [8, 10, 12]
 
 
-def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp_path, monkeypatch):
+def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp_path):
     config, reference_dir, _ = uninterrupted
     workdir = str(tmp_path / "resumed")
-    real = data_lib.make_dataset
     # 6 steps per epoch: the crash comes at step 9, after the checkpoint of step 8.
-    assert data_lib.steps_per_epoch(config) == 6
-    monkeypatch.setattr(
-        train_lib.data_lib, "make_dataset", _interrupting_make_dataset(real, fail_at_train_batch=9)
-    )
+    assert data_lib.steps_per_epoch(config, process_count=1) == 6
+    crashing = _AlteredTrainInput(config, _crash_at(train_batch=9))
     with pytest.raises(RuntimeError, match="simulated crash"):
-        train_lib.train_and_evaluate(config, workdir)
+        train_lib.train_and_evaluate(config, workdir, pipeline=crashing)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["4", "6", "8"]
-    monkeypatch.setattr(train_lib.data_lib, "make_dataset", real)
     train_lib.train_and_evaluate(config, workdir)
 
     resumed, resumed_meta = _final_params(config, workdir)
@@ -280,38 +293,30 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp
     assert resumed_meta["history"][-1]["val_miou"] == reference_meta["history"][-1]["val_miou"]
 
 
-def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(**{"checkpoint.every_steps": 2, "log_every_steps": 1})
     workdir = str(tmp_path / "nan")
-    real = data_lib.make_dataset
 
-    def poisoned(config, split, **kwargs):
-        for i, batch in enumerate(real(config, split, **kwargs)):
-            if split == "train" and i == 4:  # The 5th step sees a NaN image.
-                batch = {**batch, "image": np.full_like(batch["image"], np.nan)}
-            yield batch
+    def poison(index, batch):
+        if index == 4:  # The 5th step sees a NaN image.
+            return {**batch, "image": np.full_like(batch["image"], np.nan)}
+        return batch
 
-    monkeypatch.setattr(train_lib.data_lib, "make_dataset", poisoned)
+    poisoned = _AlteredTrainInput(config, poison)
     with pytest.raises(train_lib.NonFiniteLossError, match=r"nan at step 5.*step 4\) is intact"):
-        train_lib.train_and_evaluate(config, workdir)
+        train_lib.train_and_evaluate(config, workdir, pipeline=poisoned)
     assert sorted(os.listdir(os.path.join(workdir, "checkpoints"))) == ["2", "4"]
-    monkeypatch.setattr(train_lib.data_lib, "make_dataset", real)
     restored, _ = _final_params(config, workdir)
     assert int(restored.step) == 4
     leaves = jax.tree_util.tree_leaves(jax.device_get(restored.params))
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
 
 
-def test_training_input_that_ends_early_is_an_error(tmp_path, monkeypatch):
-    real = data_lib.make_dataset
-
-    def short(config, split, **kwargs):
-        batches = real(config, split, **kwargs)
-        return itertools.islice(batches, 3) if split == "train" else batches
-
-    monkeypatch.setattr(train_lib.data_lib, "make_dataset", short)
+def test_training_input_that_ends_early_is_an_error(tmp_path):
+    config = tiny_config()
+    short = _AlteredTrainInput(config, lambda index, batch: batch if index < 3 else None)
     with pytest.raises(RuntimeError, match="ended after step 3, before its 6 steps"):
-        train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "short"))
+        train_lib.train_and_evaluate(config, str(tmp_path / "short"), pipeline=short)
 
 
 # ----------------------------------------------------------------------------- multi-host
@@ -345,9 +350,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
     # Reference: one process, 4 devices, the global batches the two hosts made together.
     config = tiny_config()
     global_batches = []
-    shards = [
-        first_batches(config, 2, process_index=i, process_count=2, device_count=4) for i in range(2)
-    ]
+    shards = [first_batches(config, 2, process_index=i, process_count=2) for i in range(2)]
     for step in range(2):
         global_batches.append(
             {
@@ -355,7 +358,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
                 for k in ("image", "mask", "valid")
             }
         )
-    mesh = train_lib.make_mesh(jax.devices()[:4])
+    mesh = state_lib.make_mesh(jax.devices()[:4])
     state, _ = _run_steps(config, mesh, global_batches)
     multi = dict(np.load(os.path.join(tmp_path, "params_0.npz")))
     flat = {
@@ -370,8 +373,13 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
     for key in flat:
         np.testing.assert_array_equal(multi[key], other[key])
     # Evaluation over two hosts counts every validation image once.
-    evaluation = json.loads(read_text(tmp_path, "eval_0.json"))
-    assert evaluation["num_images"] == len(data_lib.get_split_ids(config)["validation"])
+    evaluated = json.loads(read_text(tmp_path, "eval_0.json"))
+    validation_ids = data_lib.get_split_ids(config)["validation"]
+    assert evaluated["num_images"] == len(validation_ids)
+    # Each host scored its own images; after the gather both hold every image's row once.
+    other_host = json.loads(read_text(tmp_path, "eval_1.json"))
+    assert sorted(evaluated["per_image_ids"]) == sorted(validation_ids)
+    assert other_host["per_image_ids"] == evaluated["per_image_ids"]
 
 
 # ----------------------------------------------------------------------------- command line
@@ -427,3 +435,34 @@ def test_train_py_end_to_end_and_flag_errors(tmp_path):
         timeout=300,
     )
     assert missing.returncode != 0 and "--workdir" in missing.stderr
+
+
+# ----------------------------------------------------------------------------- the loop's timing
+
+
+def test_due_events_is_the_loops_only_timing_rule():
+    def events(step, **overrides):
+        settings = dict(
+            steps_per_epoch=6,
+            total_steps=12,
+            log_every=4,
+            eval_every_epochs=1,
+            checkpoint_every=0,
+        )
+        settings.update(overrides)
+        return train_lib.due_events(step, **settings)
+
+    assert events(1) == frozenset()
+    assert events(4) == {"log"}
+    assert events(6) == {"log", "epoch_end", "eval", "checkpoint"}
+    assert events(12) == {"log", "epoch_end", "eval", "checkpoint"}
+    # Mid-epoch checkpoints every 4 steps, and the last step always saves and evaluates.
+    assert events(4, checkpoint_every=4) == {"log", "checkpoint"}
+    assert events(6, checkpoint_every=4) == {"log", "epoch_end", "eval"}
+    assert events(12, checkpoint_every=5, eval_every_epochs=5) == {
+        "log",
+        "epoch_end",
+        "eval",
+        "checkpoint",
+    }
+    assert events(6, eval_every_epochs=2) == {"log", "epoch_end", "checkpoint"}

@@ -4,13 +4,22 @@ Importing this package hides the GPUs from TensorFlow, which only feeds the host
 STYLE).
 """
 
-from bts_jax.data.pipeline import make_dataset, num_eval_batches, steps_per_epoch
+from bts_jax.data.cache import DataCache
+from bts_jax.data.pipeline import (
+    InputPipeline,
+    local_batch_size,
+    make_dataset,
+    num_eval_batches,
+    steps_per_epoch,
+)
 from bts_jax.data.preprocessing import (
+    as_grayscale,
     augment_pair,
     content_box,
     equalize_histogram,
     load_grayscale,
     preprocess_image,
+    read_image_file,
     restore_original_size,
 )
 from bts_jax.data.sources import SAMPLE_DIR, TUMOUR_TYPES, Example, get_examples
@@ -19,16 +28,21 @@ from bts_jax.data.splits import get_split_ids, split_examples, write_split_file
 __all__ = [
     "SAMPLE_DIR",
     "TUMOUR_TYPES",
+    "DataCache",
     "Example",
+    "InputPipeline",
+    "as_grayscale",
     "augment_pair",
     "content_box",
     "equalize_histogram",
     "get_examples",
     "get_split_ids",
     "load_grayscale",
+    "local_batch_size",
     "make_dataset",
     "num_eval_batches",
     "preprocess_image",
+    "read_image_file",
     "restore_original_size",
     "split_examples",
     "steps_per_epoch",

@@ -15,71 +15,57 @@ Every host yields the same number of batches (collectives would hang otherwise):
 is ``floor(min shard size / local batch)`` for training; evaluation yields ``ceil(split size /
 global batch)`` batches on every host, padded with ``valid=False`` entries so each image is counted
 exactly once.
+
+One pipeline per run: `InputPipeline` builds the training ``tf.data`` graph once for all the
+run's remaining epochs (the epoch is a column of the index table, so each epoch's order and
+augmentations are the ones `make_dataset` gives for that epoch alone), and each evaluation split's
+graph once, re-iterated at every evaluation. Starting a new graph per epoch cost up to ~2 s on two
+busy cores.
 """
 
 from __future__ import annotations
 
-import collections
 import math
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from bts_jax.data._tf import tf
+from bts_jax.data.cache import DataCache, files_signature
 from bts_jax.data.preprocessing import augment_pair, decode_grayscale, preprocess_pair
 from bts_jax.data.sources import Example, get_examples, source_dir
 from bts_jax.data.splits import SPLITS, split_examples
 
-_UNET_STAGES = 4  # pooling stages of the SPEC's U-Net, for configs without a model section
 _AUGMENTATIONS = ("flip", "rot90", "affine", "brightness_contrast")
-_CACHE_ENTRIES = 4  # e.g. train + validation of two configs; bounded so tests don't pile up memory
-_cache: collections.OrderedDict = collections.OrderedDict()
-_cache_lock = threading.Lock()
 
 
-def _process_info(process_index: int | None, process_count: int | None) -> tuple[int, int]:
-    if process_index is None or process_count is None:
-        import jax
-
-        process_index = jax.process_index() if process_index is None else process_index
-        process_count = jax.process_count() if process_count is None else process_count
-    if not 0 <= process_index < process_count:
+def _check_process(process_index: int, process_count: int) -> None:
+    if process_count < 1 or not 0 <= process_index < process_count:
         raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
-    return process_index, process_count
 
 
-def _global_batch(config: Any, split: str) -> tuple[int, str]:
+def local_batch_size(config: Any, split: str, process_count: int) -> int:
+    """The host-local batch of a split: the global batch divided evenly over the hosts.
+
+    Args:
+      config: the experiment config (``batch_size`` for "train", ``eval_batch_size`` otherwise).
+      split: a split name.
+      process_count: the number of hosts.
+
+    Returns:
+      ``global batch // process_count``.
+
+    Raises:
+      ValueError: unknown split, or a global batch the hosts cannot share evenly (names the field).
+    """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    if split == "train":
-        return int(config.batch_size), "config.batch_size"
-    return int(config.eval_batch_size), "config.eval_batch_size"
-
-
-def _check_config(config: Any, split: str, process_count: int, device_count: int | None) -> int:
-    """Validates sizes; returns the host-local batch size."""
-    size = int(config.data.image_size)
-    stages = len(config.model.features) if "model" in config else _UNET_STAGES
-    if size <= 0 or size % 2**stages:
+    name = "config.batch_size" if split == "train" else "config.eval_batch_size"
+    batch = int(config.batch_size if split == "train" else config.eval_batch_size)
+    if batch <= 0 or batch % process_count:
         raise ValueError(
-            f"config.data.image_size must be a positive multiple of {2**stages} "
-            f"(the U-Net pools {stages} times), got {size}."
-        )
-    batch, name = _global_batch(config, split)
-    if device_count is None:
-        import jax
-
-        device_count = jax.device_count()
-    if batch <= 0 or batch % device_count:
-        raise ValueError(
-            f"{name}={batch} must be a positive multiple of the device count ({device_count}): "
-            "the global batch is split evenly over all devices."
-        )
-    if batch % process_count:
-        raise ValueError(
-            f"{name}={batch} must be a multiple of the process count ({process_count}): "
+            f"{name}={batch} must be a positive multiple of the process count ({process_count}): "
             f"each host loads {name} / process_count examples."
         )
     return batch // process_count
@@ -91,32 +77,6 @@ def _host_shard(
     """Positions (into the sorted split) of this host's examples; fixed for the whole run."""
     order = np.random.default_rng([int(seed), 3]).permutation(len(examples))
     return order[process_index::process_count]
-
-
-def _split(config: Any, split: str, validate: bool) -> list:
-    """The examples of one split of the configured source (validated once per folder)."""
-    return split_examples(config, get_examples(config.data, validate=validate))[split]
-
-
-def steps_per_epoch(config: Any, *, process_count: int | None = None) -> int:
-    """Training steps (batches) per epoch, the same on every host.
-
-    ``floor(min host shard size / (config.batch_size / process_count))``: every host stops when the
-    smallest shard runs out, so all hosts run the same number of steps.
-
-    Args:
-      config: the experiment config.
-      process_count: number of hosts; default ``jax.process_count()``.
-
-    Returns:
-      The number of steps (>= 1).
-
-    Raises:
-      ValueError: the training split has fewer examples than one batch.
-    """
-    _, process_count = _process_info(0, process_count)
-    n = len(_split(config, "train", validate=False))
-    return _train_steps(n, int(config.batch_size), process_count)
 
 
 def _train_steps(n_train: int, global_batch: int, process_count: int) -> int:
@@ -131,21 +91,43 @@ def _train_steps(n_train: int, global_batch: int, process_count: int) -> int:
     return steps
 
 
-def num_eval_batches(config: Any, split: str = "validation") -> int:
-    """Batches yielded by ``make_dataset(config, split)`` for an evaluation split, on every host.
+def steps_per_epoch(config: Any, *, process_count: int) -> int:
+    """Training steps (batches) per epoch, the same on every host.
+
+    ``floor(min host shard size / (config.batch_size / process_count))``: every host stops when the
+    smallest shard runs out, so all hosts run the same number of steps.
+
+    Args:
+      config: the experiment config.
+      process_count: number of hosts.
+
+    Returns:
+      The number of steps (>= 1).
+
+    Raises:
+      ValueError: the training split has fewer examples than one batch.
+    """
+    n = len(split_examples(config, get_examples(config.data, validate=False))["train"])
+    return _train_steps(n, int(config.batch_size), process_count)
+
+
+def num_eval_batches(config: Any, split: str = "validation", *, num_examples: int | None = None):
+    """Batches yielded by an evaluation pass over ``split``, the same on every host.
 
     ``ceil(split size / config.eval_batch_size)`` (the same for any process count: each host's shard
     fits in that many host-local batches, and hosts that run out yield padding batches).
 
     Args:
       config: the experiment config.
-      split: "validation" (or "train", to evaluate on the training images without augmentation).
+      split: an evaluation split ("validation", or "train" without augmentation).
+      num_examples: the split's size when the caller knows it; listed from the source otherwise.
 
     Returns:
       The number of batches.
     """
-    n = len(_split(config, split, validate=False))
-    return math.ceil(n / int(config.eval_batch_size))
+    if num_examples is None:
+        num_examples = len(split_examples(config, get_examples(config.data, validate=False))[split])
+    return math.ceil(num_examples / int(config.eval_batch_size))
 
 
 def _encoded_pair(image: tf.Tensor, mask: tf.Tensor, from_files: bool):
@@ -162,14 +144,10 @@ def _load_fn(data_config: Mapping[str, Any], from_files: bool):
     return load
 
 
-def _cached_arrays(
-    examples: Sequence[Example], data_config: Mapping[str, Any], key: tuple
+def _decode_all(
+    examples: Sequence[Example], data_config: Mapping[str, Any]
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Decoded + equalised + resized (uint8) images and masks of ``examples``, kept in memory."""
-    with _cache_lock:
-        if key in _cache:
-            _cache.move_to_end(key)
-            return _cache[key]
+    """Decoded + equalised + resized (uint8) images and masks (N, S, S, 1) of ``examples``."""
     size = int(data_config["image_size"])
     images = np.empty((len(examples), size, size, 1), np.uint8)
     masks = np.empty((len(examples), size, size, 1), np.uint8)
@@ -180,73 +158,222 @@ def _cached_arrays(
     ds = ds.map(_load_fn(data_config, from_files), tf.data.AUTOTUNE, deterministic=True)
     for i, (image, mask) in enumerate(ds.prefetch(tf.data.AUTOTUNE).as_numpy_iterator()):
         images[i], masks[i] = image, mask
-    value = (tf.constant(images), tf.constant(masks))
-    with _cache_lock:
-        _cache[key] = value
-        while len(_cache) > _CACHE_ENTRIES:
-            _cache.popitem(last=False)
-    return value
+    return tf.constant(images), tf.constant(masks)
 
 
-def _tf_dataset(
-    config: Any,
-    examples: Sequence[Example],
-    shard: np.ndarray,
-    order: np.ndarray,
-    local_batch: int,
-    train: bool,
-    epoch: int,
-) -> tf.data.Dataset:
-    """The tf.data pipeline over ``shard[order]`` (positions into ``examples``), batched."""
-    data = config.data
-    positions = shard[order]
-    ids = [examples[i].id for i in positions]
-    if config.data.cache:
-        key = (
-            data.source,
-            source_dir(data),
-            tuple(examples[i].id for i in shard),
-            int(data.image_size),
-            data.resize_method,
-            bool(data.equalize),
+def _pixels_key(examples: Sequence[Example], data: Mapping[str, Any]) -> tuple:
+    files = [path for e in examples for path in (e.image, e.mask) if isinstance(path, str)]
+    return (
+        "pixels",
+        data["source"],
+        source_dir(data) if data["source"] != "tfds" else data["data_dir"],
+        tuple(e.id for e in examples),
+        files_signature(files),
+        int(data["image_size"]),
+        data["resize_method"],
+        bool(data["equalize"]),
+    )
+
+
+class InputPipeline:
+    """This host's input for one run: each split's tf.data graph built once and reused.
+
+    Example::
+
+        pipeline = InputPipeline(config, process_index=jax.process_index(),
+                                 process_count=jax.process_count())
+        for batch in pipeline.train_batches(start_step=0): ...   # every step of the run
+        for batch in pipeline.eval_batches("validation"): ...    # one pass, any number of times
+
+    Attributes:
+      config: the experiment config.
+      process_index: this host's index.
+      process_count: the number of hosts.
+      cache: the run's `DataCache` (validated folder listing, decoded pixels).
+    """
+
+    def __init__(
+        self,
+        config: Any,
+        *,
+        process_index: int,
+        process_count: int,
+        cache: DataCache | None = None,
+    ):
+        _check_process(process_index, process_count)
+        self.config = config
+        self.process_index = int(process_index)
+        self.process_count = int(process_count)
+        self.cache = DataCache() if cache is None else cache
+        self._eval_datasets: dict[str, tf.data.Dataset | None] = {}
+
+    def examples(self, split: str) -> list[Example]:
+        """The split's examples of a validated source (each file checked once per cache).
+
+        Args:
+          split: "train", "validation" or another split of `SPLITS`.
+
+        Returns:
+          The split's examples, sorted by id.
+        """
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+        examples = get_examples(self.config.data, validate=True, cache=self.cache)
+        return split_examples(self.config, examples)[split]
+
+    @property
+    def steps_per_epoch(self) -> int:
+        """Training steps per epoch on every host (see `steps_per_epoch`)."""
+        return _train_steps(
+            len(self.examples("train")), int(self.config.batch_size), self.process_count
         )
-        images, masks = _cached_arrays([examples[i] for i in shard], data, key)
-        ds = tf.data.Dataset.from_tensor_slices((order.astype(np.int64), positions, ids))
 
-        def load(index, position, example_id):
-            return tf.gather(images, index), tf.gather(masks, index), position, example_id
+    def train_batches(self, *, start_step: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """Training batches from global step ``start_step`` to the end of the run, in one graph.
 
-    else:
-        from_files = isinstance(examples[0].image, str)
-        load_pair = _load_fn(data, from_files)
-        ds = tf.data.Dataset.from_tensor_slices(
-            (
-                [examples[i].image for i in positions],
-                [examples[i].mask for i in positions],
-                positions,
-                ids,
+        Args:
+          start_step: optimiser steps already done; the epoch and the batches to skip within it
+            follow from it, so a resumed run sees exactly the batches it would have seen.
+
+        Returns:
+          An iterator of host-local batches (see `make_dataset`), ``steps_per_epoch *
+          config.num_epochs - start_step`` of them.
+        """
+        first_epoch, skip = divmod(int(start_step), self.steps_per_epoch)
+        return self.train_epochs(range(first_epoch, int(self.config.num_epochs)), skip)
+
+    def train_epochs(
+        self, epochs: Sequence[int], skip_batches: int = 0
+    ) -> Iterator[dict[str, np.ndarray]]:
+        """Training batches of the given epochs, one after the other, in one graph.
+
+        Args:
+          epochs: epoch numbers (each epoch's order and augmentations depend on it).
+          skip_batches: batches of the first epoch to skip, to resume mid-epoch.
+
+        Returns:
+          An iterator of host-local batches.
+        """
+        config = self.config
+        local_batch = local_batch_size(config, "train", self.process_count)
+        examples = self.examples("train")
+        steps = _train_steps(len(examples), int(config.batch_size), self.process_count)
+        shard = _host_shard(examples, config.seed, self.process_index, self.process_count)
+        per_epoch = steps * local_batch
+        orders, epoch_column = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
+        for epoch in epochs:
+            rng = np.random.default_rng([int(config.seed), 4, int(epoch), self.process_index])
+            orders.append(rng.permutation(len(shard))[:per_epoch])
+            epoch_column.append(np.full(per_epoch, int(epoch), np.int64))
+        start = max(int(skip_batches), 0) * local_batch
+        order = np.concatenate(orders)[start:]
+        epoch_column = np.concatenate(epoch_column)[start:]
+        if not len(order):
+            return iter(())
+        ds = self._dataset(examples, shard, order, epoch_column, local_batch, train=True)
+        return (_to_numpy(batch, local_batch) for batch in ds.as_numpy_iterator())
+
+    def eval_batches(self, split: str = "validation") -> Iterator[dict[str, np.ndarray]]:
+        """One pass over an evaluation split, padded to `num_eval_batches` batches on every host.
+
+        Args:
+          split: "validation", "test", or "train" (the training images without augmentation).
+
+        Returns:
+          An iterator of host-local batches; padding entries have ``valid=False``.
+        """
+        config = self.config
+        local_batch = local_batch_size(config, split, self.process_count)
+        examples = self.examples(split)
+        if split not in self._eval_datasets:
+            shard = _host_shard(examples, config.seed, self.process_index, self.process_count)
+            order = np.arange(len(shard))
+            self._eval_datasets[split] = (
+                self._dataset(examples, shard, order, None, local_batch, train=False)
+                if len(order)
+                else None  # a host whose shard is empty (tiny split, many hosts) only pads
             )
-        )
+        ds = self._eval_datasets[split]
+        num_batches = num_eval_batches(config, split, num_examples=len(examples))
+        size = int(config.data.image_size)
 
-        def load(image, mask, position, example_id):
-            image, mask = load_pair(image, mask)
-            return image, mask, position, example_id
+        def batches():
+            yielded = 0
+            for batch in ds.as_numpy_iterator() if ds is not None else ():
+                yield _to_numpy(batch, local_batch)
+                yielded += 1
+            for _ in range(num_batches - yielded):
+                yield _padding_batch(local_batch, size)
 
-    augment = data.augment
-    do_augment = train and any(bool(augment[name]) for name in _AUGMENTATIONS)
-    epoch_seed = tf.constant([int(config.seed), int(epoch)], tf.int64)
+        return batches()
 
-    def finish(*args):
-        image, mask, position, example_id = load(*args)
-        image = tf.cast(image, tf.float32) / 255.0
-        if do_augment:
-            seed = tf.random.experimental.stateless_fold_in(epoch_seed, position)
-            image, mask = augment_pair(image, mask, seed, augment)
-        return {"image": image, "mask": tf.cast(mask[..., 0], tf.int32), "id": example_id}
+    def _dataset(
+        self,
+        examples: Sequence[Example],
+        shard: np.ndarray,
+        order: np.ndarray,
+        epochs: np.ndarray | None,
+        local_batch: int,
+        train: bool,
+    ) -> tf.data.Dataset:
+        """The tf.data graph over ``shard[order]`` (positions into ``examples``), batched."""
+        config = self.config
+        data = config.data
+        positions = shard[order]
+        ids = [examples[i].id for i in positions]
+        epochs = np.zeros(len(order), np.int64) if epochs is None else epochs
+        if data.cache:
+            shard_examples = [examples[i] for i in shard]
+            images, masks = self.cache.get(
+                _pixels_key(shard_examples, data), lambda: _decode_all(shard_examples, data)
+            )
+            ds = tf.data.Dataset.from_tensor_slices(
+                (order.astype(np.int64), positions, ids, epochs)
+            )
 
-    ds = ds.map(finish, tf.data.AUTOTUNE, deterministic=True)
-    ds = ds.batch(local_batch, drop_remainder=train, num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+            def load(index, position, example_id, epoch):
+                return (
+                    tf.gather(images, index),
+                    tf.gather(masks, index),
+                    position,
+                    example_id,
+                    epoch,
+                )
+
+        else:
+            from_files = isinstance(examples[0].image, str)
+            load_pair = _load_fn(data, from_files)
+            ds = tf.data.Dataset.from_tensor_slices(
+                (
+                    [examples[i].image for i in positions],
+                    [examples[i].mask for i in positions],
+                    positions,
+                    ids,
+                    epochs,
+                )
+            )
+
+            def load(image, mask, position, example_id, epoch):
+                image, mask = load_pair(image, mask)
+                return image, mask, position, example_id, epoch
+
+        augment = data.augment
+        do_augment = train and any(bool(augment[name]) for name in _AUGMENTATIONS)
+        seed = int(config.seed)
+
+        def finish(*args):
+            image, mask, position, example_id, epoch = load(*args)
+            image = tf.cast(image, tf.float32) / 255.0
+            if do_augment:
+                # Drawn from (seed, epoch, position): independent of hosts, batches and caching.
+                epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
+                example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, position)
+                image, mask = augment_pair(image, mask, example_seed, augment)
+            return {"image": image, "mask": tf.cast(mask[..., 0], tf.int32), "id": example_id}
+
+        ds = ds.map(finish, tf.data.AUTOTUNE, deterministic=True)
+        ds = ds.batch(local_batch, drop_remainder=train, num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def _to_numpy(batch: dict[str, np.ndarray], local_batch: int) -> dict[str, np.ndarray]:
@@ -283,13 +410,13 @@ def make_dataset(
     config: Any,
     split: str,
     *,
+    process_index: int,
+    process_count: int,
     epoch: int = 0,
     skip_batches: int = 0,
-    process_index: int | None = None,
-    process_count: int | None = None,
-    device_count: int | None = None,
+    cache: DataCache | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """One pass over a split as host-local numpy batches.
+    """One pass over a split as host-local numpy batches (a one-off `InputPipeline`).
 
     Training (``split="train"``): one epoch, shuffled from (``config.seed``, ``epoch``), augmented,
     full batches only, `steps_per_epoch` batches minus ``skip_batches``. Evaluation (any other
@@ -303,54 +430,28 @@ def make_dataset(
     - ``"valid"``: bool (b,), False for padding entries;
     - ``"id"``: str (b,), host-only (drop it before sending the batch to devices).
 
-    Sources are validated (every file decoded) before the first batch; validation is cached per
-    folder.
+    Sources are validated (every file decoded) before the first batch. A training run builds one
+    `InputPipeline` instead, so each split's graph is built once for the whole run.
 
     Args:
       config: the experiment config (``seed``, ``batch_size``, ``eval_batch_size``, ``data.*``).
-      split: "train" or "validation".
+      split: "train", or an evaluation split ("validation", "test").
+      process_index: this host's index (``jax.process_index()``).
+      process_count: the number of hosts (``jax.process_count()``).
       epoch: the epoch number (training order and augmentations depend on it).
       skip_batches: training batches of this epoch to skip, to resume mid-epoch.
-      process_index: this host's index; default ``jax.process_index()``.
-      process_count: the number of hosts; default ``jax.process_count()``.
-      device_count: global device count the batch must divide; default ``jax.device_count()``.
+      cache: a `DataCache` to share validation and decoded pixels between calls.
 
     Returns:
       An iterator of batches (finite).
 
     Raises:
-      ValueError: sizes that do not divide (the message names the config field), an image size that
-        is not a multiple of 16, fewer training examples than one batch, or a source that fails
-        validation.
+      ValueError: a global batch the hosts cannot share (the message names the config field), fewer
+        training examples than one batch, or a source that fails validation.
     """
-    process_index, process_count = _process_info(process_index, process_count)
-    local_batch = _check_config(config, split, process_count, device_count)
-    train = split == "train"
-    examples = _split(config, split, validate=True)
-    shard = _host_shard(examples, config.seed, process_index, process_count)
-    size = int(config.data.image_size)
-    if train:
-        steps = _train_steps(len(examples), int(config.batch_size), process_count)
-        rng = np.random.default_rng([int(config.seed), 4, int(epoch), process_index])
-        order = rng.permutation(len(shard))[: steps * local_batch]
-        order = order[max(int(skip_batches), 0) * local_batch :]
-        num_batches = len(order) // local_batch
-    else:
-        order = np.arange(len(shard))
-        num_batches = math.ceil(len(examples) / int(config.eval_batch_size))
-    # A host whose shard is empty (tiny eval split, many hosts) still yields its padding batches.
-    ds = (
-        _tf_dataset(config, examples, shard, order, local_batch, train, epoch)
-        if len(order)
-        else None
+    pipeline = InputPipeline(
+        config, process_index=process_index, process_count=process_count, cache=cache
     )
-
-    def batches():
-        yielded = 0
-        for batch in ds.as_numpy_iterator() if ds is not None else ():
-            yield _to_numpy(batch, local_batch)
-            yielded += 1
-        for _ in range(num_batches - yielded):
-            yield _padding_batch(local_batch, size)
-
-    return batches()
+    if split != "train":
+        return pipeline.eval_batches(split)
+    return pipeline.train_epochs([int(epoch)], skip_batches)

@@ -16,8 +16,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from bts_jax.data._tf import tf
+from bts_jax.data.formats import MASK_THRESHOLD, SIXTEEN_BIT_MODES, TIFF_EXTENSIONS
 
 # Luma weights of ITU-R BT.601 (SPEC 3.1) in thousandths, so grayscale conversion is exact integer
 # arithmetic and identical in the TF graph and in numpy.
@@ -189,7 +191,7 @@ def preprocess_pair(
 
     Args:
       image: uint8 (H, W) grayscale image.
-      mask: uint8 (H, W) mask (any values; > 127 is tumour) or None.
+      mask: uint8 (H, W) mask (any values; > `MASK_THRESHOLD` is tumour) or None.
       data_config: ``config.data`` (reads ``equalize``, ``image_size``, ``resize_method``).
 
     Returns:
@@ -199,7 +201,7 @@ def preprocess_pair(
         image = equalize_histogram(image)
     image = image[..., tf.newaxis]
     if mask is not None:
-        mask = tf.cast(mask > 127, tf.uint8)[..., tf.newaxis]
+        mask = tf.cast(mask > MASK_THRESHOLD, tf.uint8)[..., tf.newaxis]
     size = int(data_config["image_size"])
     image, mask = fit_to_size(image, mask, size, data_config["resize_method"])
     image = tf.ensure_shape(image, [size, size, 1])
@@ -318,6 +320,68 @@ def load_grayscale(path: str | os.PathLike) -> np.ndarray:
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
         raise ValueError(f"Cannot decode image file {path}: {e.message.splitlines()[0]}") from None
     return image.numpy()
+
+
+def as_grayscale(image: np.ndarray, index: int = 0) -> np.ndarray:
+    """Checks an in-memory image and converts it to uint8 grayscale (H, W) like the decoder does.
+
+    Args:
+      image: uint8 (H, W), (H, W, 1), or (H, W, 2|3|4) (gray+alpha, RGB(A): BT.601 luma).
+      index: the image's position in its batch, for error messages.
+
+    Returns:
+      uint8 array (H, W).
+
+    Raises:
+      ValueError: not uint8, or an unsupported shape (the message gives ``index``).
+    """
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"images[{index}] must be uint8, got {image.dtype}.")
+    if image.ndim == 3 and image.shape[-1] in (2, 3, 4):
+        # Same luma as the training decoder, so an RGB array equals the gray file it came from.
+        return to_grayscale(tf.constant(image)).numpy()
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.ndim != 2 or min(image.shape) < 1:
+        raise ValueError(
+            f"images[{index}] must be (H, W), (H, W, 1) or (H, W, 3|4), got {image.shape}."
+        )
+    return image
+
+
+def read_image_file(path: str | os.PathLike) -> np.ndarray:
+    """Reads any image file prediction accepts as uint8 grayscale (H, W), decoded like training.
+
+    PNG/JPEG/BMP/GIF go through the training decoder (`load_grayscale`); TIFF, which TensorFlow
+    cannot decode, through Pillow, keeping the top 8 bits of 16-bit scans as the PNG decoder does.
+
+    Args:
+      path: an image file.
+
+    Returns:
+      uint8 array (H, W).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: the file cannot be decoded (the message names it).
+    """
+    path = os.fspath(path)
+    if os.path.splitext(path)[1].lower() not in TIFF_EXTENSIONS:
+        return load_grayscale(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Image file not found: {path}")
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in SIXTEEN_BIT_MODES:
+                return (np.asarray(im, np.uint32) >> 8).clip(0, 255).astype(np.uint8)
+            if im.mode not in ("L", "LA", "RGB", "RGBA"):
+                im = im.convert("RGB")
+            array = np.asarray(im)
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}") from None
+    return as_grayscale(array[..., None] if array.ndim == 2 else array)
 
 
 def preprocess_image(image: np.ndarray, data_config: Mapping[str, Any]) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import functools
 import logging
 import os
 import warnings
@@ -20,11 +19,15 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from bts_jax.data.cache import DataCache, folder_signature
+from bts_jax.data.formats import (
+    EIGHT_BIT_MODES,
+    MASK_THRESHOLD,
+    TRAINING_EXTENSIONS,
+    has_extension,
+)
+
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
-# What the training decoder (tf.io.decode_image) reads; TIFF is not among them.
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
-# Pillow modes of 8-bit images; TensorFlow keeps only the top byte of 16-bit ones.
-EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA")
 # figshare labels (metadata.csv `label`); 0 = unknown.
 TUMOUR_TYPES = ("unknown", "meningioma", "glioma", "pituitary")
 UNKNOWN_LABEL = 0
@@ -64,15 +67,15 @@ def _list_images(folder: str, setting: str) -> dict[str, str]:
         raise FileNotFoundError(f"Folder not found: {folder} (from {setting}).")
     files = {}
     for name in sorted(os.listdir(folder)):
-        stem, ext = os.path.splitext(name)
-        if ext.lower() not in IMAGE_EXTENSIONS or name.startswith("."):
+        if not has_extension(name, TRAINING_EXTENSIONS):
             continue
+        stem = os.path.splitext(name)[0]
         if stem in files:
             raise ValueError(f"Two files with id {stem!r} in {folder}: {files[stem]} and {name}.")
         files[stem] = os.path.join(folder, name)
     if not files:
         raise ValueError(
-            f"No image files ({', '.join(IMAGE_EXTENSIONS)}) in {folder} (from {setting})."
+            f"No image files ({', '.join(TRAINING_EXTENSIONS)}) in {folder} (from {setting})."
         )
     return files
 
@@ -184,18 +187,19 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
             None,
         )
     values = np.unique(mask)
-    if 0 < values.max() <= 127:
-        # Binarised with > 127, such a mask (e.g. saved as 0/1) would train as all background.
+    if 0 < values.max() <= MASK_THRESHOLD:
+        # Binarised at the threshold, such a mask (e.g. saved as 0/1) would train as background.
         return (
-            f"Mask {example.mask} has values {values[:8].tolist()}, all <= 127: binarised with "
-            "> 127 -> tumour it would be empty. Save masks as 0/255.",
+            f"Mask {example.mask} has values {values[:8].tolist()}, all <= {MASK_THRESHOLD}: "
+            f"binarised with > {MASK_THRESHOLD} -> tumour it would be empty. Save masks as 0/255.",
             None,
         )
     if not np.isin(values, (0, 255)).all():
         shown = values[:8].tolist()
         return None, (
             f"Mask {example.mask} is not binary {{0, 255}}: values {shown}"
-            f"{'...' if len(values) > 8 else ''}. It is binarised with > 127 -> tumour."
+            f"{'...' if len(values) > 8 else ''}. "
+            f"It is binarised with > {MASK_THRESHOLD} -> tumour."
         )
     return None, None
 
@@ -231,33 +235,16 @@ def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
         warnings.warn(message, stacklevel=3)
 
 
-@functools.lru_cache(maxsize=8)
-def _validated_folder(data_dir: str, setting: str, strict_masks: bool, stamp: tuple) -> tuple:
-    # Cached on the folders' modification times, so each epoch's make_dataset does not re-read every
-    # file while an edited folder is checked again.
-    del stamp
+def _validated_folder(data_dir: str, setting: str, strict_masks: bool) -> tuple[Example, ...]:
     examples = list_folder(data_dir, setting)
     validate_examples(examples, strict_masks)
     return tuple(examples)
-
-
-def _folder_stamp(data_dir: str) -> tuple:
-    stamp = []
-    for sub in ("", "images", "masks", "metadata.csv"):
-        path = os.path.join(data_dir, sub)
-        stamp.append(os.stat(path).st_mtime_ns if os.path.exists(path) else None)
-    return tuple(stamp)
 
 
 def _tfds_examples(data_dir: str) -> tuple[Example, ...]:
     from bts_jax.data import tfds_builder  # Imported lazily: tensorflow_datasets is slow to import.
 
     return tuple(tfds_builder.read_examples(data_dir))
-
-
-@functools.lru_cache(maxsize=4)
-def _cached_tfds_examples(data_dir: str) -> tuple[Example, ...]:
-    return _tfds_examples(data_dir)
 
 
 def source_dir(data_config: Mapping[str, Any]) -> str:
@@ -274,12 +261,17 @@ def source_dir(data_config: Mapping[str, Any]) -> str:
     return os.path.abspath(os.path.expanduser(data_config["data_dir"]))
 
 
-def get_examples(data_config: Mapping[str, Any], validate: bool = True) -> tuple[Example, ...]:
+def get_examples(
+    data_config: Mapping[str, Any], validate: bool = True, cache: DataCache | None = None
+) -> tuple[Example, ...]:
     """All pairs of the configured source, sorted by id.
 
     Args:
       data_config: ``config.data`` (reads ``source``, ``data_dir``, ``strict_masks``).
-      validate: check every file of a folder source (cached per folder and modification time).
+      validate: check every file of a folder source.
+      cache: a run's `DataCache`: the validated listing (or the TFDS records) is kept there, keyed
+        on every file's size and modification time, so a run checks its folder once. None reads
+        and checks afresh.
 
     Returns:
       The examples, sorted by `id_sort_key`.
@@ -293,12 +285,19 @@ def get_examples(data_config: Mapping[str, Any], validate: bool = True) -> tuple
         setting = "the bundled sample" if source == "sample" else "config.data.data_dir"
         if not validate:
             return tuple(list_folder(data_dir, setting))
-        stamp = _folder_stamp(data_dir) if os.path.isdir(data_dir) else ()
-        return _validated_folder(data_dir, setting, bool(data_config["strict_masks"]), stamp)
+        strict = bool(data_config["strict_masks"])
+        if cache is None or not os.path.isdir(data_dir):
+            return _validated_folder(data_dir, setting, strict)
+        key = ("validated folder", data_dir, strict, folder_signature(data_dir))
+        return cache.get(key, lambda: _validated_folder(data_dir, setting, strict))
     if source == "tfds":
         if not data_config["data_dir"]:
             raise ValueError(
                 "config.data.source='tfds' needs config.data.data_dir (the TFDS data_dir)."
             )
-        return _cached_tfds_examples(os.path.abspath(os.path.expanduser(data_config["data_dir"])))
+        data_dir = os.path.abspath(os.path.expanduser(data_config["data_dir"]))
+        if cache is None:
+            return _tfds_examples(data_dir)
+        key = ("tfds", data_dir, folder_signature(data_dir))
+        return cache.get(key, lambda: _tfds_examples(data_dir))
     raise ValueError(f'config.data.source must be "sample", "folder" or "tfds", got {source!r}.')

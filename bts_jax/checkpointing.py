@@ -1,0 +1,279 @@
+"""A workdir on disk: its config, its Orbax checkpoints, and the one rule for which one to use.
+
+Layout written by training::
+
+    <workdir>/config.json      the run's config
+    <workdir>/checkpoints/     the latest ``config.checkpoint.max_to_keep`` saves
+    <workdir>/best/            the one save with the highest validation mIoU
+
+Each save holds the whole `TrainState` (``state``) and a small JSON (``meta``: the metric history
+and the best mIoU so far), so a run resumes exactly. Inference restores only ``params``,
+``batch_stats`` and ``step`` of a save, on the default device, whatever the device layout of
+training was.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import orbax.checkpoint as ocp
+from absl import logging
+
+from bts_jax.models import build_model
+from bts_jax.state import TrainState, model_variable_shapes
+
+CONFIG_FILE = "config.json"
+LATEST_DIR = "checkpoints"
+BEST_DIR = "best"
+CHECKPOINT_CHOICES = ("best", "latest")
+
+
+def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
+    """Writes ``config`` as ``<workdir>/config.json`` (sorted keys, tuples as lists).
+
+    Args:
+      config: the run's config.
+      workdir: the run's directory (must exist).
+
+    Returns:
+      The written path.
+    """
+    path = os.path.join(os.fspath(workdir), CONFIG_FILE)
+    with open(path, "w") as f:
+        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    return path
+
+
+def _lists_to_tuples(value: Any) -> Any:
+    # JSON turned the config's tuples (e.g. model.features) into lists; give them back.
+    if isinstance(value, dict):
+        return {k: _lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_lists_to_tuples(v) for v in value)
+    return value
+
+
+def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """Reads the config a workdir was trained with (``<workdir>/config.json``).
+
+    Args:
+      workdir: a directory written by ``train.py``.
+
+    Returns:
+      The run's ConfigDict (JSON lists turned back into tuples).
+
+    Raises:
+      FileNotFoundError: ``workdir`` does not exist or holds no ``config.json`` (the message
+        names it).
+    """
+    workdir = os.fspath(workdir)
+    if not os.path.isdir(workdir):
+        raise FileNotFoundError(f"Workdir not found: {workdir}")
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{workdir} is not a bts_jax workdir: it has no {CONFIG_FILE}. Pass the --workdir "
+            "that train.py wrote."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(_lists_to_tuples(json.load(f)))
+
+
+def checkpoint_managers(
+    workdir: str | os.PathLike, config: ml_collections.ConfigDict
+) -> tuple[ocp.CheckpointManager, ocp.CheckpointManager]:
+    """Returns the two Orbax managers of a workdir: the latest N steps, and the best by mIoU.
+
+    Args:
+      workdir: the run's directory.
+      config: experiment config (``checkpoint.max_to_keep``).
+
+    Returns:
+      ``(latest, best)`` Orbax CheckpointManagers; close them when done.
+    """
+    root = os.path.abspath(os.fspath(workdir))
+    latest = ocp.CheckpointManager(
+        os.path.join(root, LATEST_DIR),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=config.checkpoint.max_to_keep, create=True
+        ),
+    )
+    best = ocp.CheckpointManager(
+        os.path.join(root, BEST_DIR),
+        options=ocp.CheckpointManagerOptions(
+            max_to_keep=1, best_fn=lambda m: m["val_miou"], best_mode="max", create=True
+        ),
+    )
+    return latest, best
+
+
+def save_checkpoint(
+    manager: ocp.CheckpointManager,
+    step: int,
+    state: TrainState,
+    meta: dict[str, Any],
+    step_metrics: dict[str, float] | None = None,
+) -> None:
+    """Saves (asynchronously) the train state and its JSON metadata at ``step``.
+
+    Args:
+      manager: one of `checkpoint_managers`.
+      step: the step number of the save.
+      state: the train state.
+      meta: JSON-serialisable run metadata (history, best mIoU).
+      step_metrics: metrics the manager ranks saves by (``val_miou`` for the best manager).
+    """
+    manager.save(
+        step,
+        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        metrics=step_metrics,
+    )
+
+
+def restore_checkpoint(
+    manager: ocp.CheckpointManager, target: TrainState, step: int | None = None
+) -> tuple[TrainState | None, dict[str, Any] | None]:
+    """Restores (state, meta) from ``manager`` at ``step`` (default: latest) in ``target``'s layout.
+
+    Args:
+      manager: an Orbax CheckpointManager.
+      target: a TrainState of arrays or ``jax.ShapeDtypeStruct`` s (see
+        `bts_jax.state.abstract_train_state`) whose shapes, dtypes and shardings the restored
+        arrays take.
+      step: the step to restore; None for the latest.
+
+    Returns:
+      ``(state, meta)`` or ``(None, None)`` if the manager holds no checkpoint.
+    """
+    step = manager.latest_step() if step is None else step
+    if step is None:
+        return None, None
+    abstract = jax.tree_util.tree_map(ocp.utils.to_shape_dtype_struct, target)
+    restored = manager.restore(
+        step,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(abstract), meta=ocp.args.JsonRestore()
+        ),
+    )
+    return restored["state"], restored["meta"]
+
+
+def _latest_step(directory: str) -> int | None:
+    if not os.path.isdir(directory):
+        return None
+    # The folder exists and nothing is saved, so the manager creates or deletes nothing.
+    with ocp.CheckpointManager(directory) as manager:
+        return manager.latest_step()
+
+
+def resolve_checkpoint(workdir: str | os.PathLike, which: str = "best") -> tuple[str, int]:
+    """The one rule for which save of a workdir to use.
+
+    ``"latest"`` is the newest save in ``checkpoints/``. ``"best"`` is the save in ``best/`` (the
+    highest validation mIoU); a run that never evaluated has none, and then the latest save is
+    used, with a logged warning.
+
+    Args:
+      workdir: a directory written by ``train.py``.
+      which: "best" or "latest".
+
+    Returns:
+      ``(checkpoint directory, step)``.
+
+    Raises:
+      ValueError: ``which`` is neither "best" nor "latest".
+      FileNotFoundError: the workdir holds no save at all.
+    """
+    if which not in CHECKPOINT_CHOICES:
+        raise ValueError(f"which={which!r}; expected one of {CHECKPOINT_CHOICES}.")
+    root = os.path.abspath(os.fspath(workdir))
+    latest_dir, best_dir = os.path.join(root, LATEST_DIR), os.path.join(root, BEST_DIR)
+    if which == "best":
+        step = _latest_step(best_dir)
+        if step is not None:
+            return best_dir, step
+    step = _latest_step(latest_dir)
+    if step is None:
+        looked = f"{BEST_DIR}/, {LATEST_DIR}/" if which == "best" else f"{LATEST_DIR}/"
+        raise FileNotFoundError(f"No checkpoint in {workdir} (looked in {looked}): train it first.")
+    if which == "best":
+        logging.warning("%s has no best checkpoint; using the latest (step %d).", workdir, step)
+    return latest_dir, step
+
+
+def restore_train_state(
+    workdir: str | os.PathLike, target: TrainState, which: str = "best"
+) -> TrainState:
+    """Restores the whole train state of a workdir's best or latest save (see `resolve_checkpoint`).
+
+    Args:
+      workdir: a directory written by ``train.py``.
+      target: the abstract state (shapes, dtypes, shardings) to restore into.
+      which: "best" or "latest".
+
+    Returns:
+      The restored TrainState.
+    """
+    directory, step = resolve_checkpoint(workdir, which)
+    with ocp.CheckpointManager(directory) as manager:
+        state, _ = restore_checkpoint(manager, target, step)
+    return state
+
+
+def load_trained_model(
+    workdir: str | os.PathLike, which: str = "best"
+) -> tuple[ml_collections.ConfigDict, nn.Module, dict[str, Any]]:
+    """Rebuilds a workdir's model and restores its weights, without touching the training data.
+
+    Only ``params``, ``batch_stats`` and ``step`` are read (the optimiser state stays on disk), as
+    numpy, so the device layout of training (8 GPUs, 2 hosts...) does not matter.
+
+    Args:
+      workdir: a directory written by ``train.py``.
+      which: "best" or "latest" (see `resolve_checkpoint`).
+
+    Returns:
+      ``(config, model, variables)``: the run's config, the unbound model, and
+      ``{"params": ..., "batch_stats": ...}`` on the default device, ready for
+      ``model.apply(variables, x, train=False)``.
+
+    Raises:
+      FileNotFoundError: not a workdir, or no checkpoint in it.
+      ValueError: the checkpoint does not fit the model of the saved config.
+    """
+    workdir = os.fspath(workdir)
+    config = load_config(workdir)
+    model = build_model(config.model, dtype=config.dtype)
+    directory, step = resolve_checkpoint(workdir, which)
+    target = {
+        "step": jax.ShapeDtypeStruct((), jnp.int32),
+        **model_variable_shapes(model, int(config.data.image_size)),
+    }
+    restore_args = jax.tree_util.tree_map(
+        lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
+    )
+    with ocp.CheckpointManager(directory) as manager:
+        try:
+            restored = manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    state=ocp.args.PyTreeRestore(
+                        item=target, restore_args=restore_args, partial_restore=True
+                    )
+                ),
+            )["state"]
+        except (ValueError, KeyError) as e:
+            raise ValueError(
+                f"The checkpoint {directory}/{step} does not match the model of "
+                f"{os.path.join(workdir, CONFIG_FILE)}: {e}"
+            ) from e
+    logging.info("Restored %s step %d.", directory, int(restored["step"]))
+    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
+    return config, model, jax.device_put(variables)

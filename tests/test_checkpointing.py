@@ -1,0 +1,75 @@
+"""The one rule for which checkpoint of a workdir is used, and config.json round trips."""
+
+import logging
+
+import jax.numpy as jnp
+import ml_collections
+import pytest
+from absl import logging as absl_logging
+
+from bts_jax import checkpointing
+from bts_jax.state import TrainState
+
+
+def _state(value):
+    return TrainState(
+        step=jnp.asarray(value, jnp.int32),
+        params={"w": jnp.full(3, float(value))},
+        batch_stats={},
+        opt_state={},
+        rng=jnp.zeros(2, jnp.uint32),
+    )
+
+
+def _config(max_to_keep=2):
+    config = ml_collections.ConfigDict()
+    config.checkpoint = ml_collections.ConfigDict({"max_to_keep": max_to_keep})
+    config.model = ml_collections.ConfigDict({"features": (4, 8)})
+    return config
+
+
+def _save(workdir, steps, best_step=None):
+    latest, best = checkpointing.checkpoint_managers(workdir, _config())
+    for step in steps:
+        checkpointing.save_checkpoint(latest, step, _state(step), {"history": []})
+    if best_step is not None:
+        checkpointing.save_checkpoint(
+            best, best_step, _state(best_step), {"history": []}, {"val_miou": 0.5}
+        )
+    latest.close()
+    best.close()
+
+
+def test_best_is_used_when_present(tmp_path):
+    _save(tmp_path, [2, 4, 6], best_step=4)
+    assert checkpointing.resolve_checkpoint(tmp_path, "best") == (str(tmp_path / "best"), 4)
+    assert checkpointing.resolve_checkpoint(tmp_path, "latest") == (
+        str(tmp_path / "checkpoints"),
+        6,
+    )
+    restored = checkpointing.restore_train_state(tmp_path, _state(0), "best")
+    assert int(restored.step) == 4 and float(restored.params["w"][0]) == 4.0
+
+
+def test_best_falls_back_to_latest_with_a_warning(tmp_path, caplog):
+    _save(tmp_path, [2, 4])
+    absl_logging.get_absl_logger().propagate = True
+    with caplog.at_level(logging.WARNING):
+        found = checkpointing.resolve_checkpoint(tmp_path, "best")
+    assert found == (str(tmp_path / "checkpoints"), 4)
+    assert "has no best checkpoint; using the latest (step 4)" in caplog.text
+
+
+def test_errors_name_the_choice_and_the_workdir(tmp_path):
+    with pytest.raises(ValueError, match="which='last'"):
+        checkpointing.resolve_checkpoint(tmp_path, "last")
+    with pytest.raises(FileNotFoundError, match=f"No checkpoint in {tmp_path}"):
+        checkpointing.resolve_checkpoint(tmp_path, "best")
+
+
+def test_config_round_trip_restores_tuples(tmp_path):
+    config = _config()
+    checkpointing.save_config(config, tmp_path)
+    loaded = checkpointing.load_config(tmp_path)
+    assert loaded.model.features == (4, 8)
+    assert loaded.checkpoint.max_to_keep == 2
