@@ -11,8 +11,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
-from bts_jax.models import import_milesial_unet, read_state_dict
+from bts_jax.models import UNet, import_milesial_unet, read_state_dict
+from bts_jax.models import nnx as bts_nnx
 from bts_jax.models.torch_io import _rebuild_tensor
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -181,3 +183,98 @@ def test_legacy_and_missing_files_are_reported(tmp_path):
         read_state_dict(legacy)
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         read_state_dict(tmp_path / "nothing.pth")
+
+
+# ----------------------------------------------------------------------------- Flax NNX
+
+
+@pytest.fixture(scope="module")
+def linen_model_and_variables():
+    """A tiny model with stage and skip ECA (the NNX layout splits them out of the Linen blocks)."""
+    model = UNet(features=(2, 4, 8), eca_in=("encoder", "skip"))
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+    variables = jax.jit(lambda x: model.init(jax.random.key(1), x, train=False))(x)
+    stats = jax.tree.map(lambda a: a + 0.5, variables["batch_stats"])  # var stays > 0
+    return model, {"params": variables["params"], "batch_stats": stats}, x
+
+
+def test_nnx_matches_linen_outputs_and_gradients(linen_model_and_variables):
+    model, variables, x = linen_model_and_variables
+    target = jax.random.normal(jax.random.key(2), (2, 32, 32, 1))
+    nnx_model = bts_nnx.UNet.from_linen(model, variables)
+    assert isinstance(nnx_model.encoder[1].eca, nnx.Module) and nnx_model.bottleneck.eca is None
+
+    eval_linen = forward(model, variables, x)
+    eval_nnx = nnx.jit(lambda m, x: m(x, train=False))(nnx_model, x)
+    np.testing.assert_allclose(eval_nnx, eval_linen, rtol=0, atol=1e-6)
+
+    def linen_loss(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": variables["batch_stats"]},
+            x,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        return jnp.mean((logits - target) ** 2), updates
+
+    grads_linen, updates = jax.jit(jax.grad(linen_loss, has_aux=True))(variables["params"])
+
+    @nnx.jit
+    def nnx_grads(m):
+        return nnx.grad(lambda m: jnp.mean((m(x, train=True) - target) ** 2))(m)
+
+    grads_nnx = bts_nnx.to_linen_variables(nnx_grads(nnx_model))
+    assert set(grads_nnx) == {"params"}
+    assert jax.tree.structure(grads_nnx["params"]) == jax.tree.structure(grads_linen)
+    scale = max(float(jnp.max(jnp.abs(g))) for g in jax.tree.leaves(grads_linen))
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6 * scale),
+        grads_nnx["params"],
+        grads_linen,
+    )
+    # train=True updated the NNX model's running statistics in place, as Linen's mutable did.
+    stats = bts_nnx.to_linen_variables(nnx.state(nnx_model, nnx.BatchStat))["batch_stats"]
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7),
+        stats,
+        updates["batch_stats"],
+    )
+
+
+def test_nnx_round_trip_and_errors(linen_model_and_variables):
+    model, variables, _ = linen_model_and_variables
+    nnx_model = bts_nnx.UNet.from_linen(model, variables)
+    back = bts_nnx.to_linen_variables(nnx.state(nnx_model))
+    assert jax.tree.structure(back) == jax.tree.structure(dict(variables))
+    jax.tree.map(np.testing.assert_array_equal, back, dict(variables))
+
+    params = jax.tree.map(lambda a: a, variables["params"])
+    params["enc_1"]["eca"]["conv"]["kernel"] = jnp.zeros((7, 1, 1))
+    with pytest.raises(ValueError, match=r"enc_1/eca/conv/kernel has shape \(7, 1, 1\)"):
+        bts_nnx.UNet.from_linen(model, {**variables, "params": params})
+    params = {**variables["params"], "extra_head": {"kernel": jnp.zeros(3)}}
+    with pytest.raises(ValueError, match="extra_head/kernel has no place"):
+        bts_nnx.UNet.from_linen(model, {**variables, "params": params})
+    with pytest.raises(ValueError, match="unset"):
+        bts_nnx.UNet.from_linen(model, {"params": variables["params"]})
+
+
+def test_nnx_model_from_milesial_weights_reproduces_pytorch():
+    nnx_model = bts_nnx.UNet.from_linen(*import_milesial_unet(GRAY_NPZ))
+    x, expected = golden_io("gray")
+    logits = nnx.jit(lambda m, x: m(x, train=False))(nnx_model, x)
+    assert relative_error(logits, expected) <= MAX_RELATIVE_ERROR
+
+
+def test_nnx_unet_initialises_and_validates_like_linen():
+    with pytest.raises(ValueError, match="UNet.eca_in has unknown entries"):
+        bts_nnx.UNet(1, features=(2, 4), eca_in=("head",), rngs=nnx.Rngs(0))
+    model = bts_nnx.UNet(3, features=(2, 4), num_classes=3, rngs=nnx.Rngs(0))
+    linen = UNet(features=(2, 4), num_classes=3)
+    image = jnp.zeros((1, 4, 4, 3))
+    expected = jax.jit(lambda key: linen.init(key, image, train=False))(nnx.Rngs(0).params())
+    initial = bts_nnx.to_linen_variables(nnx.state(model))
+    jax.tree.map(np.testing.assert_array_equal, initial, dict(expected))
+    assert model(jnp.zeros((1, 8, 8, 3)), train=False).shape == (1, 8, 8, 3)
+    with pytest.raises(ValueError, match="multiples of 4"):
+        model(jnp.zeros((1, 6, 6, 3)), train=False)
