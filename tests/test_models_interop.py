@@ -278,3 +278,23 @@ def test_nnx_unet_initialises_and_validates_like_linen():
     assert model(jnp.zeros((1, 8, 8, 3)), train=False).shape == (1, 8, 8, 3)
     with pytest.raises(ValueError, match="multiples of 4"):
         model(jnp.zeros((1, 6, 6, 3)), train=False)
+
+
+class _Gate(nnx.Module):
+    """Channel attention written in NNX: a learned per-channel gate, initialised closed."""
+
+    def __init__(self, channels):
+        self.logit = nnx.Param(jnp.full((channels,), -30.0))
+
+    def __call__(self, x):
+        return x * jax.nn.sigmoid(self.logit[...])
+
+
+def test_nnx_stage_attention_can_be_added_in_place():
+    model = bts_nnx.UNet.from_linen(*import_milesial_unet(GRAY_NPZ))
+    x, expected = golden_io("gray")
+    model.encoder[2].eca = _Gate(4)  # The baseline had no ECA there.
+    logits = nnx.jit(lambda m, x: m(x, train=False))(model, x)
+    assert relative_error(logits, expected) > 100 * MAX_RELATIVE_ERROR  # The gate took effect.
+    grads = nnx.grad(lambda m: jnp.mean(m(x, train=False) ** 2))(model)
+    assert grads["encoder"][2]["eca"]["logit"].shape == (4,)

@@ -53,7 +53,8 @@ class Stage(nnx.Module):
 
     def __init__(self, block: nnx.Module, eca: nnx.Module | None = None):
         self.block = block
-        self.eca = eca
+        # Marked as data even when None, so a module can be assigned to it later.
+        self.eca = nnx.data(eca)
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Maps (B, H, W, C_in) to (B, H, W, C)."""
