@@ -17,7 +17,7 @@ their defaults (so a swapped mean/var or scale/bias shows), and the model runs i
 reference output is computed in float64 from the float32 weights and stored rounded to float32,
 so the test measures bts_jax's float32 error (plus at most 6e-8 relative from that rounding).
 
-Files written to ``tests/data/`` (about 270 KB):
+Files written to ``tests/data/`` (about 280 KB):
 
 * ``milesial_golden_rgb_state.pth``: n_channels 3, n_classes 2, w = 2, saved with
   ``torch.save`` like milesial's ``train.py`` does, including its ``mask_values`` entry.
