@@ -139,7 +139,8 @@ def num_eval_batches(config: Any, split: str = "validation") -> int:
 
     Args:
       config: the experiment config.
-      split: "validation" (or "train", to evaluate on the training images without augmentation).
+      split: "validation", "test" (or "train", to evaluate on the training images without
+        augmentation).
 
     Returns:
       The number of batches.
@@ -308,7 +309,7 @@ def make_dataset(
 
     Args:
       config: the experiment config (``seed``, ``batch_size``, ``eval_batch_size``, ``data.*``).
-      split: "train" or "validation".
+      split: "train", "validation" or "test".
       epoch: the epoch number (training order and augmentations depend on it).
       skip_batches: training batches of this epoch to skip, to resume mid-epoch.
       process_index: this host's index; default ``jax.process_index()``.
