@@ -21,7 +21,9 @@ flags.DEFINE_string("workdir_b", None, "Second trained workdir.")
 flags.DEFINE_string("output", None, "PNG file to write.")
 flags.DEFINE_integer("num_images", 8, "Number of images (rows).")
 flags.DEFINE_list("names", None, "Column titles of the two models; default the folder names.")
-flags.DEFINE_enum("split", "validation", ["validation", "train"], "Split the images come from.")
+flags.DEFINE_enum(
+    "split", "validation", ["validation", "test", "train"], "Split the images come from."
+)
 flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint of both models.")
 flags.mark_flags_as_required(["workdir_a", "workdir_b", "output"])
 

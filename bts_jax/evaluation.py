@@ -192,14 +192,14 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
     return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
 
 
-# Columns of per_image_<split>.csv; hd95 is in mm (hd95_px in pixels).
+# Columns of per_image_<split>.csv (HD95 in pixels and in millimetres).
 PER_IMAGE_COLUMNS = (
     "id",
     "tumour_type",
     "dice",
     "iou",
-    "hd95",
     "hd95_px",
+    "hd95_mm",
     "boundary_iou",
     "truth_pixels",
     "pred_pixels",
@@ -238,8 +238,7 @@ def write_evaluation(
             values = {
                 "id": image_id,
                 "tumour_type": TUMOUR_TYPES[labels.get(image_id, 0)],
-                "hd95": row["hd95_mm"],
-                **{k: row[k] for k in ("dice", "iou", "hd95_px", "boundary_iou")},
+                **{k: row[k] for k in ("dice", "iou", "hd95_px", "hd95_mm", "boundary_iou")},
                 **{k: row[k] for k in ("truth_pixels", "pred_pixels")},
             }
             out.writerow(["" if _is_nan(values[c]) else values[c] for c in PER_IMAGE_COLUMNS])

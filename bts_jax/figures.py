@@ -20,19 +20,6 @@ from bts_jax import data as data_lib
 from bts_jax.data import preprocessing
 from bts_jax.data.formats import MASK_THRESHOLD
 
-# Data settings that decide which images a split holds: two workdirs that differ in one of them
-# were validated on different images.
-SPLIT_SETTINGS = (
-    "source",
-    "data_dir",
-    "split_method",
-    "val_fraction",
-    "split_gap",
-    "num_folds",
-    "fold",
-    "subset_size",
-)
-
 
 def _decode(source: str | bytes) -> np.ndarray:
     if isinstance(source, bytes):  # TFDS examples carry the encoded bytes
@@ -193,7 +180,7 @@ def compare_workdirs(
     config_b = checkpointing.load_config(workdir_b)
     differ = [
         f"data.{key}: {config_a.data.get(key)!r} vs {config_b.data.get(key)!r}"
-        for key in SPLIT_SETTINGS
+        for key in data_lib.SPLIT_SETTINGS
         if config_a.data.get(key) != config_b.data.get(key)
     ]
     if config_a.get("seed") != config_b.get("seed"):

@@ -443,10 +443,8 @@ def _final_evaluation(
 
 
 def _final_splits(pipeline: data_lib.InputPipeline) -> list[str]:
-    splits = ["validation"]
-    if "test" in data_lib.splits.SPLITS and pipeline.examples("test"):
-        splits.append("test")
-    return splits
+    # The test split is reported; a config without one (test_fraction=0) has only validation.
+    return ["validation", "test"] if pipeline.examples("test") else ["validation"]
 
 
 def evaluate_checkpoint(

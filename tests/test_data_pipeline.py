@@ -112,6 +112,16 @@ def test_eval_pads_the_last_batch_and_counts_each_image_once():
     assert sorted(ids) == sorted(get_split_ids(config)["validation"])
 
 
+def test_test_split_is_an_eval_split_of_exactly_the_test_ids():
+    config = _config(test_fraction=0.15)  # the sample's 20 ids per type: 3 per type for test
+    batches = list(make_dataset(config, "test", **ONE_HOST))
+    assert len(batches) == num_eval_batches(config, "test") == 3
+    ids = np.concatenate([b["id"][b["valid"]] for b in batches])
+    assert sorted(ids, key=int) == get_split_ids(config)["test"] and len(ids) == 9
+    config.data.test_fraction = 0.0
+    assert list(make_dataset(config, "test", **ONE_HOST)) == []
+
+
 @pytest.mark.parametrize(("hosts", "eval_batch"), [(2, 4), (3, 6), (4, 8)])
 def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_batch):
     config = _config()
@@ -172,7 +182,7 @@ def test_errors_name_the_setting():
     with pytest.raises(ValueError, match=r"48 examples, fewer than one batch.*config\.batch_size"):
         make_dataset(config, "train", **ONE_HOST)
     with pytest.raises(ValueError, match="split must be"):
-        make_dataset(_config(), "test", **ONE_HOST)
+        make_dataset(_config(), "testing", **ONE_HOST)
 
 
 # ----------------------------------------------------------------------------- one pipeline per run

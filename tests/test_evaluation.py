@@ -113,5 +113,5 @@ def test_written_files_use_null_for_undefined_values(tmp_path):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == list(evaluation.PER_IMAGE_COLUMNS)
     assert rows[0]["tumour_type"] == "glioma" and rows[1]["tumour_type"] == "unknown"
-    assert rows[1]["dice"] == "" and rows[1]["hd95"] == ""
+    assert rows[1]["dice"] == "" and rows[1]["hd95_px"] == ""
     assert evaluation.json_dumps([float("nan"), {"a": -float("inf")}]) == '[null, {"a": null}]'

@@ -466,3 +466,25 @@ def test_due_events_is_the_loops_only_timing_rule():
         "checkpoint",
     }
     assert events(6, eval_every_epochs=2) == {"log", "epoch_end", "checkpoint"}
+
+
+def test_run_reports_the_selected_checkpoint_on_the_held_out_test_split(tmp_path):
+    config = tiny_config(**{"data.test_fraction": 0.15, "num_epochs": 1})
+    workdir = tmp_path / "with_test"
+    result = train_lib.train_and_evaluate(
+        config, str(workdir), mesh=state_lib.make_mesh(jax.devices()[:1])
+    )
+    split = json.loads(read_text(workdir, "data_split.json"))
+    assert len(split["test"]) == 9 and not set(split["test"]) & set(split["train"])
+
+    def strict(text):
+        return json.loads(text, parse_constant=lambda c: pytest.fail(f"{c} in eval JSON"))
+
+    validation = strict(read_text(workdir, "eval_validation.json"))
+    test = strict(read_text(workdir, "eval_test.json"))
+    assert validation["step"] == test["step"] == result["step"]
+    assert test["num_images"] == 9 and validation["num_images"] == 12
+    rows = read_text(workdir, "per_image_test.csv").splitlines()
+    assert rows[0] == ",".join(evaluation.PER_IMAGE_COLUMNS)
+    assert sorted(row.split(",")[0] for row in rows[1:]) == sorted(split["test"])
+    assert all(row.split(",")[1] in data_lib.TUMOUR_TYPES[1:] for row in rows[1:])

@@ -23,10 +23,18 @@ from bts_jax.data.preprocessing import (
     restore_original_size,
 )
 from bts_jax.data.sources import SAMPLE_DIR, TUMOUR_TYPES, Example, get_examples
-from bts_jax.data.splits import get_split_ids, split_examples, write_split_file
+from bts_jax.data.splits import (
+    SPLIT_SETTINGS,
+    SPLITS,
+    get_split_ids,
+    split_examples,
+    write_split_file,
+)
 
 __all__ = [
     "SAMPLE_DIR",
+    "SPLITS",
+    "SPLIT_SETTINGS",
     "TUMOUR_TYPES",
     "DataCache",
     "Example",

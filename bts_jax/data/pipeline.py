@@ -119,7 +119,7 @@ def num_eval_batches(config: Any, split: str = "validation", *, num_examples: in
 
     Args:
       config: the experiment config.
-      split: an evaluation split ("validation", or "train" without augmentation).
+      split: an evaluation split ("validation", "test", or "train" without augmentation).
       num_examples: the split's size when the caller knows it; listed from the source otherwise.
 
     Returns:

@@ -1,0 +1,369 @@
+"""The sweep report on fake sweep folders (synthetic numbers, no training)."""
+
+import csv
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import scipy.stats
+from PIL import Image
+
+from bts_jax import evaluation, report, stats
+from configs import test as test_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IDS = [str(i) for i in range(101, 113)]  # 12 test images
+TYPES = ["1", "2", "3"] * 4
+MODELS = {  # the paper's four variants as config overrides
+    "unet": {"model.gsconv_in": "", "model.eca_in": ""},
+    "eca": {"model.gsconv_in": "", "model.eca_in": "encoder,bottleneck,decoder"},
+    "gsconv": {"model.gsconv_in": "encoder,bottleneck,decoder", "model.eca_in": ""},
+    "paper": {},
+}
+SAME = {"dice": 0.0, "miou": 0.70, "bottom": 8}
+
+
+def _config(overrides, split_method):
+    config = test_config.get_config()
+    config.data.test_fraction = 0.15
+    config.data.split_method = split_method
+    for path, value in overrides.items():
+        section, field = path.split(".")
+        config[section][field] = value
+    return json.loads(config.to_json_best_effort())
+
+
+def _write_cell(path, *, config, rng, shift, miou, bottom, status="done"):
+    """One finished cell; returns the numbers written (test metrics and per-image Dice/HD95)."""
+    os.makedirs(path, exist_ok=True)
+    base = np.linspace(0.5, 0.9, len(IDS))
+    dice = np.clip(base + shift + rng.normal(0, 0.01, len(IDS)), 0, 1)
+    hd95 = 20.0 * (1.0 - dice) + rng.normal(0, 0.1, len(IDS))
+    with open(os.path.join(path, report.PER_IMAGE_FILE), "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(evaluation.PER_IMAGE_COLUMNS)
+        for i, (image_id, kind) in enumerate(zip(IDS, TYPES, strict=True)):
+            writer.writerow(
+                [image_id, kind, dice[i], dice[i] * 0.9, hd95[i], hd95[i] * 0.49, dice[i] - 0.1]
+                + [50, 48]
+            )
+    test = {
+        "miou": miou + rng.normal(0, 0.005),
+        "iou_background": 0.99,
+        "iou_tumour": float(dice.mean()) - 0.05,
+        "dice": float(dice.mean()),
+        "mean_dice": float(dice.mean()),
+        "hd95_px": float(hd95.mean()),
+        "hd95_mm": float(hd95.mean()) * 0.49,
+        "boundary_iou": float(dice.mean()) - 0.1,
+        "precision": 0.8,
+        "recall": None,  # null in the file: read as NaN
+        "loss": 0.3,
+        "num_images": len(IDS),
+        "step": 100,
+    }
+    with open(os.path.join(path, report.EVAL_FILE), "w") as f:
+        json.dump(test, f)
+    with open(os.path.join(path, report.METRICS_FILE), "w") as f:
+        for epoch in range(1, 21):
+            row = {
+                "epoch": epoch,
+                "step": 5 * epoch,
+                "train_loss": 1.0 / epoch,
+                "learning_rate": 1e-4,
+                "train_images_per_s": 100.0 + epoch + rng.normal(),
+            }
+            if epoch % 2 == 0 or epoch == bottom:  # validation on some epochs only
+                row.update(
+                    val_loss=0.3 + 0.02 * abs(epoch - bottom) + rng.uniform(0, 0.001),
+                    val_miou=miou * (1 - math.exp(-epoch / 3)),
+                    val_dice=0.5,
+                )
+            f.write(json.dumps(row) + "\n")
+    with open(os.path.join(path, report.CONFIG_FILE), "w") as f:
+        json.dump(config, f)
+    with open(os.path.join(path, report.CELL_FILE), "w") as f:
+        json.dump({"status": status, "wall_s": 60.0}, f)
+    return {**test, "image_dice": dice, "image_hd95": hd95}
+
+
+def make_sweep(
+    root,
+    specs=None,
+    *,
+    seeds=(0, 1, 2),
+    folds=None,
+    split_method="blocked",
+    paper_model="paper",
+):
+    """A fake sweep folder; returns {(variant, seed, fold): numbers written}."""
+    specs = specs or {name: SAME for name in MODELS}
+    definition = {
+        "name": "fake",
+        "base_config": "configs/test.py",
+        "baseline": "unet",
+        "variants": {name: MODELS[name] for name in specs},
+        "seeds": list(seeds),
+        "folds": None if folds is None else list(folds),
+    }
+    if paper_model:
+        definition["paper_model"] = paper_model
+    os.makedirs(root, exist_ok=True)
+    with open(os.path.join(root, report.SWEEP_FILE), "w") as f:
+        json.dump(definition, f)
+    written = {}
+    for v, (name, spec) in enumerate(specs.items()):
+        for fold in folds or (None,):
+            for seed in seeds:
+                rng = np.random.default_rng([v, seed, 99 if fold is None else fold])
+                written[(name, seed, fold)] = _write_cell(
+                    report.cell_dir(str(root), name, seed, fold),
+                    config=_config(MODELS[name], split_method),
+                    rng=rng,
+                    shift=spec["dice"],
+                    miou=spec["miou"],
+                    bottom=spec["bottom"],
+                )
+    return written
+
+
+def _summary(root, **kwargs):
+    report.write_report(root, model_stats=False, **kwargs)
+    with open(os.path.join(root, report.SUMMARY_JSON)) as f:
+        return json.load(f)
+
+
+def test_tables_and_comparisons_match_numpy_and_scipy(tmp_path):
+    specs = {
+        "unet": SAME,
+        "eca": {"dice": 0.01, "miou": 0.71, "bottom": 8},
+        "gsconv": {"dice": -0.02, "miou": 0.69, "bottom": 8},
+        "paper": {"dice": 0.03, "miou": 0.74, "bottom": 8},
+    }
+    written = make_sweep(tmp_path, specs)
+    summary = _summary(tmp_path)
+    for name in specs:
+        dice = np.array([written[(name, s, None)]["dice"] for s in (0, 1, 2)])
+        row = summary["variants"][name]
+        assert row["n_runs"] == row["n_seeds"] == 3
+        got = row["metrics"]["dice"]
+        low, high = scipy.stats.t.interval(0.95, 2, loc=dice.mean(), scale=scipy.stats.sem(dice))
+        assert got["mean"] == pytest.approx(dice.mean())
+        assert got["std"] == pytest.approx(dice.std(ddof=1))
+        assert (got["ci_low"], got["ci_high"]) == pytest.approx((low, high))
+    comparisons = summary["comparisons"]
+    assert summary["num_comparisons"] == len(comparisons) == 3 * (4 + 2)  # 3 variants x 6 tests
+    by_key = {(c["variant"], c["metric"], c["over"]): c for c in comparisons}
+    base_miou = [written[("unet", s, None)]["miou"] for s in (0, 1, 2)]
+    paper_miou = [written[("paper", s, None)]["miou"] for s in (0, 1, 2)]
+    ttest = scipy.stats.ttest_rel(paper_miou, base_miou)
+    row = by_key[("paper", "miou", "seeds")]
+    assert row["pvalue"] == pytest.approx(ttest.pvalue) and row["n"] == 3
+    assert row["estimate"] == pytest.approx(np.mean(paper_miou) - np.mean(base_miou))
+    # Per image: each image's HD95 averaged over the seeds first, then Wilcoxon (zsplit).
+    mean_hd = {
+        n: np.mean([written[(n, s, None)]["image_hd95"] for s in (0, 1, 2)], 0) for n in specs
+    }
+    wilcoxon = scipy.stats.wilcoxon(mean_hd["gsconv"] - mean_hd["unet"], zero_method="zsplit")
+    row = by_key[("gsconv", "hd95_px", "images")]
+    assert row["pvalue"] == pytest.approx(wilcoxon.pvalue) and row["n"] == len(IDS)
+    # Holm over all 18: the smallest p is multiplied by 18.
+    raw = np.array([c["pvalue"] for c in comparisons])
+    smallest = int(np.argmin(raw))
+    assert comparisons[smallest]["pvalue_holm"] == pytest.approx(min(1.0, 18 * raw[smallest]))
+    np.testing.assert_allclose([c["pvalue_holm"] for c in comparisons], stats.holm(raw))
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "18 comparisons (18 with a p-value); Holm's correction over all 18" in text
+    with open(tmp_path / report.SUMMARY_CSV) as f:
+        rows = {r["variant"]: r for r in csv.DictReader(f)}
+    assert float(rows["eca"]["miou_mean"]) == pytest.approx(
+        summary["variants"]["eca"]["metrics"]["miou"]["mean"]
+    )
+    images_per_s = []
+    for s in (0, 1, 2):
+        with open(os.path.join(report.cell_dir(str(tmp_path), "eca", s), "metrics.jsonl")) as f:
+            images_per_s += [json.loads(line)["train_images_per_s"] for line in f]
+    assert float(rows["eca"]["train_images_per_s"]) == pytest.approx(np.median(images_per_s))
+
+
+def _claims(summary):
+    return {c["id"]: c for c in summary["claims"]}
+
+
+def test_claims_supported(tmp_path):
+    specs = {"unet": SAME, "paper": {"dice": 0.1, "miou": 0.79, "bottom": 8}}
+    make_sweep(tmp_path, specs)
+    claims = _claims(_summary(tmp_path))
+    assert claims["a"]["verdict"] == report.SUPPORTED
+    assert claims["b"]["verdict"] == report.SUPPORTED  # HD95 lower and boundary IoU higher
+    assert claims["c"]["verdict"] == report.SUPPORTED and claims["c"]["bottom_epoch"] == 8
+    assert claims["d"]["verdict"] == report.SUPPORTED
+    assert "split by id blocks" in claims["d"]["details"]
+
+
+def test_claims_not_supported(tmp_path):
+    specs = {"unet": SAME, "paper": {"dice": -0.1, "miou": 0.6, "bottom": 15}}
+    make_sweep(tmp_path, specs, split_method="random")
+    claims = _claims(_summary(tmp_path))
+    assert claims["a"]["verdict"] == report.NOT_SUPPORTED  # significantly lower
+    assert claims["b"]["verdict"] == report.NOT_SUPPORTED
+    assert claims["c"]["verdict"] == report.NOT_SUPPORTED and claims["c"]["bottom_epoch"] == 15
+    assert claims["d"]["verdict"] == report.NOT_SUPPORTED
+    assert "per-slice random" in claims["d"]["details"]
+
+
+def test_claims_not_significant_for_identical_models(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
+    # The same numbers for both: copy the baseline's files over the paper model's.
+    for seed in (0, 1, 2):
+        for name in os.listdir(report.cell_dir(str(tmp_path), "unet", seed)):
+            src = os.path.join(report.cell_dir(str(tmp_path), "unet", seed), name)
+            dst = os.path.join(report.cell_dir(str(tmp_path), "paper", seed), name)
+            if name != report.CONFIG_FILE:
+                with open(src) as f, open(dst, "w") as g:
+                    g.write(f.read())
+    summary = _summary(tmp_path)
+    claims = _claims(summary)
+    assert claims["a"]["verdict"] == claims["b"]["verdict"] == report.NOT_SIGNIFICANT
+    for c in summary["comparisons"]:
+        assert (c["pvalue"], c["effect"], c["estimate"]) == (1.0, 0.0, 0.0)
+
+
+def test_verdict_rules():
+    assert report.verdict_from_test(0.02, 0.01, higher_is_better=True) == report.SUPPORTED
+    assert report.verdict_from_test(0.02, 0.01, higher_is_better=False) == report.NOT_SUPPORTED
+    assert report.verdict_from_test(-1.0, 0.2, higher_is_better=False) == report.NOT_SIGNIFICANT
+    assert report.verdict_from_test(1.0, math.nan, higher_is_better=True) == report.NOT_SIGNIFICANT
+    s, n, x = report.SUPPORTED, report.NOT_SIGNIFICANT, report.NOT_SUPPORTED
+    assert report.combine_verdicts([s, s]) == s
+    assert report.combine_verdicts([s, n]) == n
+    assert report.combine_verdicts([s, x]) == x
+    assert report.combine_verdicts([]) == report.NO_DATA
+    # First epoch within 5% of the minimum, not the minimum itself.
+    assert report.loss_bottom_epoch([1, 2, 3, 4, 5], [1.0, 0.5, 0.31, 0.30, 0.305]) == 3
+    assert report.loss_bottom_epoch([], []) is None
+
+
+def test_missing_cells_are_listed_not_averaged(tmp_path):
+    written = make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
+    os.remove(os.path.join(report.cell_dir(str(tmp_path), "paper", 1), report.CELL_FILE))
+    with open(os.path.join(report.cell_dir(str(tmp_path), "unet", 2), report.CELL_FILE), "w") as f:
+        json.dump({"status": "running"}, f)
+    os.remove(os.path.join(report.cell_dir(str(tmp_path), "paper", 2), report.EVAL_FILE))
+    summary = _summary(tmp_path)
+    missing = {(m["variant"], m["seed"]): m["reason"] for m in summary["missing"]}
+    assert missing == {
+        ("paper", 1): "no cell.json",
+        ("paper", 2): "done but eval_test.json is missing",
+        ("unet", 2): "status 'running'",
+    }
+    paper = summary["variants"]["paper"]
+    assert paper["n_runs"] == 1 and paper["metrics"]["miou"]["mean"] == pytest.approx(
+        written[("paper", 0, None)]["miou"]
+    )
+    assert summary["variants"]["unet"]["n_runs"] == 2
+    # Paired on the seeds both finished: seed 0 only, so no t-test p-value.
+    row = next(c for c in summary["comparisons"] if c["over"] == "seeds")
+    assert row["n"] == 1 and row["pvalue"] is None
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "## Missing cells" in text and "paper seed 1: no cell.json" in text
+
+
+def test_folds_average_per_seed(tmp_path):
+    written = make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1), folds=(0, 1, 2))
+    assert os.path.isfile(tmp_path / "paper" / "fold_2" / "seed_1" / report.CELL_FILE)
+    summary = _summary(tmp_path)
+    row = summary["variants"]["paper"]
+    assert row["n_runs"] == 6 and row["n_seeds"] == 2
+    per_seed = [np.mean([written[("paper", s, k)]["miou"] for k in range(3)]) for s in (0, 1)]
+    assert row["metrics"]["miou"]["mean"] == pytest.approx(np.mean(per_seed))
+    assert row["metrics"]["miou"]["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    t = next(c for c in summary["comparisons"] if c["metric"] == "miou")
+    base = [np.mean([written[("unet", s, k)]["miou"] for k in range(3)]) for s in (0, 1)]
+    assert t["n"] == 2 and t["estimate"] == pytest.approx(np.mean(per_seed) - np.mean(base))
+
+
+def test_figures_and_prediction_hook(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
+    calls = []
+
+    def prediction_figure(sweep, directory):
+        calls.append(sweep.paper_model)
+        path = os.path.join(directory, "predictions.png")
+        Image.new("RGB", (8, 8)).save(path)
+        return path
+
+    paths = report.write_report(tmp_path, model_stats=False, prediction_figure=prediction_figure)
+    assert calls == ["paper"]
+    for name in (report.TEST_DICE_FIGURE, report.VAL_MIOU_FIGURE):
+        with Image.open(tmp_path / name) as image:
+            assert image.size[0] > 300 and image.size[1] > 300
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "](test_dice.png)" in text and "](val_miou.png)" in text
+    assert "](predictions.png)" in text and paths["predictions"].endswith("predictions.png")
+
+
+def test_model_stats_per_variant(tmp_path):
+    from bts_jax.models import build_model, model_summary
+
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0,))
+    report.write_report(tmp_path, model_stats=True)
+    with open(tmp_path / report.SUMMARY_JSON) as f:
+        variants = json.load(f)["variants"]
+    config = test_config.get_config()
+    paper = model_summary(build_model(config.model), 32)
+    config.model.update(gsconv_in="", eca_in="")
+    unet = model_summary(build_model(config.model), 32)
+    assert variants["paper"]["params"] == paper["params"] != unet["params"]
+    assert variants["unet"]["params"] == unet["params"]
+    assert variants["unet"]["gflops"] == pytest.approx(unet["gflops_per_image"])
+
+
+def test_bad_sweep_files(tmp_path):
+    with pytest.raises(FileNotFoundError, match="sweep.json"):
+        report.load_sweep(tmp_path)
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
+    with open(tmp_path / report.SWEEP_FILE) as f:
+        definition = json.load(f)
+    for change, message in [
+        ({"baseline": "resnet"}, r"baseline='resnet' is not one of the variants"),
+        ({"paper_model": "x"}, "paper_model='x'"),
+        ({"seeds": []}, "'seeds' must be a non-empty list"),
+    ]:
+        with open(tmp_path / report.SWEEP_FILE, "w") as f:
+            json.dump({**definition, **change}, f)
+        with pytest.raises(ValueError, match=message):
+            report.load_sweep(tmp_path)
+    del definition["variants"]
+    with open(tmp_path / report.SWEEP_FILE, "w") as f:
+        json.dump(definition, f)
+    with pytest.raises(ValueError, match="no 'variants' field"):
+        report.load_sweep(tmp_path)
+
+
+def test_no_paper_model_gives_no_data_claims(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "eca": SAME}, paper_model=None)
+    claims = _claims(_summary(tmp_path))
+    assert {c["verdict"] for c in claims.values()} == {report.NO_DATA}
+
+
+def test_cli_writes_the_report(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    result = subprocess.run(
+        [sys.executable, "report.py", str(tmp_path), "--nomodel_stats"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    for name in (report.REPORT_FILE, report.SUMMARY_CSV, report.SUMMARY_JSON):
+        assert f"Wrote {tmp_path / name}" in result.stdout
+    usage = subprocess.run(
+        [sys.executable, "report.py"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert usage.returncode != 0 and "Usage: python report.py DIR" in usage.stderr
