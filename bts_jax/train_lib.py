@@ -284,6 +284,7 @@ def train_and_evaluate(
     mesh: Mesh | None = None,
     pipeline: data_lib.InputPipeline | None = None,
     writer: MetricLogger | None = None,
+    show_progress: bool = True,
 ) -> dict[str, float]:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, then evaluates.
 
@@ -300,6 +301,8 @@ def train_and_evaluate(
       mesh: device mesh; default all devices of all processes.
       pipeline: the run's input; default `make_input_pipeline` (tests pass their own).
       writer: the metric logger; default a `MetricLogger` in ``workdir``.
+      show_progress: draw a progress bar on process 0 (a sweep running cells side by side
+        draws its own).
 
     Returns:
       The full validation metrics of the best checkpoint.
@@ -328,7 +331,9 @@ def train_and_evaluate(
     epoch_metrics: list[dict] = []
     epoch_start = time.perf_counter()
     batches = _progress(
-        pipeline.train_batches(start_step=step), run.total_steps - step, enabled=is_main
+        pipeline.train_batches(start_step=step),
+        run.total_steps - step,
+        enabled=is_main and show_progress,
     )
     try:
         for local in batches:
