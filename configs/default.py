@@ -12,7 +12,7 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Returns the default experiment config (paper model, SPEC sections 2-5)."""
+    """Returns the default experiment config (paper model, docs/design.md sections 2-5)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     # Compute dtype of the model: "float32" or "bfloat16". Parameters, optimiser state, BatchNorm
