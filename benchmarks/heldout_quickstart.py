@@ -32,13 +32,10 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from bts_jax import metrics  # noqa: E402
+from bts_jax.checkpointing import load_trained_model  # noqa: E402
 from bts_jax.data import load_grayscale, sources, splits  # noqa: E402
+from bts_jax.data.formats import MASK_THRESHOLD  # noqa: E402
 from bts_jax.inference import predict_masks  # noqa: E402
-
-try:  # Moving to bts_jax.checkpointing.
-    from bts_jax.checkpointing import load_trained_model  # noqa: E402
-except ImportError:
-    from bts_jax.inference import load_trained_model  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(REPO, "..", "shared", "data", "figshare_brain_tumor")
@@ -137,7 +134,7 @@ def training_seconds(workdir: str) -> float | None:
 def score(
     workdir: str, examples: list[sources.Example], batch_size: int
 ) -> tuple[dict[str, float | int], list[float]]:
-    """Predicts every example at its own size and scores it (SPEC section 4 metrics).
+    """Predicts every example at its own size and scores it (docs/design.md section 4 metrics).
 
     Args:
       workdir: the trained workdir (best checkpoint).
@@ -149,15 +146,18 @@ def score(
       ``pred_empty_share``; the Dice of each example, in order.
     """
     config, model, variables = load_trained_model(workdir)
-    evaluator = metrics.SegmentationEvaluator(num_classes=int(config.model.num_classes))
+    num_classes = int(config.model.num_classes)
+    evaluator = metrics.SegmentationEvaluator(num_classes)
     # Chunks bound host memory; predict_masks batches inside each chunk.
     for start in range(0, len(examples), 64):
         chunk = examples[start : start + 64]
         images = [load_grayscale(e.image) for e in chunk]
         predictions = predict_masks(model, variables, images, config.data, batch_size=batch_size)
         for example, prediction in zip(chunk, predictions, strict=True):
-            truth = (load_grayscale(example.mask) > 127).astype(np.uint8)
-            evaluator.update(None, prediction[None], truth[None])
+            truth = (load_grayscale(example.mask) > MASK_THRESHOLD).astype(np.uint8)
+            # Each slice at its own size: the confusion counts on the host, with the device rules.
+            confusion = metrics.confusion_matrix(prediction[None], truth[None], num_classes)
+            evaluator.update(confusion, prediction[None], truth[None])
     result = evaluator.result()
     result["pred_empty_share"] = float(np.mean(evaluator.per_image["pred_empty"]))
     return result, list(evaluator.per_image["dice"])
