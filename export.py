@@ -5,7 +5,8 @@
         --nosaved_model
 
 Writes ``model.jax_export`` (serialized StableHLO for CPU and CUDA, any batch size),
-``preprocessing.json`` and ``saved_model/`` (TensorFlow). Load the artifact with
+``preprocessing.json``, ``saved_model/`` (TensorFlow) and with ``--tflite`` ``model.tflite``
+(batch size 1). Load the artifact with
 ``bts_jax.export.load_exported(DIR)``: it predicts from these files alone.
 """
 
@@ -28,6 +29,7 @@ flags.DEFINE_bool("tta_rot90", False, "With --tta: also the 90-degree rotations 
 flags.DEFINE_float("threshold", 0.5, "Decision threshold recorded for one-logit models.")
 flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for.")
 flags.DEFINE_bool("saved_model", True, "Also write a TensorFlow SavedModel.")
+flags.DEFINE_bool("tflite", False, "Also write model.tflite (batch size 1, CPU).")
 flags.mark_flags_as_required(["workdir", "output"])
 
 
@@ -49,6 +51,7 @@ def main(argv):
         threshold=FLAGS.threshold,
         platforms=FLAGS.platforms,
         saved_model=FLAGS.saved_model,
+        tflite=FLAGS.tflite,
     )
     for path in written:
         print(f"Wrote {os.path.abspath(path)}")

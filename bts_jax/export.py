@@ -10,6 +10,7 @@
   resize method, classes, threshold, TTA -- and where it came from (workdirs, checkpoint steps).
 - ``saved_model/`` (optional): the same function as a TensorFlow SavedModel (`jax2tf`, serving
   signature ``serving_default``: ``images`` -> ``probabilities``) for TF Serving.
+- ``model.tflite`` (optional): the same function for TFLite, with the batch fixed to 1.
 
 `load_exported` runs the artifact from these two files alone: no config, checkpoint or Flax model
 is built; images of any size go through `bts_jax.data`'s preprocessing as in training.
@@ -33,6 +34,7 @@ from bts_jax import tta as tta_lib
 EXPORT_FILE = "model.jax_export"
 SETTINGS_FILE = "preprocessing.json"
 SAVED_MODEL_DIR = "saved_model"
+TFLITE_FILE = "model.tflite"
 PLATFORMS = ("cpu", "cuda")
 FORMAT_VERSION = 1
 
@@ -120,6 +122,51 @@ def save_saved_model(
     return path
 
 
+def save_tflite(
+    members: Sequence[inference.Member],
+    image_size: int,
+    path: str | os.PathLike,
+    *,
+    tta: str = "none",
+) -> str:
+    """Writes the function of `export_probabilities` as a TFLite flatbuffer with batch size 1.
+
+    TFLite cannot take the symbolic batch: the converter rejects the dynamic gather of the ECA
+    blocks (``'vhlo.dynamic_gather_v1' op is not part of the vhlo support yet``), so the batch is
+    fixed to one image. Input float32 (1, S, S, 1), output float32 (1, S, S, C).
+
+    Args:
+      members: ``(model, variables)`` pairs.
+      image_size: the models' input side S.
+      path: the ``.tflite`` file to write.
+      tta: a `bts_jax.tta.TTA_CHOICES` value.
+
+    Returns:
+      ``path``.
+    """
+    import tensorflow as tf
+    from jax.experimental import jax2tf
+
+    members = [(model, jax.device_get(variables)) for model, variables in members]
+    converted = jax2tf.convert(
+        lambda images: inference.ensemble_probabilities(members, images, tta),
+        native_serialization_platforms=("cpu",),
+        with_gradient=False,
+    )
+    module = tf.Module()
+    module.probabilities = tf.function(
+        converted,
+        autograph=False,
+        input_signature=[tf.TensorSpec([1, image_size, image_size, 1], tf.float32, "images")],
+    )
+    concrete = module.probabilities.get_concrete_function()
+    flatbuffer = tf.lite.TFLiteConverter.from_concrete_functions([concrete], module).convert()
+    path = os.fspath(path)
+    with open(path, "wb") as f:
+        f.write(flatbuffer)
+    return path
+
+
 def export_workdirs(
     workdirs: str | os.PathLike | Sequence[str | os.PathLike],
     output_dir: str | os.PathLike,
@@ -129,6 +176,7 @@ def export_workdirs(
     threshold: float = 0.5,
     platforms: Sequence[str] = PLATFORMS,
     saved_model: bool = True,
+    tflite: bool = False,
 ) -> list[str]:
     """Exports a trained workdir (or an ensemble of them) for deployment.
 
@@ -141,9 +189,10 @@ def export_workdirs(
       threshold: the decision threshold recorded for one-logit models.
       platforms: lowering platforms of both artifacts.
       saved_model: also write the TF SavedModel.
+      tflite: also write ``model.tflite`` (batch size 1, CPU; see `save_tflite`).
 
     Returns:
-      The paths written: the artifact, the JSON (and the SavedModel folder).
+      The paths written: the artifact, the JSON (and the SavedModel folder, the TFLite file).
 
     Raises:
       FileNotFoundError: a missing workdir or checkpoint.
@@ -182,6 +231,7 @@ def export_workdirs(
         "files": {
             "jax_export": EXPORT_FILE,
             "saved_model": SAVED_MODEL_DIR if saved_model else None,
+            "tflite": TFLITE_FILE if tflite else None,
         },
     }
     written.append(os.path.join(output_dir, SETTINGS_FILE))
@@ -198,6 +248,8 @@ def export_workdirs(
                 platforms=platforms,
             )
         )
+    if tflite:
+        written.append(save_tflite(members, size, os.path.join(output_dir, TFLITE_FILE), tta=tta))
     return written
 
 

@@ -2,7 +2,8 @@
 
 One tiny workdir is trained once for the module (configs/test.py, one epoch); its head bias is
 shifted in a copy so that about half the pixels are tumour (one epoch predicts background
-everywhere, which would make every mask comparison trivial). export.py runs as a subprocess.
+everywhere, which would make every mask comparison trivial). export.py and the throughput
+benchmark run as subprocesses.
 """
 
 import json
@@ -35,20 +36,41 @@ def workdir(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def script(workdir, tmp_path_factory):
+def scripts(workdir, tmp_path_factory):
+    """export.py and the throughput benchmark, started at once on the trained workdir."""
     out = tmp_path_factory.mktemp("script") / "exported"
-    proc = subprocess.Popen(
-        [sys.executable, "export.py", f"--workdir={workdir}", f"--output={out}", "--tta"],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    yield proc, out
-    if proc.poll() is None:
-        proc.kill()
-        proc.communicate()
+    commands = {
+        "export": ["export.py", f"--workdir={workdir}", f"--output={out}", "--tta", "--tflite"],
+        "benchmark": [
+            "benchmarks/export_throughput.py",
+            f"--workdir={workdir}",
+            "--num_images=3",
+            "--batch_size=2",
+            "--repeats=1",
+        ],
+    }
+    procs = {
+        name: subprocess.Popen(
+            [sys.executable, *command],
+            cwd=REPO,
+            env={**os.environ, "JAX_PLATFORMS": "cpu"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, command in commands.items()
+    }
+    yield procs, out
+    for proc in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+
+
+def _wait(proc: subprocess.Popen) -> str:
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, output[-3000:]
+    return output
 
 
 def _images() -> list[np.ndarray]:
@@ -153,11 +175,29 @@ def test_load_exported_errors(tmp_path):
         export.load_exported(tmp_path)
 
 
-def test_export_script(workdir, script):
-    proc, out = script
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 0, output[-3000:]
-    for name in (export.EXPORT_FILE, export.SETTINGS_FILE, export.SAVED_MODEL_DIR):
+# tf.lite.Interpreter still ships with TF 2.21 (LiteRT's ai_edge_litert is its successor).
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+def test_tflite_reproduces_the_probabilities(shifted, tmp_path):
+    config, model, variables = shifted
+    path = export.save_tflite([(model, variables)], 32, tmp_path / "model.tflite", tta="flips")
+    interpreter = tf.lite.Interpreter(model_path=path)
+    interpreter.allocate_tensors()
+    (source,) = interpreter.get_input_details()
+    (target,) = interpreter.get_output_details()
+    assert list(source["shape"]) == [1, 32, 32, 1] and list(target["shape"]) == [1, 32, 32, 1]
+    for image in _images()[:2]:
+        x = data_lib.preprocess_image(image, config.data)[None]
+        interpreter.set_tensor(source["index"], x)
+        interpreter.invoke()
+        want = inference.batch_probabilities([(model, variables)], x, "flips")
+        np.testing.assert_allclose(interpreter.get_tensor(target["index"]), want, atol=1e-5)
+
+
+def test_export_script(workdir, scripts):
+    procs, out = scripts
+    output = _wait(procs["export"])
+    names = (export.EXPORT_FILE, export.SETTINGS_FILE, export.SAVED_MODEL_DIR, export.TFLITE_FILE)
+    for name in names:
         assert f"Wrote {out / name}" in output
     with open(out / export.SETTINGS_FILE) as f:
         record = json.load(f)
@@ -172,3 +212,10 @@ def test_export_script(workdir, script):
     expected = inference.predict_probabilities(members, images, config.data, tta="flips")
     for got, want in zip(loaded.predict_probabilities(images), expected, strict=True):
         np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_export_throughput_benchmark(scripts):
+    procs, _ = scripts
+    output = _wait(procs["benchmark"])
+    assert "same masks: True" in output
+    assert "| forward only (images/s) |" in output

@@ -59,6 +59,7 @@ def scripts(workdirs, tmp_path_factory):
             "--min_size=3",
             f"--output_dir={out / 'eval'}",
         ],
+        "benchmark": ["benchmarks/postprocess_effect.py", f"--workdir={a}", "--min_sizes=3"],
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = {
@@ -305,3 +306,10 @@ def test_evaluate_script_with_an_ensemble(scripts):
         record = json.load(f)
     assert record["num_images"] == 12 and record["prediction"]["min_size"] == 3
     assert re.search(rf"\n\s+dice_per_image\s+{record['dice_per_image']:.4f}\n", output), output
+
+
+def test_postprocess_effect_benchmark(scripts):
+    procs, _ = scripts
+    output = _wait(procs["benchmark"])
+    for row in ("| plain |", "| TTA flips (4 views) |", "| min_size 3 |", "(12 images)"):
+        assert row in output, output[-2000:]
