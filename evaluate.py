@@ -8,9 +8,9 @@
 The config is the one the run saved (``<workdir>/config.json``), so the data source and split are
 those of training; the metrics go to ``<workdir>/eval_<split>.json``.
 
-With several workdirs (an ensemble: their probabilities are averaged), TTA, another threshold or
-post-processing, the predictions of `bts_jax.inference` are scored instead, on the first workdir's
-split, at the model's input size and without a loss; they go to
+With several workdirs (an ensemble: their probabilities are averaged), TTA, another threshold,
+post-processing or an --output_dir, the predictions of `bts_jax.inference` are scored instead, on
+the first workdir's split, at the model's input size and without a loss; they go to
 ``<first workdir>/eval_<split>_<tag>.json`` and ``per_image_<split>_<tag>.csv`` (or into
 ``--output_dir``), the tag naming the settings (e.g. ``ensemble3_tta-flips_largest``).
 """
