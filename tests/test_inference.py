@@ -317,6 +317,7 @@ def test_predict_script(scripts):
         "10_overlay.png",
         "11_mask.png",
         "11_overlay.png",
+        inference.SETTINGS_FILE,
     ]
 
 

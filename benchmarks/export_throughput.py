@@ -1,0 +1,120 @@
+"""Compares the exported model with predict_masks: start-up time and images/s, same images.
+
+    JAX_PLATFORMS=cpu python benchmarks/export_throughput.py --workdir workdirs/quickstart
+
+Exports the workdir (jax.export artifact and TF SavedModel) into ``--export_dir`` (a temporary
+folder by default) unless it holds an export already, then times on the bundled 512x512 images:
+
+- start-up: `bts_jax.checkpointing.load_trained_model` (config, Flax model, Orbax restore) against
+  `bts_jax.export.load_exported` (JSON and deserialisation), and TF's SavedModel load;
+- end to end (uint8 images in, masks at the input size out, preprocessing included):
+  `bts_jax.inference.predict_masks` against `ExportedModel.predict_masks`;
+- the forward pass alone on a preprocessed batch: the jitted Flax apply, the exported function
+  and the SavedModel.
+
+Compilation is excluded (one untimed call first); figures are medians of ``--repeats`` runs.
+"""
+
+import os
+import statistics
+import sys
+import tempfile
+import time
+
+# Configs import `configs.default`: put the repository root on the path, as train.py has it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from absl import app, flags  # noqa: E402
+
+from bts_jax import checkpointing, export, inference  # noqa: E402
+from bts_jax import data as data_lib  # noqa: E402
+from bts_jax.logs import quiet_library_logs  # noqa: E402
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("workdir", None, "A trained workdir.")
+flags.DEFINE_string("export_dir", None, "Export folder to use or fill (default: a temp folder).")
+flags.DEFINE_integer("num_images", 32, "Images per timed run (bundled images, repeated).")
+flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
+flags.mark_flags_as_required(["workdir"])
+
+
+def timed(fn, repeats: int) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` calls, after one untimed call."""
+    jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def once(fn) -> tuple[float, object]:
+    """Seconds of one call, and its result."""
+    start = time.perf_counter()
+    result = fn()
+    return time.perf_counter() - start, result
+
+
+def main(argv):
+    del argv
+    quiet_library_logs()
+    import tensorflow as tf
+
+    directory = FLAGS.export_dir or tempfile.mkdtemp(prefix="bts_export_")
+    if not os.path.isfile(os.path.join(directory, export.EXPORT_FILE)):
+        export_s, _ = once(lambda: export.export_workdirs(FLAGS.workdir, directory))
+        print(f"exported to {directory} in {export_s:.1f} s")
+    folder = os.path.join(data_lib.SAMPLE_DIR, "images")
+    sample = [data_lib.load_grayscale(os.path.join(folder, n)) for n in sorted(os.listdir(folder))]
+    images = [sample[i % len(sample)] for i in range(FLAGS.num_images)]
+    n, b = len(images), FLAGS.batch_size
+
+    load_flax, (config, model, variables) = once(
+        lambda: checkpointing.load_trained_model(FLAGS.workdir)
+    )
+    load_export, loaded = once(lambda: export.load_exported(directory))
+    saved_path = os.path.join(directory, export.SAVED_MODEL_DIR)
+    load_tf, saved = once(lambda: tf.saved_model.load(saved_path))  # written by export_workdirs
+
+    flax_masks = timed(
+        lambda: inference.predict_masks(model, variables, images, config.data, batch_size=b),
+        FLAGS.repeats,
+    )
+    export_masks = timed(lambda: loaded.predict_masks(images, batch_size=b), FLAGS.repeats)
+    same = all(
+        np.array_equal(x, y)
+        for x, y in zip(
+            inference.predict_masks(model, variables, images, config.data, batch_size=b),
+            loaded.predict_masks(images, batch_size=b),
+            strict=True,
+        )
+    )
+
+    batch = np.stack([data_lib.preprocess_image(i, config.data) for i in images[:b]])
+    members = [(model, variables)]
+    flax_forward = timed(lambda: inference._forward(model, variables, batch, "none"), 5)
+    export_forward = timed(lambda: loaded(batch), 5)
+    tf_forward = timed(lambda: saved.probabilities(tf.constant(batch)).numpy(), 5)
+    check = np.abs(inference.batch_probabilities(members, batch) - loaded(batch)).max()
+
+    size = config.data.image_size
+    print(f"backend: {jax.default_backend()} ({jax.devices()[0].device_kind}), model input {size}")
+    print(f"images: {n} x 512x512, batch {b}; same masks: {same}; max |dp| = {check:.1e}")
+    print("| | predict_masks (Flax) | exported (jax.export) | TF SavedModel |")
+    print("|---|---|---|---|")
+    print(f"| start-up (s) | {load_flax:.2f} | {load_export:.2f} | {load_tf:.2f} |")
+    print(f"| end to end (images/s) | {n / flax_masks:.1f} | {n / export_masks:.1f} | - |")
+    print(
+        f"| forward only (images/s) | {b / flax_forward:.1f} | {b / export_forward:.1f} | "
+        f"{b / tf_forward:.1f} |"
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)

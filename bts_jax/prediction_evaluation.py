@@ -1,0 +1,201 @@
+"""Scores prediction settings on a split: ensembles of workdirs, TTA and post-processing.
+
+The plain evaluation of one checkpoint (`bts_jax.train_lib.evaluate_checkpoint`) scores the
+model's own decision. This module scores what `bts_jax.inference` predicts with a
+`bts_jax.inference.PredictionSettings` -- the averaged probabilities of several workdirs, the TTA
+views, the threshold, the connected-component clean-up -- with the same metrics
+(`bts_jax.metrics.SegmentationEvaluator`) on the same preprocessed split, at the model's input size.
+There is no loss: an ensemble has no logits of its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import warnings
+from collections.abc import Sequence
+
+import jax
+import numpy as np
+
+from bts_jax import checkpointing, evaluation, inference, metrics, train_lib
+from bts_jax import data as data_lib
+
+
+def settings_tag(num_members: int, settings: inference.PredictionSettings) -> str:
+    """A file-name tag for a combination: e.g. ``ensemble3_tta-flips_largest_min20``.
+
+    Args:
+      num_members: workdirs in the ensemble (1 for a single model).
+      settings: the prediction settings.
+
+    Returns:
+      The tag; "plain" for one model with default settings.
+    """
+    parts = [f"ensemble{num_members}"] if num_members > 1 else []
+    if settings.tta != "none":
+        parts.append(f"tta-{settings.tta}")
+    if settings.threshold != 0.5:
+        parts.append(f"t{settings.threshold:g}")
+    if settings.keep_largest:
+        parts.append("largest")
+    if settings.min_size:
+        parts.append(f"min{settings.min_size}")
+    return "_".join(parts) or "plain"
+
+
+def _split_ids(workdir: str, split: str) -> list[str] | None:
+    """The ids a workdir recorded for a split (data_split.json), None when it recorded none."""
+    path = os.path.join(workdir, data_lib.splits.SPLIT_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return list(json.load(f).get(split, [])) or None
+
+
+def warn_on_leakage(workdirs: Sequence[str], evaluated_ids: Sequence[str]) -> None:
+    """Warns when an ensemble member trained on images of the evaluated split.
+
+    Seeds of a random split, or folds of a k-fold sweep, each hold out different images: the
+    ensemble's score on the first workdir's split is then optimistic.
+
+    Args:
+      workdirs: the members.
+      evaluated_ids: ids of the evaluated split.
+    """
+    evaluated = set(evaluated_ids)
+    for workdir in workdirs:
+        trained = _split_ids(workdir, "train")
+        if trained is None:
+            continue
+        seen = evaluated.intersection(trained)
+        if seen:
+            warnings.warn(
+                f"{workdir} trained on {len(seen)} of the {len(evaluated)} evaluated images: the "
+                "ensemble's score is optimistic.",
+                stacklevel=2,
+            )
+
+
+def evaluate_settings(
+    workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+    settings: Sequence[inference.PredictionSettings],
+    split: str = "validation",
+    *,
+    which: str = "best",
+) -> list[evaluation.Evaluation]:
+    """Scores several prediction settings of one workdir or an ensemble in one pass over a split.
+
+    Each batch goes through the models once per distinct TTA setting; every settings then has its
+    own `bts_jax.metrics.SegmentationEvaluator`. The split and its preprocessing are those of the
+    first workdir's config. Masks are made from the probabilities at the model's input size, as in
+    the plain evaluation, so the post-processing ``min_size`` counts pixels of the model's input.
+
+    Args:
+      workdirs: a workdir or several (see `bts_jax.inference.load_members`).
+      settings: the combinations of TTA, threshold and post-processing to score.
+      split: "validation", "test" or "train".
+      which: checkpoint of each, "best" or "latest".
+
+    Returns:
+      One `bts_jax.evaluation.Evaluation` per settings, in order, with the metrics of
+      `bts_jax.metrics.SegmentationEvaluator.result` (no ``loss``) and the per-image rows.
+
+    Raises:
+      ValueError: workdirs that cannot be ensembled, a threshold with a multi-class model, or
+        more than one process (this evaluation runs on one host).
+    """
+    if jax.process_count() > 1:
+        raise ValueError("Settings are evaluated on one process; start it without others.")
+    config, members = inference.load_members(workdirs, which)
+    num_classes = int(config.model.num_classes)
+    pipeline = train_lib.make_input_pipeline(config)
+    workdirs = [workdirs] if isinstance(workdirs, str | os.PathLike) else workdirs
+    warn_on_leakage([os.fspath(w) for w in workdirs], [e.id for e in pipeline.examples(split)])
+    evaluators = [metrics.SegmentationEvaluator(num_classes) for _ in settings]
+    for batch in pipeline.eval_batches(split):
+        valid = np.asarray(batch["valid"], bool)
+        if not valid.any():
+            continue
+        by_tta = {}
+        for chosen, evaluator in zip(settings, evaluators, strict=True):
+            if chosen.tta not in by_tta:
+                probabilities = inference.batch_probabilities(members, batch["image"], chosen.tta)
+                by_tta[chosen.tta] = probabilities[..., 0] if num_classes == 1 else probabilities
+            masks = np.stack([chosen.to_mask(p) for p in by_tta[chosen.tta]])
+            confusion = metrics.confusion_matrix(masks, batch["mask"], num_classes, valid)
+            evaluator.update(confusion, masks, batch["mask"], valid, batch["id"])
+    found = []
+    for evaluator in evaluators:
+        rows = evaluator.per_image_rows()
+        rows.sort(key=lambda row: data_lib.sources.id_sort_key(str(row["id"])))
+        values = {key: float(value) for key, value in evaluator.result().items()}
+        found.append(evaluation.Evaluation(metrics=values, per_image=rows, predictions={}))
+    return found
+
+
+def evaluate_predictions(
+    workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+    split: str = "validation",
+    *,
+    which: str = "best",
+    settings: inference.PredictionSettings | None = None,
+) -> evaluation.Evaluation:
+    """Scores the predictions of one workdir or an ensemble, with settings, on a split.
+
+    Args:
+      workdirs: a workdir or several (see `bts_jax.inference.load_members`).
+      split: "validation", "test" or "train".
+      which: checkpoint of each, "best" or "latest".
+      settings: TTA, threshold and post-processing (default: none, threshold 0.5).
+
+    Returns:
+      The `bts_jax.evaluation.Evaluation` of `evaluate_settings`.
+    """
+    settings = settings or inference.PredictionSettings()
+    (found,) = evaluate_settings(workdirs, [settings], split, which=which)
+    return found
+
+
+def write_prediction_evaluation(
+    found: evaluation.Evaluation,
+    workdirs: Sequence[str | os.PathLike],
+    split: str,
+    *,
+    which: str,
+    settings: inference.PredictionSettings,
+    output_dir: str | os.PathLike | None = None,
+) -> tuple[str, str | None]:
+    """Writes ``eval_<split>_<tag>.json`` and ``per_image_<split>_<tag>.csv`` (see `settings_tag`).
+
+    The JSON holds the metrics and, under ``"prediction"``, the members (workdir, checkpoint step)
+    and the settings.
+
+    Args:
+      found: the result of `evaluate_predictions`.
+      workdirs: its members.
+      split: its split.
+      which: its checkpoint choice.
+      settings: its settings.
+      output_dir: where to write; default the first workdir.
+
+    Returns:
+      The two paths (the CSV's is None when there are no per-image rows).
+    """
+    workdirs = [os.fspath(w) for w in workdirs]
+    output_dir = os.fspath(output_dir or workdirs[0])
+    os.makedirs(output_dir, exist_ok=True)
+    record = dict(found.metrics)
+    record["prediction"] = {
+        "members": inference.member_records(workdirs, which),
+        **dataclasses.asdict(settings),
+    }
+    labels = {}
+    config = checkpointing.load_config(workdirs[0])
+    for example in data_lib.get_examples(config.data, validate=False):
+        labels[example.id] = example.label
+    name = f"{split}_{settings_tag(len(workdirs), settings)}"
+    return evaluation.write_evaluation(
+        dataclasses.replace(found, metrics=record), output_dir, name, labels
+    )
