@@ -6,10 +6,12 @@
 
 Writes ``<stem>_mask.png`` (0/255, the input's size) and ``<stem>_overlay.png`` (predicted contour
 in red on the image) per input. Needs only the workdir, not the training data. If any input cannot
-be read, nothing is written and the error lists the files.
+be read, nothing is written and the error lists the files; with ``--skip_unreadable`` the others
+are predicted and the skipped files are listed at the end (the exit status is then 1 too).
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -25,6 +27,12 @@ flags.DEFINE_enum(
     "which", "best", ["best", "latest"], "Checkpoint: best validation mIoU or latest."
 )
 flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+flags.DEFINE_bool(
+    "skip_unreadable",
+    False,
+    "Predict the readable inputs when some cannot be read; list the skipped ones at the end and "
+    "exit with status 1.",
+)
 flags.mark_flags_as_required(["workdir", "inputs", "output_dir"])
 
 
@@ -36,17 +44,27 @@ def main(argv):
 
     from bts_jax import inference
 
-    written = inference.predict_files(
-        FLAGS.workdir,
-        FLAGS.inputs,
-        FLAGS.output_dir,
-        which=FLAGS.which,
-        batch_size=FLAGS.batch_size,
-    )
-    print(
-        f"Wrote {len(written) // 2} masks and {len(written) // 2} overlays to "
-        f"{os.path.abspath(FLAGS.output_dir)}"
-    )
+    try:
+        written = inference.predict_files(
+            FLAGS.workdir,
+            FLAGS.inputs,
+            FLAGS.output_dir,
+            which=FLAGS.which,
+            batch_size=FLAGS.batch_size,
+            skip_unreadable=FLAGS.skip_unreadable,
+        )
+    except inference.UnreadableInputsError as e:
+        _report_written(e.written)
+        sys.exit(f"Error: {e}")
+    _report_written(written)
+
+
+def _report_written(written: list[str]) -> None:
+    if written:
+        print(
+            f"Wrote {len(written) // 2} masks and {len(written) // 2} overlays to "
+            f"{os.path.abspath(FLAGS.output_dir)}"
+        )
 
 
 if __name__ == "__main__":

@@ -121,6 +121,49 @@ def _list_inputs(inputs: str | os.PathLike | Sequence[str | os.PathLike]) -> lis
     return paths
 
 
+class UnreadableInputsError(ValueError):
+    """Prediction inputs that cannot be read as images.
+
+    Attributes:
+      unreadable: path -> reason (the file and why, without library internals).
+      written: the paths written for the other inputs (empty when nothing was predicted).
+    """
+
+    def __init__(self, unreadable: dict[str, str], total: int, written: list[str]):
+        self.unreadable = dict(unreadable)
+        self.written = list(written)
+        outcome = (
+            f"skipped; the other {total - len(unreadable)} were predicted"
+            if written
+            else "nothing was predicted (--skip_unreadable predicts the others)"
+        )
+        super().__init__(
+            f"Cannot read {len(unreadable)} of {total} input(s), {outcome}:\n  "
+            + "\n  ".join(f"{path}: {reason}" for path, reason in unreadable.items())
+        )
+
+
+def unreadable_inputs(paths: Sequence[str]) -> dict[str, str]:
+    """Decodes every file as prediction will and returns those that fail, with the reason.
+
+    Args:
+      paths: image files.
+
+    Returns:
+      path -> reason (e.g. ``"Invalid PNG data, size 300"``), in input order; empty when all read.
+    """
+    unreadable = {}
+    for path in paths:
+        try:
+            data_lib.read_image_file(path)
+        except FileNotFoundError:
+            unreadable[path] = "file not found"
+        except ValueError as e:
+            # read_image_file says "Cannot decode image file <path>: <reason>"; keep the reason.
+            unreadable[path] = str(e).removeprefix(f"Cannot decode image file {path}: ")
+    return unreadable
+
+
 def predict_files(
     workdir: str | os.PathLike,
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -128,6 +171,7 @@ def predict_files(
     *,
     which: str = "best",
     batch_size: int = 8,
+    skip_unreadable: bool = False,
 ) -> list[str]:
     """Predicts tumour masks for image files and writes them as PNGs at each input's size.
 
@@ -138,8 +182,10 @@ def predict_files(
     - ``<stem>_overlay.png``: RGB (H, W, 3), the grayscale image with the predicted contour in red.
 
     Fails fast: every input is decoded before the model is loaded, and if any cannot be read
-    nothing is predicted or written; the error lists the failing files. Files are then decoded
-    again chunk by chunk, so a folder of thousands of images is never held in memory at once.
+    nothing is predicted or written; the error lists the failing files with the reason. With
+    ``skip_unreadable``, the readable inputs are predicted and written, and the error comes at the
+    end, listing the skipped files. Files are then decoded again chunk by chunk, so a folder of
+    thousands of images is never held in memory at once.
 
     Args:
       workdir: a directory written by ``train.py``.
@@ -148,26 +194,22 @@ def predict_files(
       output_dir: output folder (created if needed).
       which: checkpoint to use, "best" or "latest".
       batch_size: images per forward pass.
+      skip_unreadable: predict the readable inputs even if some cannot be read.
 
     Returns:
       The paths written, mask then overlay for each input, in input order.
 
     Raises:
       FileNotFoundError: a missing input, workdir or checkpoint (the message names it).
-      ValueError: an empty folder, two inputs with the same stem, or unreadable files (named).
+      UnreadableInputsError: inputs that cannot be read (named, with the reason); with
+        ``skip_unreadable`` raised after the others are written (its ``written`` lists them).
+      ValueError: an empty folder, or two inputs with the same stem.
     """
     paths = _list_inputs(inputs)
-    errors = []
-    for path in paths:
-        try:
-            data_lib.read_image_file(path)
-        except (ValueError, FileNotFoundError) as e:
-            errors.append(str(e))
-    if errors:
-        raise ValueError(
-            f"Cannot read {len(errors)} of {len(paths)} input(s); nothing was predicted:\n  "
-            + "\n  ".join(errors)
-        )
+    unreadable = unreadable_inputs(paths)
+    if unreadable and not skip_unreadable:
+        raise UnreadableInputsError(unreadable, len(paths), written=[])
+    paths = [path for path in paths if path not in unreadable]
     config, model, variables = checkpointing.load_trained_model(workdir, which)
     num_classes = int(config.model.num_classes)
     scale = 255 if num_classes == 1 else 255 // (num_classes - 1)
@@ -185,4 +227,6 @@ def predict_files(
                 f"{stem}_overlay.png"
             )
             written += [f"{stem}_mask.png", f"{stem}_overlay.png"]
+    if unreadable:
+        raise UnreadableInputsError(unreadable, len(paths) + len(unreadable), written=written)
     return written
