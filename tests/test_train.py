@@ -7,6 +7,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -673,3 +674,29 @@ def test_killed_at_any_moment_the_resumed_run_ends_like_the_uninterrupted_one(
     assert sorted(os.listdir(os.path.join(workdir, "predictions"))) == sorted(
         os.listdir(os.path.join(reference_dir, "predictions"))
     )
+
+
+@pytest.mark.slow
+def test_a_lost_process_ends_the_other_with_an_error_naming_it(tmp_path):
+    """Process 1 is killed after its first step; process 0 must not hang in the next collective."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    worker = os.path.join(REPO, "tests", "multihost_worker.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, worker, str(port), str(i), str(tmp_path), "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    lost = procs[1].communicate(timeout=400)[0]
+    assert procs[1].returncode == -signal.SIGKILL, lost[-3000:]
+    died = time.monotonic()
+    # The worker's heartbeat timeout is 5 s: well within a minute, even on a loaded machine.
+    output = procs[0].communicate(timeout=120)[0]
+    assert time.monotonic() - died < 60
+    assert procs[0].returncode != 0
+    assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in output
