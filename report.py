@@ -18,6 +18,11 @@ FLAGS = flags.FLAGS
 flags.DEFINE_float("alpha", 0.05, "Significance level of the verdicts (Holm-adjusted p-values).")
 flags.DEFINE_float("confidence", 0.95, "Confidence level of every interval.")
 flags.DEFINE_bool(
+    "predictions",
+    True,
+    "Draw the baseline and the paper model side by side on test images (loads both models).",
+)
+flags.DEFINE_bool(
     "model_stats",
     True,
     "Count parameters and GFLOPs of each variant's model (one XLA compilation per variant).",
@@ -28,10 +33,14 @@ def main(argv):
     """Entry point."""
     if len(argv) != 2:
         raise app.UsageError("Usage: python report.py DIR (a sweep folder with sweep.json)")
-    from bts_jax import report
+    from bts_jax import report, sweep
 
     paths = report.write_report(
-        argv[1], alpha=FLAGS.alpha, confidence=FLAGS.confidence, model_stats=FLAGS.model_stats
+        argv[1],
+        alpha=FLAGS.alpha,
+        confidence=FLAGS.confidence,
+        model_stats=FLAGS.model_stats,
+        prediction_figure=sweep.prediction_figure if FLAGS.predictions else None,
     )
     for path in paths.values():
         print(f"Wrote {os.path.abspath(path)}")

@@ -8,8 +8,9 @@ Conventions shared with the model and the trainer:
 - ``valid``: optional bool array ``(B,)``. Examples with ``valid=False`` (padding in the last
   evaluation batch) contribute nothing; ``None`` means every example counts.
 
-Every loss casts the logits to float32 before anything else (SPEC section 4: losses stay float32
-whatever the compute dtype), so bfloat16 models get float32 losses and gradients into the logits.
+Every loss casts the logits to float32 before anything else (docs/design.md section 4: losses
+stay float32 whatever the compute dtype), so bfloat16 models get float32 losses and gradients
+into the logits.
 All functions are jittable and contain no Python control flow on array values, so they work on
 sharded global arrays inside a ``jax.jit``-compiled step.
 """

@@ -1,4 +1,4 @@
-"""Evaluation metrics (SPEC section 4): confusion counts on device, boundary metrics on host.
+"""Evaluation metrics (docs/design.md section 4): confusion counts on device, the rest on host.
 
 Two layers:
 
@@ -30,7 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage
 
-# Pixel spacing of the figshare / Kaggle brain-tumour images at their native 512x512 (SPEC 4).
+# Pixel spacing of the figshare / Kaggle brain-tumour images at their native 512x512
+# (docs/design.md section 4).
 NATIVE_PIXEL_SPACING_MM = 0.49
 NATIVE_IMAGE_SIZE = 512
 

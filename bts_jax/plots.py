@@ -11,6 +11,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from scipy import ndimage
 
 from bts_jax.metrics import mask_contour
 
@@ -18,6 +19,7 @@ from bts_jax.metrics import mask_contour
 GT_COLOUR = (0, 255, 0)  # green: ground truth
 PRED_COLOUR = (255, 0, 0)  # red: prediction
 BOTH_COLOUR = (255, 255, 0)  # yellow: where the two contours coincide
+EMPTY_COLOUR = (255, 0, 255)  # magenta frame: the prediction holds no foreground at all
 
 _DPI = 100
 
@@ -104,25 +106,60 @@ def _to_uint8_gray(image: np.ndarray) -> np.ndarray:
     return np.round(np.clip(image.astype(np.float64), 0.0, 1.0) * 255.0).astype(np.uint8)
 
 
+def contour_thickness(shape: Sequence[int]) -> int:
+    """Contour width in pixels that stays visible when an overlay is viewed whole.
+
+    One pixel up to about 250 px, then growing with the image: 2 px at 256, 3 px at 512.
+
+    Args:
+        shape: the image shape ``(H, W, ...)``.
+
+    Returns:
+        The width, at least 1.
+    """
+    return max(1, round(min(shape[0], shape[1]) / 170))
+
+
+def _contour_band(mask: np.ndarray, thickness: int) -> np.ndarray:
+    if thickness == 1:
+        return mask_contour(mask)
+    m = np.asarray(mask) > 0
+    # An inner band: it never covers the pixels just outside the mask, and a tumour thinner than
+    # the band is drawn filled, which keeps tiny tumours visible.
+    return m & ~ndimage.binary_erosion(m, iterations=thickness, border_value=0)
+
+
 def overlay_contours(
     image: np.ndarray,
     mask: np.ndarray | None = None,
     prediction: np.ndarray | None = None,
+    *,
+    thickness: int | None = None,
+    mark_empty: bool = True,
 ) -> np.ndarray:
     """Grayscale image as RGB with the ground-truth and predicted contours drawn on it.
 
-    Ground truth is green, prediction red, pixels on both contours yellow. Every other pixel keeps
-    the image's gray value.
+    Ground truth is green, prediction red, pixels on both contours yellow. Each contour is an
+    inner band of ``thickness`` pixels (`mask_contour` for 1). A given but empty prediction (no
+    foreground pixel: a missed tumour when the mask has one) gets a magenta frame around the
+    whole image, so such images stand out in a folder of overlays. Every other pixel keeps the
+    image's gray value.
 
     Args:
         image: ``(H, W)`` or ``(H, W, 1)`` grayscale, uint8 or float in ``[0, 1]`` (clipped).
         mask: optional ``(H, W)`` ground-truth mask; nonzero = foreground.
         prediction: optional ``(H, W)`` predicted mask; nonzero = foreground.
+        thickness: contour width in pixels; default `contour_thickness` of the image (1 px on
+            small images, 3 px at 512x512).
+        mark_empty: draw the frame (``2 * thickness`` px wide) when ``prediction`` is empty.
 
     Returns:
         uint8 ``(H, W, 3)`` RGB image.
     """
     gray = _to_uint8_gray(image)
+    thickness = contour_thickness(gray.shape) if thickness is None else int(thickness)
+    if thickness < 1:
+        raise ValueError(f"thickness must be >= 1, got {thickness}")
     rgb = np.repeat(gray[..., None], 3, axis=-1)
     contours = []
     for name, m in (("mask", mask), ("prediction", prediction)):
@@ -131,11 +168,16 @@ def overlay_contours(
             continue
         if np.shape(m) != gray.shape:
             raise ValueError(f"{name} shape {np.shape(m)} differs from image shape {gray.shape}")
-        contours.append(mask_contour(m))
+        contours.append(_contour_band(m, thickness))
     gt_c, pred_c = contours
     rgb[gt_c & ~pred_c] = GT_COLOUR
     rgb[pred_c & ~gt_c] = PRED_COLOUR
     rgb[gt_c & pred_c] = BOTH_COLOUR
+    if mark_empty and prediction is not None and not np.any(np.asarray(prediction) > 0):
+        width = min(2 * thickness, (min(gray.shape) + 1) // 2)
+        frame = np.ones(gray.shape, bool)
+        frame[width:-width, width:-width] = False
+        rgb[frame] = EMPTY_COLOUR
     return rgb
 
 

@@ -307,6 +307,7 @@ def train_and_evaluate(
     mesh: Mesh | None = None,
     pipeline: data_lib.InputPipeline | None = None,
     writer: MetricLogger | None = None,
+    show_progress: bool = True,
     allow_config_change: bool = False,
 ) -> dict[str, float]:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, then evaluates.
@@ -329,6 +330,8 @@ def train_and_evaluate(
       mesh: device mesh; default all devices of all processes.
       pipeline: the run's input; default `make_input_pipeline` (tests pass their own).
       writer: the metric logger; default a `MetricLogger` in ``workdir``.
+      show_progress: draw a progress bar on process 0 (a sweep running cells side by side
+        draws its own).
       allow_config_change: resume a workdir whose config differs in fields outside
         `bts_jax.run_guard.SAFE_CHANGES` (``train.py --allow_config_change``).
 
@@ -354,6 +357,7 @@ def train_and_evaluate(
             mesh=mesh,
             pipeline=pipeline,
             writer=writer,
+            show_progress=show_progress,
             checkpoint_step=checkpoint_step,
             changes=changes,
         )
@@ -366,6 +370,7 @@ def _train_and_evaluate(
     mesh: Mesh | None,
     pipeline: data_lib.InputPipeline | None,
     writer: MetricLogger | None,
+    show_progress: bool,
     checkpoint_step: int | None,
     changes: list[run_guard.ConfigChange],
 ) -> dict[str, float]:
@@ -391,7 +396,9 @@ def _train_and_evaluate(
     epoch_metrics: list[dict] = []
     epoch_start = time.perf_counter()
     batches = _progress(
-        pipeline.train_batches(start_step=step), run.total_steps - step, enabled=is_main
+        pipeline.train_batches(start_step=step),
+        run.total_steps - step,
+        enabled=is_main and show_progress,
     )
     try:
         for local in batches:

@@ -12,7 +12,7 @@ import ml_collections
 
 
 def get_config() -> ml_collections.ConfigDict:
-    """Returns the default experiment config (paper model, SPEC sections 2-5)."""
+    """Returns the default experiment config (paper model, docs/design.md sections 2-5)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
     # Compute dtype of the model: "float32" or "bfloat16". Parameters, optimiser state, BatchNorm
@@ -32,7 +32,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
 
     config.data = ml_collections.ConfigDict()
-    config.data.source = "sample"  # "sample" (bundled) | "folder" (Kaggle layout) | "tfds"
+    # "sample" | "sample_128" (bundled, see bts_jax/data/sample*/README.md) | "folder" | "tfds"
+    config.data.source = "sample"
     config.data.data_dir = ""  # folder with images/ and masks/ (source=folder) or TFDS data_dir
     config.data.image_size = 512
     config.data.resize_method = "resize"  # "resize" (image bilinear, mask nearest) | "pad"

@@ -1,4 +1,4 @@
-"""The paper's experiment (SPEC section 5) with the improved U-Net (GSConv + ECA).
+"""The paper's experiment (docs/design.md section 5) with the improved U-Net (GSConv + ECA).
 
 500 image/mask pairs, 80/20 train/validation, 50 epochs, 512x512, Adam at lr 1e-4, grayscale +
 histogram equalisation. Needs the full dataset folder (Kaggle layout) or the TFDS build of it:

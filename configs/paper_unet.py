@@ -1,4 +1,4 @@
-"""The paper's experiment (SPEC section 5) with the baseline U-Net, for the side-by-side comparison.
+"""The paper's experiment (docs/design.md section 5) with the baseline U-Net, for comparison.
 
     python train.py --config configs/paper_unet.py --workdir workdirs/paper_unet \
         --config.data.data_dir=/path/to/brain_tumor_folder

@@ -1,4 +1,4 @@
-"""equalize_histogram against the OpenCV oracle (SPEC 3.2), and the grayscale conversion."""
+"""equalize_histogram against the OpenCV oracle (docs/design.md section 3), and grayscale."""
 
 import glob
 import io

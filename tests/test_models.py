@@ -344,7 +344,7 @@ def test_baseline_odd_widths_are_fine_without_gsconv():
 
 
 def _expected_param_count(features, *, gsconv, eca, in_channels=1, num_classes=1, bilinear=False):
-    """Counts parameters from the SPEC's layout, independently of the Flax code."""
+    """Counts parameters from the layout of docs/design.md section 2, independently of Flax."""
 
     def conv_bn(c_in, c_out, k=3, groups=1):
         return k * k * (c_in // groups) * c_out + 2 * c_out

@@ -102,3 +102,32 @@ def test_save_comparison_figure_length_mismatch(tmp_path):
     image, gt, pred = _square_case()
     with pytest.raises(ValueError, match="equal length"):
         plots.save_comparison_figure([image], [gt], [pred], [], str(tmp_path / "x.png"))
+
+
+def test_contour_thickness_grows_with_the_image():
+    assert [plots.contour_thickness((s, s)) for s in (20, 128, 256, 512)] == [1, 1, 2, 3]
+    assert plots.contour_thickness((512, 256, 1)) == 2
+
+
+def test_overlay_contours_thick_band_and_empty_prediction_frame():
+    image = np.zeros((40, 40), np.uint8)
+    gt = np.zeros((40, 40), np.int32)
+    gt[10:30, 10:30] = 1
+    out = plots.overlay_contours(image, gt, gt, thickness=3)
+    band = np.zeros((40, 40), bool)
+    band[10:30, 10:30] = True
+    band[13:27, 13:27] = False
+    np.testing.assert_array_equal(np.all(out == plots.BOTH_COLOUR, axis=-1), band)
+    assert not out[~band].any()  # inner band only, no frame: the prediction is not empty
+
+    empty = plots.overlay_contours(image, gt, np.zeros_like(gt), thickness=2)
+    frame = np.ones((40, 40), bool)
+    frame[4:-4, 4:-4] = False
+    np.testing.assert_array_equal(np.all(empty == plots.EMPTY_COLOUR, axis=-1), frame)
+    np.testing.assert_array_equal(empty[10, 10], plots.GT_COLOUR)  # the missed tumour still shows
+    plain = plots.overlay_contours(image, gt, np.zeros_like(gt), thickness=2, mark_empty=False)
+    assert not np.all(plain == plots.EMPTY_COLOUR, axis=-1).any()
+    # No prediction given: nothing to mark.
+    assert not np.all(plots.overlay_contours(image, gt) == plots.EMPTY_COLOUR, axis=-1).any()
+    with pytest.raises(ValueError, match="thickness"):
+        plots.overlay_contours(image, gt, thickness=0)

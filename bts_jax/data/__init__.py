@@ -1,7 +1,7 @@
 """Input pipeline: sources, OpenCV-exact equalisation, splits by id block, host-local batches.
 
-Importing this package hides the GPUs from TensorFlow, which only feeds the host (SPEC section 3,
-STYLE).
+Importing this package hides the GPUs from TensorFlow, which only feeds the host
+(docs/design.md section 3).
 """
 
 from bts_jax.data.cache import DataCache

@@ -1,4 +1,4 @@
-"""Per-image preprocessing (SPEC section 3): decode, grayscale, equalise, resize or pad, augment.
+"""Per-image preprocessing (docs/design.md section 3): decode, grayscale, equalise, fit, augment.
 
 Everything that runs inside the tf.data graph is written in TensorFlow ops; the numpy helpers at the
 end (`load_grayscale`, `preprocess_image`, `restore_original_size`) run the very same ops eagerly,
@@ -22,8 +22,8 @@ from PIL import Image, UnidentifiedImageError
 from bts_jax.data._tf import tf
 from bts_jax.data.formats import MASK_THRESHOLD, SIXTEEN_BIT_MODES, TIFF_EXTENSIONS
 
-# Luma weights of ITU-R BT.601 (SPEC 3.1) in thousandths, so grayscale conversion is exact integer
-# arithmetic and identical in the TF graph and in numpy.
+# Luma weights of ITU-R BT.601 (docs/design.md section 3, step 1) in thousandths, so grayscale
+# conversion is exact integer arithmetic and identical in the TF graph and in numpy.
 _LUMA_WEIGHTS_PER_MILLE = (299, 587, 114)
 
 

@@ -28,6 +28,12 @@ from bts_jax.data.formats import (
 )
 
 SAMPLE_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample")
+# The bundled samples by source name: "sample" = 60 full-size pairs (the tests' data),
+# "sample_128" = 906 pairs at 128x128 (the quickstart's training data; see its README).
+SAMPLE_DIRS = {
+    "sample": SAMPLE_DIR,
+    "sample_128": os.path.join(os.path.dirname(os.path.abspath(__file__)), "sample_128"),
+}
 # figshare labels (metadata.csv `label`); 0 = unknown.
 TUMOUR_TYPES = ("unknown", "meningioma", "glioma", "pituitary")
 UNKNOWN_LABEL = 0
@@ -314,7 +320,7 @@ def _tfds_examples(data_dir: str) -> tuple[Example, ...]:
 
 
 def source_dir(data_config: Mapping[str, Any]) -> str:
-    """The folder a source reads: the bundled sample, or ``config.data.data_dir``.
+    """The folder a source reads: a bundled sample (`SAMPLE_DIRS`), or ``config.data.data_dir``.
 
     Args:
       data_config: ``config.data``.
@@ -322,8 +328,8 @@ def source_dir(data_config: Mapping[str, Any]) -> str:
     Returns:
       An absolute path.
     """
-    if data_config["source"] == "sample":
-        return SAMPLE_DIR
+    if data_config["source"] in SAMPLE_DIRS:
+        return SAMPLE_DIRS[data_config["source"]]
     return os.path.abspath(os.path.expanduser(data_config["data_dir"]))
 
 
@@ -346,9 +352,9 @@ def get_examples(
       ValueError, FileNotFoundError: unknown source, or a folder that fails validation.
     """
     source = data_config["source"]
-    if source in ("sample", "folder"):
+    if source in SAMPLE_DIRS or source == "folder":
         data_dir = source_dir(data_config)
-        setting = "the bundled sample" if source == "sample" else "config.data.data_dir"
+        setting = "config.data.data_dir" if source == "folder" else f"the bundled {source}"
         if not validate:
             return tuple(list_folder(data_dir, setting))
         strict = bool(data_config["strict_masks"])
@@ -366,4 +372,5 @@ def get_examples(
             return _tfds_examples(data_dir)
         key = ("tfds", data_dir, folder_signature(data_dir))
         return cache.get(key, lambda: _tfds_examples(data_dir))
-    raise ValueError(f'config.data.source must be "sample", "folder" or "tfds", got {source!r}.')
+    names = ", ".join(f'"{name}"' for name in (*SAMPLE_DIRS, "folder", "tfds"))
+    raise ValueError(f"config.data.source must be one of {names}, got {source!r}.")

@@ -22,7 +22,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 SHUFFLE_MODES = ("interleave", "legacy", "none")
 
-# SPEC 1: eps 1e-5 and PyTorch momentum 0.1, i.e. Flax momentum 0.9.
+# docs/design.md section 1: eps 1e-5 and PyTorch momentum 0.1, i.e. Flax momentum 0.9.
 BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
 
@@ -46,7 +46,7 @@ def get_activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
 def channel_shuffle(x: jax.Array, mode: str) -> jax.Array:
     """Permutes the channels of a GSConv output (the concat of a dense and a depthwise half).
 
-    With C channels and H = C // 2 (SPEC 1):
+    With C channels and H = C // 2 (docs/design.md section 1):
 
     * ``"interleave"``: ``out[o] = x[(o % 2) * H + o // 2]``; dense and depthwise channels alternate
       (C=8: ``[0, 4, 1, 5, 2, 6, 3, 7]``). The GSConv authors' code since 2023.

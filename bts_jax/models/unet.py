@@ -98,7 +98,7 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net with switchable GSConv and ECA (SPEC section 2). The defaults are the baseline U-Net.
+    """U-Net with switchable GSConv and ECA (docs/design.md section 2); defaults: the baseline.
 
     Parameter paths are stable across ablations: ``enc_{i}``, ``bottleneck``, ``up_{i}``,
     ``dec_{i}``, ``skip_eca_{i}``, ``head`` (decoder index i counts from the deepest stage).

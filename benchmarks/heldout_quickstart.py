@@ -1,0 +1,217 @@
+"""Scores a trained workdir on held-out patients: the last id blocks of each tumour type.
+
+    python train.py --config configs/quickstart.py --workdir workdirs/quickstart
+    python benchmarks/heldout_quickstart.py --workdir workdirs/quickstart
+    python benchmarks/heldout_quickstart.py --workdir W --data_dir /path/to/figshare_brain_tumor
+
+The held-out slices are, per tumour type of the folder (``../shared/data/figshare_brain_tumor``
+by default), the last ``--heldout_fraction`` of its ids in ascending order (the blocked split's
+validation block), minus every id of a bundled sample. ``tools/make_sample_128.py`` bundles only ids
+before those blocks (with a gap), so a quickstart model never saw these patients (patient ids are
+not published; consecutive ids are mostly slices of one patient). A workdir whose training or
+validation split holds a held-out id is refused.
+
+Each slice is predicted at its own size with the library's API (equalised and resized exactly as in
+training, the class map sampled back onto the original grid), and scored at that size:
+tumour Dice over all pixels and the mean per-image Dice, mIoU, HD95, the share of slices with an
+empty prediction (every held-out slice has a tumour, so an empty prediction is a missed tumour and
+scores Dice 0), and the run's training time read from the workdir's files.
+"""
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import ml_collections  # noqa: E402
+import numpy as np  # noqa: E402
+
+from bts_jax import metrics  # noqa: E402
+from bts_jax.data import load_grayscale, sources, splits  # noqa: E402
+from bts_jax.inference import predict_masks  # noqa: E402
+
+try:  # Moving to bts_jax.checkpointing.
+    from bts_jax.checkpointing import load_trained_model  # noqa: E402
+except ImportError:
+    from bts_jax.inference import load_trained_model  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_DATA_DIR = os.path.join(REPO, "..", "shared", "data", "figshare_brain_tumor")
+DEFAULT_HELDOUT_FRACTION = 0.15  # the same default as tools/make_sample_128.py
+
+
+def heldout_examples(data_dir: str, heldout_fraction: float) -> list[sources.Example]:
+    """The held-out slices: per tumour type the last ids of ``data_dir``, minus bundled ids.
+
+    Args:
+      data_dir: a folder in the Kaggle layout with ``metadata.csv`` (tumour types).
+      heldout_fraction: share of each type's last ids.
+
+    Returns:
+      The examples, sorted by id.
+
+    Raises:
+      ValueError: the folder has no tumour types (the blocks are per type).
+    """
+    examples = sources.list_folder(data_dir, "--data_dir")
+    if all(e.label == sources.UNKNOWN_LABEL for e in examples):
+        raise ValueError(f"{data_dir} has no metadata.csv with tumour types (label column).")
+    config = ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "data": {
+                "split_method": "blocked",
+                "val_fraction": heldout_fraction,
+                "split_gap": 0,
+                "num_folds": 5,
+                "fold": 0,
+                "subset_size": 0,
+            },
+        }
+    )
+    bundled = {e.id for folder in sources.SAMPLE_DIRS.values() for e in sources.list_folder(folder)}
+    return [e for e in splits.split_examples(config, examples)["validation"] if e.id not in bundled]
+
+
+def check_unseen(workdir: str, heldout_ids: set[str]) -> None:
+    """Refuses a workdir whose own split (``data_split.json``) holds a held-out id.
+
+    Args:
+      workdir: the trained workdir.
+      heldout_ids: the ids to be scored.
+
+    Raises:
+      ValueError: a held-out id was in the run's training or validation split.
+    """
+    path = os.path.join(workdir, splits.SPLIT_FILE)
+    if not os.path.isfile(path):
+        print(f"warning: {path} is missing; cannot check that the held-out slices are unseen.")
+        return
+    with open(path) as f:
+        split = json.load(f)
+    for name in splits.SPLITS:
+        seen = sorted(heldout_ids & set(split.get(name, [])), key=sources.id_sort_key)
+        if seen:
+            raise ValueError(
+                f"{len(seen)} held-out id(s) are in the {name} split of {workdir} "
+                f"(e.g. {seen[:5]}): it was trained on other data than the bundled samples."
+            )
+
+
+def training_seconds(workdir: str) -> float | None:
+    """Training wall time of a run, read from its files.
+
+    A ``train_wall_s`` (or ``wall_s``) value in the last row of ``metrics.jsonl`` wins; otherwise
+    the time from writing ``config.json`` (the run's start, after imports) to the newest file of
+    ``predictions/`` or ``eval_validation.json`` (its end).
+
+    Args:
+      workdir: the trained workdir.
+
+    Returns:
+      Seconds, or None when the files do not tell.
+    """
+    rows_path = os.path.join(workdir, "metrics.jsonl")
+    if os.path.isfile(rows_path):
+        with open(rows_path) as f:
+            rows = [json.loads(line) for line in f if line.strip()]
+        for key in ("train_wall_s", "wall_s"):
+            if rows and key in rows[-1]:
+                return float(rows[-1][key])
+    start_path = os.path.join(workdir, "config.json")
+    ends = [os.path.join(workdir, "eval_validation.json")]
+    predictions = os.path.join(workdir, "predictions")
+    if os.path.isdir(predictions):
+        ends += [os.path.join(predictions, name) for name in os.listdir(predictions)]
+    ends = [p for p in ends if os.path.isfile(p)]
+    if not os.path.isfile(start_path) or not ends:
+        return None
+    return max(os.path.getmtime(p) for p in ends) - os.path.getmtime(start_path)
+
+
+def score(
+    workdir: str, examples: list[sources.Example], batch_size: int
+) -> tuple[dict[str, float | int], list[float]]:
+    """Predicts every example at its own size and scores it (SPEC section 4 metrics).
+
+    Args:
+      workdir: the trained workdir (best checkpoint).
+      examples: the slices to score (paths).
+      batch_size: images per forward pass.
+
+    Returns:
+      ``(result, per_image_dice)``: `metrics.SegmentationEvaluator.result` plus
+      ``pred_empty_share``; the Dice of each example, in order.
+    """
+    config, model, variables = load_trained_model(workdir)
+    evaluator = metrics.SegmentationEvaluator(num_classes=int(config.model.num_classes))
+    # Chunks bound host memory; predict_masks batches inside each chunk.
+    for start in range(0, len(examples), 64):
+        chunk = examples[start : start + 64]
+        images = [load_grayscale(e.image) for e in chunk]
+        predictions = predict_masks(model, variables, images, config.data, batch_size=batch_size)
+        for example, prediction in zip(chunk, predictions, strict=True):
+            truth = (load_grayscale(example.mask) > 127).astype(np.uint8)
+            evaluator.update(None, prediction[None], truth[None])
+    result = evaluator.result()
+    result["pred_empty_share"] = float(np.mean(evaluator.per_image["pred_empty"]))
+    return result, list(evaluator.per_image["dice"])
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--workdir", default=os.path.join(REPO, "workdirs", "quickstart"))
+    parser.add_argument("--data_dir", default=DEFAULT_DATA_DIR, help="The figshare folder.")
+    parser.add_argument("--heldout_fraction", type=float, default=DEFAULT_HELDOUT_FRACTION)
+    parser.add_argument("--max_images", type=int, default=0, help="0 = every held-out slice.")
+    parser.add_argument("--batch_size", type=int, default=16)
+    parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
+    args = parser.parse_args(argv)
+
+    examples = heldout_examples(args.data_dir, args.heldout_fraction)
+    check_unseen(args.workdir, {e.id for e in examples})
+    if args.max_images > 0:
+        # Evenly spaced, so a short run still covers every tumour type.
+        keep = np.linspace(0, len(examples) - 1, min(args.max_images, len(examples)))
+        examples = [examples[i] for i in np.unique(keep.round().astype(int))]
+    start = time.perf_counter()
+    result, _ = score(args.workdir, examples, args.batch_size)
+    predict_s = time.perf_counter() - start
+    train_s = training_seconds(args.workdir)
+    counts = {
+        name: sum(e.label == label for e in examples)
+        for label, name in enumerate(sources.TUMOUR_TYPES)
+        if label
+    }
+
+    def duration(seconds):
+        return "unknown" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
+
+    print(f"workdir: {os.path.abspath(args.workdir)}")
+    print(
+        f"held-out slices: {result['num_images']} "
+        f"({', '.join(f'{n} {name}' for name, n in counts.items())}) from {args.data_dir}"
+    )
+    print(f"tumour Dice (all pixels): {result['dice']:.4f}")
+    print(f"tumour Dice (mean per image): {result['dice_per_image']:.4f}")
+    print(f"mIoU: {result['miou']:.4f} (tumour IoU {result['iou_tumour']:.4f})")
+    print(f"HD95 (mean per image): {result['hd95_mm']:.2f} mm")
+    print(
+        f"empty predictions: {result['num_pred_empty_only']} of {result['num_images']} "
+        f"({100 * result['pred_empty_share']:.1f}%)"
+    )
+    print(f"training wall time (from the workdir's files): {duration(train_s)}")
+    print(f"prediction time: {predict_s:.1f} s")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({**result, "train_s": train_s, "predict_s": predict_s}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Sweeps end to end on a tiny config: cells, report, resume after a crash, changed definitions."""
+
+import json
+import os
+import subprocess
+import sys
+
+import ml_collections
+import pytest
+
+from bts_jax import sweep, train_lib
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def tiny_sweep(**changes):
+    config = ml_collections.ConfigDict()
+    config.name = "tiny"
+    config.base_config = "configs/test.py"
+    config.overrides = {"data": {"test_fraction": 0.15}, "num_epochs": 1, "num_predictions": 2}
+    config.variants = {
+        "unet": {"model": {"gsconv_in": "", "eca_in": ""}},
+        "paper": {"model": {"gsconv_in": "encoder,bottleneck,decoder"}},
+    }
+    config.baseline = "unet"
+    config.paper_model = "paper"
+    config.seeds = (0, 1)
+    config.folds = ()
+    config.devices_per_run = 4  # 8 fake CPU devices: two cells side by side
+    config.update(changes)
+    return config
+
+
+class CountingTrainer:
+    """train_and_evaluate that records its cells and can crash one of them before training."""
+
+    def __init__(self, crash_on=None):
+        self.cells, self.crash_on = [], crash_on
+
+    def __call__(self, config, workdir, **kwargs):
+        name = os.path.relpath(workdir, os.path.dirname(os.path.dirname(workdir)))
+        self.cells.append(name)
+        if name == self.crash_on:
+            raise RuntimeError(f"simulated crash in {name}")
+        return train_lib.train_and_evaluate(config, workdir, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp("sweep") / "tiny")
+    first = CountingTrainer(crash_on="paper/seed_1")
+    with pytest.raises(RuntimeError, match="simulated crash in paper/seed_1"):
+        sweep.run_sweep(tiny_sweep(), directory, repo_root=REPO, train_fn=first)
+    second = CountingTrainer()
+    result = sweep.run_sweep(
+        tiny_sweep(), directory, repo_root=REPO, train_fn=second, model_stats=False
+    )
+    return directory, first, second, result
+
+
+def test_cells_are_ordinary_runs_with_test_results(finished):
+    directory, *_ = finished
+    for variant in ("unet", "paper"):
+        for seed in (0, 1):
+            cell = os.path.join(directory, variant, f"seed_{seed}")
+            for name in ("config.json", "eval_test.json", "per_image_test.csv", "cell.json"):
+                assert os.path.isfile(os.path.join(cell, name)), (cell, name)
+            with open(os.path.join(cell, "config.json")) as f:
+                config = json.load(f)
+            assert config["seed"] == seed
+            assert (config["model"]["gsconv_in"] == "") == (variant == "unet")
+
+
+def test_a_crashed_sweep_resumes_and_skips_finished_cells(finished):
+    _, first, second, result = finished
+    # The crash of one cell does not stop the cells running beside it or after it.
+    assert sorted(first.cells) == ["paper/seed_0", "paper/seed_1", "unet/seed_0", "unet/seed_1"]
+    assert second.cells == ["paper/seed_1"]
+    assert result["trained"] == ["paper/seed_1"]
+    assert sorted(result["skipped"]) == ["paper/seed_0", "unet/seed_0", "unet/seed_1"]
+
+
+def test_report_files_and_figures(finished):
+    directory, _, _, result = finished
+    for name in ("report.md", "summary.csv", "summary.json", "test_dice.png", "val_miou.png"):
+        assert os.path.isfile(os.path.join(directory, name)), name
+    assert os.path.isfile(os.path.join(directory, "predictions_test.png"))
+    with open(os.path.join(directory, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["missing"] == []
+    with open(os.path.join(directory, "report.md")) as f:
+        text = f.read()
+    assert "unet" in text and "paper" in text and "Holm" in text
+
+
+def test_a_changed_definition_is_refused_naming_the_cell(finished):
+    directory, *_ = finished
+    changed = tiny_sweep()
+    changed.overrides = {**changed.overrides.to_dict(), "optimizer": {"learning_rate": 0.5}}
+    with pytest.raises(
+        ValueError, match=r"existing cell paper/seed_0 .*optimizer.learning_rate: 0.0001 -> 0.5"
+    ):
+        sweep.run_sweep(changed, directory, repo_root=REPO, train_fn=CountingTrainer())
+
+
+def test_a_second_run_trains_nothing(finished):
+    directory, *_ = finished
+    trainer = CountingTrainer()
+    result = sweep.run_sweep(
+        tiny_sweep(), directory, repo_root=REPO, train_fn=trainer, write_report=False
+    )
+    assert trainer.cells == [] and result["trained"] == [] and len(result["skipped"]) == 4
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"baseline": "resnet"}, r"sweep.baseline='resnet' is not one of"),
+        ({"paper_model": "gs"}, r"sweep.paper_model='gs'"),
+        ({"seeds": (0, 0)}, r"sweep.seeds has repeated entries"),
+        ({"seeds": ()}, r"sweep.seeds must be a non-empty list"),
+        ({"devices_per_run": 16}, r"sweep.devices_per_run=16 but only 8 device"),
+        ({"variants": {}}, r"sweep.variants must map at least one"),
+        (
+            {"overrides": {"model": {"widths": 3}}},
+            r"sweep.overrides: 'model.widths' is not a field",
+        ),
+        ({"variants": {"unet": {"optimiser": {"lr": 1}}}}, r"sweep.variants.unet: 'optimiser.lr'"),
+        ({"base_config": "configs/nope.py"}, r"Config file not found: .*configs/nope.py"),
+    ],
+)
+def test_bad_definitions_are_named(changes, message, tmp_path):
+    config = tiny_sweep()
+    for key, value in changes.items():
+        if key == "variants" and value:
+            config.variants = {**value, "paper": {"model": {"eca_in": ""}}}
+        else:
+            config[key] = value
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        sweep.run_sweep(config, tmp_path / "bad", repo_root=REPO, train_fn=CountingTrainer())
+
+
+def test_sweep_script_rejects_a_missing_config_file(tmp_path):
+    done = subprocess.run(
+        [
+            sys.executable,
+            "sweep.py",
+            "--config",
+            "configs/sweeps/nope.py",
+            "--workdir",
+            str(tmp_path),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode != 0 and "nope.py" in done.stderr
