@@ -418,7 +418,8 @@ def test_train_py_end_to_end_and_flag_errors(tmp_path):
             "--config",
             "configs/test.py",
             "--workdir",
-            str(workdir),
+            # A new workdir: in the trained one the config guard would refuse the change first.
+            str(tmp_path / "bad"),
             "--config.model.upsample=nearest",
         ],
         cwd=REPO,
