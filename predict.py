@@ -14,10 +14,12 @@ in red on the image) per input, ``<stem>_prob.png`` (16-bit, probability * 65535
 (workdirs, checkpoint steps, TTA, threshold, post-processing). Several workdirs form an ensemble:
 their probabilities are averaged (they must share the preprocessing and classes). Needs only the
 workdirs, not the training data. If any input cannot be read, nothing is written and the error
-lists the files.
+lists the files; with ``--skip_unreadable`` the others are predicted and the skipped files are
+listed at the end (the exit status is then 1 too).
 """
 
 import os
+import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -41,6 +43,12 @@ flags.DEFINE_integer("min_size", 0, "Drop tumour components under this many pixe
 flags.DEFINE_enum(
     "save_probabilities", None, ["png", "npy"], "Also write the probability maps in this format."
 )
+flags.DEFINE_bool(
+    "skip_unreadable",
+    False,
+    "Predict the readable inputs when some cannot be read; list the skipped ones at the end and "
+    "exit with status 1.",
+)
 flags.mark_flags_as_required(["workdir", "inputs", "output_dir"])
 
 
@@ -60,15 +68,26 @@ def main(argv):
         keep_largest=FLAGS.keep_largest,
         min_size=FLAGS.min_size,
     )
-    written = inference.predict_files(
-        FLAGS.workdir,
-        FLAGS.inputs,
-        FLAGS.output_dir,
-        which=FLAGS.which,
-        batch_size=FLAGS.batch_size,
-        settings=settings,
-        save_probabilities=FLAGS.save_probabilities,
-    )
+    try:
+        written = inference.predict_files(
+            FLAGS.workdir,
+            FLAGS.inputs,
+            FLAGS.output_dir,
+            which=FLAGS.which,
+            batch_size=FLAGS.batch_size,
+            settings=settings,
+            save_probabilities=FLAGS.save_probabilities,
+            skip_unreadable=FLAGS.skip_unreadable,
+        )
+    except inference.UnreadableInputsError as e:
+        _report_written(e.written)
+        sys.exit(f"Error: {e}")
+    _report_written(written)
+
+
+def _report_written(written: list[str]) -> None:
+    if not written:
+        return
     per_input = 3 if FLAGS.save_probabilities else 2
     count = len(written) // per_input
     maps = f" and {count} probability maps" if FLAGS.save_probabilities else ""

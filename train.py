@@ -5,7 +5,12 @@
         --config.data.source=folder --config.data.data_dir=/data/brain_tumor --config.dtype=bfloat16
 
 Multi-host: start one process per host with ``--coordinator_address=HOST:PORT
---num_processes=N --process_id=I`` (or let a SLURM/Open MPI environment provide them).
+--num_processes=N --process_id=I`` (or let a SLURM/Open MPI environment provide them). If a
+process dies, the others stop with an error naming it after ``--heartbeat_timeout_s``.
+
+Running again in a workdir resumes it. A resumed run refuses a changed config (it prints the
+changed fields) unless the change is safe (e.g. a higher ``num_epochs`` extends the run) or
+``--allow_config_change`` is given; a second run on a workdir in use stops at once.
 """
 
 import os
@@ -24,6 +29,18 @@ flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and plots.
 flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host runs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
 flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
+flags.DEFINE_integer(
+    "heartbeat_timeout_s",
+    distributed.DEFAULT_HEARTBEAT_TIMEOUT_S,
+    "Multi-host runs: seconds without a heartbeat after which a process counts as dead and the "
+    "others stop with an error naming it.",
+)
+flags.DEFINE_bool(
+    "allow_config_change",
+    False,
+    "Resume a workdir whose checkpoints were trained with another config (the change is "
+    "recorded in config_history.jsonl).",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -32,7 +49,12 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     quiet_library_logs()
-    distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
+    distributed.initialize(
+        FLAGS.coordinator_address,
+        FLAGS.num_processes,
+        FLAGS.process_id,
+        heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
+    )
 
     import jax
 
@@ -41,7 +63,9 @@ def main(argv):
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
     logging.info("JAX devices: %s", jax.devices())
-    result = train_lib.train_and_evaluate(FLAGS.config, FLAGS.workdir)
+    result = train_lib.train_and_evaluate(
+        FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
+    )
     if jax.process_index() == 0:
         summary = ", ".join(f"{k}={result[k]:.4f}" for k in ("miou", "dice", "hd95_mm", "loss"))
         print(f"Validation (best checkpoint, step {result['step']}): {summary}")

@@ -7,7 +7,10 @@ Layout written by training::
     <workdir>/best/            the one save with the highest validation mIoU
 
 Each save holds the whole `TrainState` (``state``) and a small JSON (``meta``: the metric history
-and the best mIoU so far), so a run resumes exactly. Inference restores only ``params``,
+and the best mIoU so far, NaN written as ``null``), so a run resumes exactly. Orbax writes a save
+into ``<step>.orbax-checkpoint-tmp-*`` and renames it when complete; such folders, left by a killed
+run, are never restored (Orbax skips them by name) and are deleted when the next run opens the
+workdir. Inference restores only ``params``,
 ``batch_stats`` and ``step`` of a save, on the default device, whatever the device layout of
 training was.
 """
@@ -26,6 +29,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 
+from bts_jax import evaluation
 from bts_jax.models import build_model
 from bts_jax.state import TrainState, model_variable_shapes
 
@@ -38,6 +42,9 @@ CHECKPOINT_CHOICES = ("best", "latest")
 def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
     """Writes ``config`` as ``<workdir>/config.json`` (sorted keys, tuples as lists).
 
+    The file is written whole under another name and renamed, so a run killed mid-write leaves
+    the previous config, never half of one.
+
     Args:
       config: the run's config.
       workdir: the run's directory (must exist).
@@ -46,8 +53,10 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
       The written path.
     """
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
-    with open(path, "w") as f:
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
         f.write(config.to_json_best_effort(indent=2, sort_keys=True))
+    os.replace(tmp, path)
     return path
 
 
@@ -102,13 +111,17 @@ def checkpoint_managers(
     latest = ocp.CheckpointManager(
         os.path.join(root, LATEST_DIR),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.checkpoint.max_to_keep, create=True
+            max_to_keep=config.checkpoint.max_to_keep, create=True, cleanup_tmp_directories=True
         ),
     )
     best = ocp.CheckpointManager(
         os.path.join(root, BEST_DIR),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1, best_fn=lambda m: m["val_miou"], best_mode="max", create=True
+            max_to_keep=1,
+            best_fn=lambda m: m["val_miou"],
+            best_mode="max",
+            create=True,
+            cleanup_tmp_directories=True,
         ),
     )
     return latest, best
@@ -123,6 +136,10 @@ def save_checkpoint(
 ) -> None:
     """Saves (asynchronously) the train state and its JSON metadata at ``step``.
 
+    Orbax saves nothing for a step at or before the manager's latest one: a run resumed from an
+    earlier save recomputes the very same state, and its best save may have been completed before
+    a kill.
+
     Args:
       manager: one of `checkpoint_managers`.
       step: the step number of the save.
@@ -130,6 +147,8 @@ def save_checkpoint(
       meta: JSON-serialisable run metadata (history, best mIoU).
       step_metrics: metrics the manager ranks saves by (``val_miou`` for the best manager).
     """
+    # Orbax's JSON writer would write NaN, which strict JSON parsers reject.
+    meta = json.loads(evaluation.json_dumps(meta))
     manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
@@ -163,6 +182,20 @@ def restore_checkpoint(
         ),
     )
     return restored["state"], restored["meta"]
+
+
+def latest_saved_step(workdir: str | os.PathLike) -> int | None:
+    """The step of a workdir's latest complete save in ``checkpoints/`` (None if it has none).
+
+    Reads the folder only (creates, deletes and compiles nothing), so it can run before set-up.
+
+    Args:
+      workdir: the run's directory.
+
+    Returns:
+      The step, or None.
+    """
+    return _latest_step(os.path.join(os.path.abspath(os.fspath(workdir)), LATEST_DIR))
 
 
 def _latest_step(directory: str) -> int | None:

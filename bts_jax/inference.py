@@ -450,6 +450,49 @@ def _write_settings(
     return path
 
 
+class UnreadableInputsError(ValueError):
+    """Prediction inputs that cannot be read as images.
+
+    Attributes:
+      unreadable: path -> reason (the file and why, without library internals).
+      written: the paths written for the other inputs (empty when nothing was predicted).
+    """
+
+    def __init__(self, unreadable: dict[str, str], total: int, written: list[str]):
+        self.unreadable = dict(unreadable)
+        self.written = list(written)
+        outcome = (
+            f"skipped; the other {total - len(unreadable)} were predicted"
+            if written
+            else "nothing was predicted (--skip_unreadable predicts the others)"
+        )
+        super().__init__(
+            f"Cannot read {len(unreadable)} of {total} input(s), {outcome}:\n  "
+            + "\n  ".join(f"{path}: {reason}" for path, reason in unreadable.items())
+        )
+
+
+def unreadable_inputs(paths: Sequence[str]) -> dict[str, str]:
+    """Decodes every file as prediction will and returns those that fail, with the reason.
+
+    Args:
+      paths: image files.
+
+    Returns:
+      path -> reason (e.g. ``"Invalid PNG data, size 300"``), in input order; empty when all read.
+    """
+    unreadable = {}
+    for path in paths:
+        try:
+            data_lib.read_image_file(path)
+        except FileNotFoundError:
+            unreadable[path] = "file not found"
+        except ValueError as e:
+            # read_image_file says "Cannot decode image file <path>: <reason>"; keep the reason.
+            unreadable[path] = str(e).removeprefix(f"Cannot decode image file {path}: ")
+    return unreadable
+
+
 def predict_files(
     workdir: str | os.PathLike | Sequence[str | os.PathLike],
     inputs: str | os.PathLike | Sequence[str | os.PathLike],
@@ -459,6 +502,7 @@ def predict_files(
     batch_size: int = 8,
     settings: PredictionSettings | None = None,
     save_probabilities: str | None = None,
+    skip_unreadable: bool = False,
 ) -> list[str]:
     """Predicts tumour masks for image files and writes them as PNGs at each input's size.
 
@@ -474,8 +518,10 @@ def predict_files(
     `PredictionSettings` and the shared preprocessing.
 
     Fails fast: every input is decoded before the model is loaded, and if any cannot be read
-    nothing is predicted or written; the error lists the failing files. Files are then decoded
-    again chunk by chunk, so a folder of thousands of images is never held in memory at once.
+    nothing is predicted or written; the error lists the failing files with the reason. With
+    ``skip_unreadable``, the readable inputs are predicted and written, and the error comes at the
+    end, listing the skipped files. Files are then decoded again chunk by chunk, so a folder of
+    thousands of images is never held in memory at once.
 
     Args:
       workdir: a directory written by ``train.py``, or a list of them: an ensemble, whose
@@ -487,6 +533,7 @@ def predict_files(
       batch_size: images per forward pass.
       settings: TTA, threshold and post-processing (default: none of them, threshold 0.5).
       save_probabilities: None, "png" or "npy".
+      skip_unreadable: predict the readable inputs even if some cannot be read.
 
     Returns:
       The per-image paths written, in input order: mask, overlay (and probabilities) of each
@@ -494,8 +541,10 @@ def predict_files(
 
     Raises:
       FileNotFoundError: a missing input, workdir or checkpoint (the message names it).
-      ValueError: an empty folder, two inputs with the same stem, unreadable files (named), or
-        workdirs that cannot be ensembled (the differing setting is named).
+      UnreadableInputsError: inputs that cannot be read (named, with the reason); with
+        ``skip_unreadable`` raised after the others are written (its ``written`` lists them).
+      ValueError: an empty folder, two inputs with the same stem, or workdirs that cannot be
+        ensembled (the differing setting is named).
     """
     settings = settings or PredictionSettings()
     if save_probabilities not in (None, *PROBABILITY_FORMATS):
@@ -506,17 +555,10 @@ def predict_files(
     workdirs = [workdir] if isinstance(workdir, str | os.PathLike) else list(workdir)
     workdirs = [os.fspath(w) for w in workdirs]
     paths = _list_inputs(inputs)
-    errors = []
-    for path in paths:
-        try:
-            data_lib.read_image_file(path)
-        except (ValueError, FileNotFoundError) as e:
-            errors.append(str(e))
-    if errors:
-        raise ValueError(
-            f"Cannot read {len(errors)} of {len(paths)} input(s); nothing was predicted:\n  "
-            + "\n  ".join(errors)
-        )
+    unreadable = unreadable_inputs(paths)
+    if unreadable and not skip_unreadable:
+        raise UnreadableInputsError(unreadable, len(paths), written=[])
+    paths = [path for path in paths if path not in unreadable]
     config, members = load_members(workdirs, which)
     num_classes = int(config.model.num_classes)
     if num_classes > 1 and settings.threshold != 0.5:
@@ -542,4 +584,6 @@ def predict_files(
             if save_probabilities:
                 written.append(save_probability_map(probs, f"{stem}_prob", save_probabilities))
     _write_settings(output_dir, workdirs, which, config, settings, save_probabilities)
+    if unreadable:
+        raise UnreadableInputsError(unreadable, len(paths) + len(unreadable), written=written)
     return written

@@ -30,7 +30,7 @@ import jax
 import ml_collections
 from absl import logging
 
-from bts_jax import checkpointing, report
+from bts_jax import checkpointing, report, run_guard
 from bts_jax.state import make_mesh
 
 SWEEP_FILE = report.SWEEP_FILE
@@ -298,28 +298,6 @@ def cell_config(
     return config
 
 
-def _json_round_trip(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    return json.loads(config.to_json_best_effort(sort_keys=True))
-
-
-def config_differences(saved: Mapping[str, Any], wanted: Mapping[str, Any]) -> list[str]:
-    """Readable differences between two configs as saved in ``config.json``.
-
-    Args:
-      saved: the config a cell was trained with (JSON form).
-      wanted: the config the sweep now asks for (JSON form).
-
-    Returns:
-      One ``"field: old -> new"`` line per differing field (missing fields shown as <absent>).
-    """
-    a, b = flatten(saved), flatten(wanted)
-    lines = []
-    for key in sorted(set(a) | set(b)):
-        if a.get(key, "<absent>") != b.get(key, "<absent>"):
-            lines.append(f"{key}: {a.get(key, '<absent>')!r} -> {b.get(key, '<absent>')!r}")
-    return lines
-
-
 def check_unchanged(cells: Sequence[Cell], configs: Mapping[str, ml_collections.ConfigDict]):
     """Refuses to continue a sweep whose definition changed under cells already started.
 
@@ -331,12 +309,11 @@ def check_unchanged(cells: Sequence[Cell], configs: Mapping[str, ml_collections.
       ValueError: naming the first cell whose saved ``config.json`` differs, and how.
     """
     for cell in cells:
-        path = os.path.join(cell.workdir, checkpointing.CONFIG_FILE)
-        if not os.path.isfile(path):
+        saved = run_guard.read_saved_config(cell.workdir)
+        if saved is None:
             continue
-        with open(path) as f:
-            saved = json.load(f)
-        diff = config_differences(saved, _json_round_trip(configs[cell.name]))
+        changes = run_guard.diff_configs(saved, run_guard.flatten_config(configs[cell.name]))
+        diff = [f"{c.field}: {c.old!r} -> {c.new!r}" for c in changes]
         if diff:
             raise ValueError(
                 f"The sweep definition changed under its existing cell {cell.name} "

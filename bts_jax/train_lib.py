@@ -23,7 +23,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from bts_jax import checkpointing, evaluation, figures, plots
+from bts_jax import checkpointing, evaluation, figures, plots, run_guard
 from bts_jax import data as data_lib
 from bts_jax.config_checks import validate_config
 from bts_jax.models import build_model, count_params
@@ -264,6 +264,29 @@ def _restore_or_init(config, run: RunSetup, latest) -> tuple[TrainState, dict[st
     return state, meta
 
 
+def _log_schedule_change(
+    config: ml_collections.ConfigDict,
+    run: RunSetup,
+    checkpoint_step: int | None,
+    changes: list[run_guard.ConfigChange],
+) -> None:
+    # A raised num_epochs rebuilds the schedule for the new total: say what that does to the rate.
+    for change in changes:
+        if change.field == "num_epochs" and checkpoint_step is not None:
+            old_total = run.steps_per_epoch * int(change.old)
+            old = create_learning_rate_schedule(config.optimizer, run.steps_per_epoch, old_total)
+            logging.warning(
+                "num_epochs %s -> %s: the learning-rate schedule is rebuilt for %d steps; at the "
+                "resume step %d the rate goes from %.4g (old schedule) to %.4g.",
+                change.old,
+                change.new,
+                run.total_steps,
+                checkpoint_step,
+                float(old(checkpoint_step)),
+                float(run.schedule(checkpoint_step)),
+            )
+
+
 def _epoch_row(
     step: int, run: RunSetup, batch_size: int, epoch_metrics: list[dict], elapsed: float
 ) -> dict[str, float]:
@@ -285,10 +308,16 @@ def train_and_evaluate(
     pipeline: data_lib.InputPipeline | None = None,
     writer: MetricLogger | None = None,
     show_progress: bool = True,
+    allow_config_change: bool = False,
 ) -> dict[str, float]:
     """Trains ``config`` in ``workdir``, resuming from its latest checkpoint, then evaluates.
 
-    Writes to ``workdir``: ``config.json``, ``data_split.json``, ``checkpoints/`` (latest N) and
+    Before anything is built or compiled, the workdir is checked (`bts_jax.run_guard`): it must be
+    writable, no other live run may hold its lock, and a workdir with checkpoints must have been
+    trained with the same config, apart from `bts_jax.run_guard.SAFE_CHANGES`.
+
+    Writes to ``workdir``: ``config.json``, ``config_history.jsonl`` (every config the run has
+    used, with the step it took effect), ``data_split.json``, ``checkpoints/`` (latest N) and
     ``best/`` (best validation mIoU), ``metrics.jsonl``, ``metrics.csv``, ``tensorboard/``,
     ``loss.png`` and ``miou.png``; at the end, for the best checkpoint, ``eval_<split>.json`` and
     ``per_image_<split>.csv`` of the validation split (and of the test split when the config has
@@ -303,6 +332,8 @@ def train_and_evaluate(
       writer: the metric logger; default a `MetricLogger` in ``workdir``.
       show_progress: draw a progress bar on process 0 (a sweep running cells side by side
         draws its own).
+      allow_config_change: resume a workdir whose config differs in fields outside
+        `bts_jax.run_guard.SAFE_CHANGES` (``train.py --allow_config_change``).
 
     Returns:
       The full validation metrics of the best checkpoint.
@@ -310,12 +341,46 @@ def train_and_evaluate(
     Raises:
       NonFiniteLossError: when the loss becomes NaN or Inf.
       ValueError: for an invalid config, naming the setting.
+      bts_jax.run_guard.WorkdirNotWritableError: the workdir cannot be written (path, reason).
+      bts_jax.run_guard.WorkdirLockedError: another run uses the workdir (names its process).
+      bts_jax.run_guard.ConfigChangedError: the config differs from the checkpoints' (a diff).
     """
+    workdir = run_guard.prepare_workdir(workdir)
+    with run_guard.WorkdirLock(workdir, jax.process_index()):
+        checkpoint_step = checkpointing.latest_saved_step(workdir)
+        changes = run_guard.check_config(
+            config, workdir, checkpoint_step, allow_change=allow_config_change
+        )
+        return _train_and_evaluate(
+            config,
+            workdir,
+            mesh=mesh,
+            pipeline=pipeline,
+            writer=writer,
+            show_progress=show_progress,
+            checkpoint_step=checkpoint_step,
+            changes=changes,
+        )
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    mesh: Mesh | None,
+    pipeline: data_lib.InputPipeline | None,
+    writer: MetricLogger | None,
+    show_progress: bool,
+    checkpoint_step: int | None,
+    changes: list[run_guard.ConfigChange],
+) -> dict[str, float]:
+    """`train_and_evaluate` in a checked, locked workdir (the guards' findings passed on)."""
     run = setup_run(config, mesh)
     is_main = jax.process_index() == 0
     pipeline = pipeline or make_input_pipeline(config)
-    os.makedirs(workdir, exist_ok=True)
     if is_main:
+        _log_schedule_change(config, run, checkpoint_step, changes)
+        run_guard.record_config(config, workdir, checkpoint_step, changes)
         checkpointing.save_config(config, workdir)
         data_lib.write_split_file(config, workdir)
 
@@ -389,13 +454,16 @@ def train_and_evaluate(
                 "history": writer.history,
                 "best_miou": None if best_miou == -math.inf else best_miou,
             }
-            if "checkpoint" in events:
-                checkpointing.save_checkpoint(latest, step, state, saved_meta)
-                checkpoint_step = step
             if improved:
                 checkpointing.save_checkpoint(
                     best, step, state, saved_meta, {"val_miou": best_miou}
                 )
+            if "checkpoint" in events:
+                # A latest save whose meta names a best mIoU must never outlive the best save it
+                # names: a kill between the two would leave best/ without the selected model.
+                best.wait_until_finished()
+                checkpointing.save_checkpoint(latest, step, state, saved_meta)
+                checkpoint_step = step
     finally:
         latest.wait_until_finished()
         best.wait_until_finished()

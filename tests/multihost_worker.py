@@ -1,11 +1,14 @@
 """One process of the two-process test: 2 CPU devices, jax.distributed over 127.0.0.1.
 
-Usage: python tests/multihost_worker.py PORT PROCESS_ID OUTPUT_DIR
+Usage: python tests/multihost_worker.py PORT PROCESS_ID OUTPUT_DIR [DIE_AFTER_STEPS]
 Trains two steps of the tiny config on this host's shard of the global batches, then evaluates.
+With DIE_AFTER_STEPS, process 1 kills itself (SIGKILL) after that many steps and process 0 trains
+on, to show how a run ends when a peer is lost (a 5 s heartbeat timeout keeps the test short).
 """
 
 import json
 import os
+import signal
 import sys
 
 import jax
@@ -16,8 +19,15 @@ jax.config.update("jax_platforms", "cpu")
 from bts_jax import distributed  # noqa: E402
 
 
-def main(port: str, process_id: str, out_dir: str) -> None:
-    distributed.initialize(f"127.0.0.1:{port}", 2, int(process_id))
+def main(port: str, process_id: str, out_dir: str, die_after_steps: str = "") -> None:
+    die_after = int(die_after_steps) if die_after_steps else None
+    distributed.initialize(
+        f"127.0.0.1:{port}",
+        2,
+        int(process_id),
+        heartbeat_timeout_s=5 if die_after else 60,
+        shutdown_timeout_s=10 if die_after else 120,
+    )
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
 
     import numpy as np
@@ -31,10 +41,14 @@ def main(port: str, process_id: str, out_dir: str) -> None:
     run = train_lib.setup_run(config, mesh)
     state = create_train_state(config, run.model, run.optimizer, mesh)
     pipeline = train_lib.make_input_pipeline(config)
+    steps = 2 if die_after is None else 1000
     for i, batch in enumerate(pipeline.train_batches(start_step=0)):
-        if i == 2:
+        if i == steps:
             break
+        if die_after is not None and i == die_after and jax.process_index() == 1:
+            os.kill(os.getpid(), signal.SIGKILL)
         state, _ = run.train_fn(state, make_global_batch(batch, mesh))
+        jax.block_until_ready(state)
     # Replicated: every host holds a full copy in its first local shard.
     params = jax.tree_util.tree_map(lambda x: np.asarray(x.addressable_data(0)), state.params)
     flat = {

@@ -1,5 +1,6 @@
 """The one rule for which checkpoint of a workdir is used, and config.json round trips."""
 
+import json
 import logging
 
 import jax.numpy as jnp
@@ -73,3 +74,42 @@ def test_config_round_trip_restores_tuples(tmp_path):
     loaded = checkpointing.load_config(tmp_path)
     assert loaded.model.features == (4, 8)
     assert loaded.checkpoint.max_to_keep == 2
+
+
+def test_meta_with_nan_is_saved_as_strict_json(tmp_path):
+    latest, _ = checkpointing.checkpoint_managers(tmp_path, _config())
+    meta = {"history": [{"epoch": 1, "val_loss": float("nan")}], "best_miou": None}
+    checkpointing.save_checkpoint(latest, 2, _state(2), meta)
+    latest.close()
+    with open(tmp_path / "checkpoints" / "2" / "meta" / "metadata") as f:
+        saved = json.loads(f.read(), parse_constant=lambda c: pytest.fail(f"{c} in the meta"))
+    assert saved["history"][0]["val_loss"] is None
+
+
+def test_a_step_already_saved_is_not_saved_again(tmp_path):
+    """A run resumed before a save it had completed (e.g. best/) recomputes that step: Orbax
+    skips it, which the kill safety of train_and_evaluate relies on."""
+    _save(tmp_path, [], best_step=4)
+    _, best = checkpointing.checkpoint_managers(tmp_path, _config())
+    checkpointing.save_checkpoint(best, 4, _state(4), {"history": []}, {"val_miou": 0.5})
+    best.close()
+    assert checkpointing.resolve_checkpoint(tmp_path, "best") == (str(tmp_path / "best"), 4)
+
+
+def test_temporary_folders_of_a_killed_save_are_never_restored_and_then_deleted(tmp_path):
+    _save(tmp_path, [2])
+    # What a run killed while writing step 4 leaves: Orbax's temporary folder, half written.
+    leftover = tmp_path / "checkpoints" / "4.orbax-checkpoint-tmp"
+    leftover.mkdir()
+    (leftover / "half_written").write_bytes(b"\0")
+    assert checkpointing.latest_saved_step(tmp_path) == 2
+    assert checkpointing.resolve_checkpoint(tmp_path, "latest")[1] == 2
+    latest, best = checkpointing.checkpoint_managers(tmp_path, _config())
+    latest.close()
+    best.close()
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["2"]
+
+
+def test_latest_saved_step_of_a_new_workdir_is_none(tmp_path):
+    assert checkpointing.latest_saved_step(tmp_path / "new") is None
+    assert not (tmp_path / "new").exists()

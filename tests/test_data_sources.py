@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from bts_jax.data import SAMPLE_DIR, get_examples, load_grayscale
+from bts_jax.data import SAMPLE_DIR, get_examples, load_grayscale, sources
 from bts_jax.data.sources import list_folder, validate_examples
 from configs import test as test_config
 
@@ -194,3 +194,29 @@ def test_tfds_builder_round_trip(tmp_path):
             np.testing.assert_array_equal(a[key], b[key])
     with pytest.raises(FileNotFoundError, match="Prepare it first"):
         tfds_builder.read_examples(str(tmp_path / "empty"))
+
+
+def test_ids_missing_from_metadata_are_warned_with_count_and_first_ids(tmp_path):
+    make_folder(tmp_path, ids=("1", "2", "10", "11"), labels=[1, 2, 3, 1])
+    with open(tmp_path / "metadata.csv") as f:
+        rows = f.read().splitlines()
+    (tmp_path / "metadata.csv").write_text("\n".join(rows[:3]) + "\n")  # rows of ids 1 and 2
+    with pytest.warns(UserWarning) as record:
+        examples = list_folder(str(tmp_path))
+    message = str(record[0].message)
+    assert "has no row for 2 of 4 image(s) (first ids: ['10', '11'])" in message
+    assert "treat 'unknown' as a type of its own" in message
+    assert [e.label for e in examples] == [1, 2, 0, 0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        make_folder(tmp_path / "complete", labels=[1, 2, 3])
+        list_folder(str(tmp_path / "complete"))  # Every id listed: no warning.
+
+
+def test_all_zero_masks_are_counted_in_the_folder_summary(tmp_path):
+    make_folder(tmp_path, ids=("1", "2", "3"))
+    Image.fromarray(np.zeros((20, 24), np.uint8)).save(tmp_path / "masks" / "2.png")
+    with pytest.warns(UserWarning, match=r"Checked 3 pairs: 1 all-zero \(tumour-free\) mask"):
+        summary = validate_examples(list_folder(str(tmp_path)), strict_masks=True)
+    assert summary == sources.FolderSummary(3, empty_masks=("2",), non_binary_masks=())
+    assert "(ids ['2'])" in summary.describe()

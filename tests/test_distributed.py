@@ -36,3 +36,19 @@ def test_single_process_needs_no_initialisation(monkeypatch):
 def test_partial_or_inconsistent_flags_are_rejected(args, message):
     with pytest.raises(ValueError, match=message):
         distributed.initialize(*args)
+
+
+def test_timeouts_are_passed_to_jax_explicitly(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(distributed, "_use_gloo_on_cpu", lambda: None)
+    assert distributed.initialize("127.0.0.1:1234", 2, 1, heartbeat_timeout_s=7)
+    assert calls == [
+        {
+            "initialization_timeout": distributed.DEFAULT_INITIALIZATION_TIMEOUT_S,
+            "heartbeat_timeout_seconds": 7,
+            "shutdown_timeout_seconds": distributed.DEFAULT_SHUTDOWN_TIMEOUT_S,
+        }
+    ]
+    with pytest.raises(ValueError, match="--heartbeat_timeout_s=0 must be >= 1 second"):
+        distributed.initialize("127.0.0.1:1234", 2, 1, heartbeat_timeout_s=0)

@@ -327,3 +327,74 @@ def test_compare_script(scripts):
     assert f"Wrote {out / 'compare.png'}" in output
     with Image.open(out / "compare.png") as figure:
         assert figure.size == (1000, 500)
+
+
+# ----------------------------------------------------------------------------- unreadable inputs
+
+
+def _inputs_with_broken_files(tmp_path):
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    shutil.copy(_first_sample(), inputs / "good.png")
+    (inputs / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with open(_first_sample(), "rb") as f:
+        (inputs / "truncated.png").write_bytes(f.read()[:300])
+    (inputs / "text.jpg").write_text("hello")
+    return inputs
+
+
+def test_unreadable_inputs_are_named_with_the_reason_only(tmp_path):
+    inputs = _inputs_with_broken_files(tmp_path)
+    found = inference.unreadable_inputs(sorted(str(p) for p in inputs.iterdir()))
+    assert found == {
+        str(inputs / "bad.png"): "Invalid PNG. Failed to initialize decoder.",
+        str(inputs / "text.jpg"): (
+            "Unknown image file format. One of JPEG, JPEG XL, PNG, GIF, BMP, WebP required."
+        ),
+        str(inputs / "truncated.png"): "Invalid PNG data, size 300",
+    }
+
+
+def test_one_unreadable_file_fails_fast_or_is_skipped_on_request(workdir, tmp_path):
+    inputs = _inputs_with_broken_files(tmp_path)
+    out = tmp_path / "out"
+    with pytest.raises(inference.UnreadableInputsError) as error:
+        inference.predict_files(workdir, inputs, out)
+    message = str(error.value)
+    assert f"{inputs / 'truncated.png'}: Invalid PNG data, size 300" in message
+    assert "function_node" not in message and "[Op:" not in message
+    assert "Cannot read 3 of 4 input(s), nothing was predicted" in message
+    assert not out.exists() and error.value.written == []
+
+    with pytest.raises(inference.UnreadableInputsError) as error:
+        inference.predict_files(workdir, inputs, out, skip_unreadable=True)
+    assert "Cannot read 3 of 4 input(s), skipped; the other 1 were predicted" in str(error.value)
+    assert sorted(error.value.unreadable) == sorted(
+        str(inputs / name) for name in ("bad.png", "text.jpg", "truncated.png")
+    )
+    assert error.value.written == [str(out / "good_mask.png"), str(out / "good_overlay.png")]
+    assert sorted(os.listdir(out)) == ["good_mask.png", "good_overlay.png"]
+
+
+@pytest.mark.slow
+def test_predict_script_skip_unreadable_lists_the_skipped_files_and_fails(workdir, tmp_path):
+    inputs = _inputs_with_broken_files(tmp_path)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            f"--workdir={workdir}",
+            f"--inputs={inputs}",
+            f"--output_dir={tmp_path / 'out'}",
+            "--skip_unreadable",
+        ],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert f"Wrote 1 masks and 1 overlays to {tmp_path / 'out'}" in done.stdout
+    assert f"{inputs / 'bad.png'}: Invalid PNG. Failed to initialize decoder." in done.stderr
+    assert "Traceback" not in done.stderr and "function_node" not in done.stderr

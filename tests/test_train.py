@@ -2,9 +2,12 @@
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import chex
 import jax
@@ -13,7 +16,7 @@ import numpy as np
 import optax
 import pytest
 
-from bts_jax import checkpointing, evaluation, steps, train_lib
+from bts_jax import checkpointing, evaluation, run_guard, steps, train_lib
 from bts_jax import data as data_lib
 from bts_jax import state as state_lib
 from configs import test as test_config
@@ -415,7 +418,8 @@ def test_train_py_end_to_end_and_flag_errors(tmp_path):
             "--config",
             "configs/test.py",
             "--workdir",
-            str(workdir),
+            # A new workdir: in the trained one the config guard would refuse the change first.
+            str(tmp_path / "bad"),
             "--config.model.upsample=nearest",
         ],
         cwd=REPO,
@@ -488,3 +492,212 @@ def test_run_reports_the_selected_checkpoint_on_the_held_out_test_split(tmp_path
     assert rows[0] == ",".join(evaluation.PER_IMAGE_COLUMNS)
     assert sorted(row.split(",")[0] for row in rows[1:]) == sorted(split["test"])
     assert all(row.split(",")[1] in data_lib.TUMOUR_TYPES[1:] for row in rows[1:])
+
+
+# ----------------------------------------------------------------------------- workdir guards
+
+
+def _fail_if_set_up(*args, **kwargs):
+    raise AssertionError("the run was set up (and would compile) before the guard refused it")
+
+
+def _copy_workdir(source, tmp_path):
+    target = str(tmp_path / "copy")
+    shutil.copytree(source, target)
+    return target
+
+
+@pytest.mark.parametrize(
+    "overrides,diff",
+    [
+        ({"optimizer.learning_rate": 1e-3}, "optimizer.learning_rate: 0.0001 -> 0.001"),
+        ({"model.eca_in": "encoder"}, "model.eca_in: 'encoder,bottleneck,decoder' -> 'encoder'"),
+    ],
+)
+def test_resuming_with_another_config_is_refused_before_set_up(
+    uninterrupted, tmp_path, monkeypatch, overrides, diff
+):
+    config, reference_dir, _ = uninterrupted
+    workdir = _copy_workdir(reference_dir, tmp_path)
+    saved = read_text(workdir, "config.json")
+    monkeypatch.setattr(train_lib, "setup_run", _fail_if_set_up)
+    changed = tiny_config(num_epochs=2, **{"checkpoint.every_steps": 2, **overrides})
+    with pytest.raises(run_guard.ConfigChangedError, match="latest step 12") as raised:
+        train_lib.train_and_evaluate(changed, workdir)
+    assert diff in str(raised.value)
+    assert read_text(workdir, "config.json") == saved
+
+
+def test_allowed_config_change_resumes_and_is_recorded_with_its_step(uninterrupted, tmp_path):
+    config, reference_dir, _ = uninterrupted
+    workdir = _copy_workdir(reference_dir, tmp_path)
+    changed = tiny_config(num_epochs=2, **{"checkpoint.every_steps": 2})
+    changed.optimizer.learning_rate = 1e-3
+    # The run is finished: only the final evaluation runs again, now under the new config.
+    result = train_lib.train_and_evaluate(changed, workdir, allow_config_change=True)
+    assert result["step"] == json.loads(read_text(reference_dir, "eval_validation.json"))["step"]
+    history = run_guard.read_config_history(workdir)
+    assert [(row["step"], row["changed"]) for row in history] == [
+        (0, []),
+        (12, ["optimizer.learning_rate"]),
+    ]
+    assert json.loads(read_text(workdir, "config.json"))["optimizer"]["learning_rate"] == 1e-3
+
+
+@pytest.mark.slow
+def test_raising_num_epochs_extends_a_run_with_the_schedule_rebuilt(tmp_path, caplog):
+    """A finished cosine run is extended: the rate jumps from 0 back up to the new curve's value."""
+    config = tiny_config(**{"optimizer.schedule": "cosine"})
+    workdir = str(tmp_path / "extended")
+    mesh = state_lib.make_mesh(jax.devices()[:1])
+    train_lib.train_and_evaluate(config, workdir, mesh=mesh)
+    first, _ = _final_params(config, workdir)
+    config.num_epochs = 2
+    with caplog.at_level("WARNING"):
+        train_lib.train_and_evaluate(config, workdir, mesh=mesh)
+    lr = config.optimizer.learning_rate
+    # cosine over 12 steps at step 6: lr * (1 + cos(pi / 2)) / 2.
+    jump = f"at the resume step 6 the rate goes from 0 (old schedule) to {lr / 2:.4g}"
+    assert jump in caplog.text
+    extended, meta = _final_params(config, workdir)
+    assert int(extended.step) == 12 and [row["epoch"] for row in meta["history"]] == [1, 2]
+    # Under the old schedule (rate 0 after step 6) epoch 2 would not move the parameters.
+    before, after = jax.device_get(first.params), jax.device_get(extended.params)
+    moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), before, after)
+    assert all(jax.tree_util.tree_leaves(moved))
+    history = run_guard.read_config_history(workdir)
+    assert [(row["step"], row["changed"]) for row in history] == [(0, []), (6, ["num_epochs"])]
+
+
+def test_second_run_on_a_workdir_in_use_stops_before_set_up(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_lib, "setup_run", _fail_if_set_up)
+    locked = pytest.raises(run_guard.WorkdirLockedError, match=f"process {os.getpid()} on host")
+    with run_guard.WorkdirLock(tmp_path), locked:
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path))
+
+
+def test_unwritable_workdir_fails_before_set_up_naming_the_path(tmp_path, monkeypatch):
+    monkeypatch.setattr(train_lib, "setup_run", _fail_if_set_up)
+    (tmp_path / "file").write_text("")
+    with pytest.raises(run_guard.WorkdirNotWritableError, match=f"{tmp_path}/file is a file"):
+        train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
+
+
+def _json_files(workdir):
+    for root, _, names in os.walk(workdir):
+        for name in names:
+            path = os.path.join(root, name)
+            # A save's meta (history, best mIoU) is JSON in <step>/meta/metadata.
+            if name.endswith((".json", ".jsonl")) or (
+                os.path.basename(root) == "meta" and name == "metadata"
+            ):
+                yield path
+
+
+def test_every_json_file_of_a_run_is_strict_json(uninterrupted):
+    _, workdir, _ = uninterrupted
+    checked = []
+    for path in _json_files(workdir):
+        with open(path) as f:
+            text = f.read()
+        lines = text.splitlines() if path.endswith(".jsonl") else [text]
+        for line in lines:
+            json.loads(line, parse_constant=lambda c, p=path: pytest.fail(f"{c} in {p}"))
+        checked.append(os.path.relpath(path, workdir))
+    for name in ("config.json", "config_history.jsonl", "data_split.json", "metrics.jsonl"):
+        assert name in checked
+    assert any(path.startswith("checkpoints/12/meta") for path in checked), checked
+
+
+# ----------------------------------------------------------------------------- kill safety
+
+
+def _kill_worker(workdir, point):
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "tests", "kill_worker.py"), workdir, point],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": REPO, "JAX_PLATFORMS": "cpu"},
+        capture_output=True,
+        text=True,
+        timeout=400,
+    )
+    return done
+
+
+def _temporary_saves(workdir):
+    return [
+        name
+        for folder in ("checkpoints", "best")
+        if os.path.isdir(os.path.join(workdir, folder))
+        for name in os.listdir(os.path.join(workdir, folder))
+        if "orbax-checkpoint-tmp" in name
+    ]
+
+
+@pytest.mark.slow
+def test_killed_at_any_moment_the_resumed_run_ends_like_the_uninterrupted_one(
+    uninterrupted, tmp_path
+):
+    config, reference_dir, _ = uninterrupted
+    workdir = str(tmp_path / "killed")
+    # Each run is killed with SIGKILL at its point, then the next one resumes the workdir.
+    for point in ("step:4", "checkpoint:8", "eval:1", "figures"):
+        done = _kill_worker(workdir, point)
+        assert done.returncode == -signal.SIGKILL, (point, done.stderr[-3000:])
+        if point == "checkpoint:8":
+            assert "tmp folder seen: True" in done.stdout
+            assert "8.orbax-checkpoint-tmp" in _temporary_saves(workdir)
+        else:
+            # The next run deleted the killed save's temporary folder instead of restoring it.
+            assert "8.orbax-checkpoint-tmp" not in _temporary_saves(workdir)
+    done = _kill_worker(workdir, "")
+    assert done.returncode == 0 and "finished" in done.stdout, done.stderr[-3000:]
+    assert _temporary_saves(workdir) == []
+
+    resumed, resumed_meta = _final_params(config, workdir)
+    reference, reference_meta = _final_params(config, reference_dir)
+    for part in ("params", "batch_stats", "opt_state"):
+        chex.assert_trees_all_equal(
+            jax.device_get(getattr(resumed, part)), jax.device_get(getattr(reference, part))
+        )
+    assert sorted(os.listdir(os.path.join(workdir, "best"))) == sorted(
+        os.listdir(os.path.join(reference_dir, "best"))
+    )
+    for name in ("eval_validation.json", "per_image_validation.csv"):
+        assert read_text(workdir, name) == read_text(reference_dir, name), name
+
+    def replayable(history):
+        # Train loss and speed are over the steps each process ran; the rest must be identical.
+        keys = ("epoch", "step", "learning_rate", "val_miou")
+        return [{k: row[k] for k in keys} for row in history]
+
+    assert replayable(resumed_meta["history"]) == replayable(reference_meta["history"])
+    assert sorted(os.listdir(os.path.join(workdir, "predictions"))) == sorted(
+        os.listdir(os.path.join(reference_dir, "predictions"))
+    )
+
+
+@pytest.mark.slow
+def test_a_lost_process_ends_the_other_with_an_error_naming_it(tmp_path):
+    """Process 1 is killed after its first step; process 0 must not hang in the next collective."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    worker = os.path.join(REPO, "tests", "multihost_worker.py")
+    procs = [
+        subprocess.Popen(
+            [sys.executable, worker, str(port), str(i), str(tmp_path), "1"],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    lost = procs[1].communicate(timeout=400)[0]
+    assert procs[1].returncode == -signal.SIGKILL, lost[-3000:]
+    died = time.monotonic()
+    # The worker's heartbeat timeout is 5 s: well within a minute, even on a loaded machine.
+    output = procs[0].communicate(timeout=120)[0]
+    assert time.monotonic() - died < 60
+    assert procs[0].returncode != 0
+    assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in output

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Mapping
 from typing import Any
 
@@ -318,8 +319,24 @@ def load_grayscale(path: str | os.PathLike) -> np.ndarray:
     try:
         image = decode_grayscale(tf.constant(data))
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as e:
-        raise ValueError(f"Cannot decode image file {path}: {e.message.splitlines()[0]}") from None
+        raise ValueError(f"Cannot decode image file {path}: {tf_error_reason(e.message)}") from None
     return image.numpy()
+
+
+def tf_error_reason(message: str) -> str:
+    """The reason in a TensorFlow op error, without TF's op and device names around it.
+
+    Args:
+      message: e.g. ``"{{function_node __wrapped__DecodeImage_device_/job:localhost/...}} Invalid
+        PNG data, size 300 [Op:DecodeImage] name: "``.
+
+    Returns:
+      The reason alone, e.g. ``"Invalid PNG data, size 300"``.
+    """
+    reason = message.splitlines()[0] if message else ""
+    reason = re.sub(r"\{\{function_node [^}]*\}\}\s*", "", reason)
+    reason = re.sub(r"\s*\[Op:[^\]]*\].*$", "", reason)
+    return reason.strip() or "not a decodable image"
 
 
 def as_grayscale(image: np.ndarray, index: int = 0) -> np.ndarray:

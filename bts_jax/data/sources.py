@@ -125,7 +125,8 @@ def list_folder(data_dir: str, setting: str = "config.data.data_dir") -> list[Ex
 
     Layout: ``images/<id>.<ext>``, ``masks/<id>.<ext>``, optional ``metadata.csv`` with
       ``id,label``.
-    Without ``metadata.csv`` (or for ids it does not list) the tumour type is unknown (0).
+    Without ``metadata.csv`` (or for ids it does not list) the tumour type is unknown (0); ids
+    missing from an existing ``metadata.csv`` are warned about (count and first ids).
 
     Args:
       data_dir: the folder.
@@ -160,15 +161,58 @@ def list_folder(data_dir: str, setting: str = "config.data.data_dir") -> list[Ex
             f"(ids {no_image[:10]})."
         )
     metadata_path = os.path.join(data_dir, "metadata.csv")
-    labels = read_metadata(metadata_path) if os.path.isfile(metadata_path) else {}
+    labels = {}
+    if os.path.isfile(metadata_path):
+        labels = read_metadata(metadata_path)
+        unlisted = [i for i in sorted(images, key=id_sort_key) if i not in labels]
+        if unlisted:
+            _warn(
+                f"{metadata_path} has no row for {len(unlisted)} of {len(images)} image(s) "
+                f"(first ids: {unlisted[:10]}): they train as tumour type 'unknown'. The blocked "
+                "and k-fold splits treat 'unknown' as a type of its own: its ids are cut into "
+                "their own train/validation/test blocks. Add their rows (label 1-3) to keep "
+                "them with their type."
+            )
     return [
         Example(id=i, label=labels.get(i, UNKNOWN_LABEL), image=images[i], mask=masks[i])
         for i in sorted(images, key=id_sort_key)
     ]
 
 
-def _check_pair(example: Example) -> tuple[str | None, str | None]:
-    """Returns (error, warning) for one pair: decodability, sizes, mask values."""
+def _warn(message: str) -> None:
+    logging.warning(message)
+    warnings.warn(message, stacklevel=3)
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderSummary:
+    """What `validate_examples` found in a folder whose every pair is usable.
+
+    Attributes:
+      num_pairs: the pairs checked.
+      empty_masks: ids whose mask is all zero (no tumour pixel), sorted.
+      non_binary_masks: ids whose mask holds values other than {0, 255}, sorted.
+    """
+
+    num_pairs: int
+    empty_masks: tuple[str, ...]
+    non_binary_masks: tuple[str, ...]
+
+    def describe(self) -> str:
+        """One line for the log, e.g. ``"Checked 60 pairs: 2 all-zero masks (ids [...])..."``."""
+
+        def count(ids: tuple[str, ...], what: str) -> str:
+            return f"{len(ids)} {what}" + (f" (ids {list(ids[:10])})" if ids else "")
+
+        return (
+            f"Checked {self.num_pairs} pairs: "
+            f"{count(self.empty_masks, 'all-zero (tumour-free) mask(s)')}, "
+            f"{count(self.non_binary_masks, 'non-binary mask(s)')}."
+        )
+
+
+def _check_pair(example: Example) -> tuple[str | None, str | None, bool]:
+    """Returns (error, warning, mask is all zero) for one pair: decoding, sizes, mask values."""
     sizes = []
     for path in (example.image, example.mask):
         try:
@@ -179,18 +223,20 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
                         f"{path} is a {im.mode!r} image; only 8-bit images are supported "
                         "(convert it to 8-bit grayscale).",
                         None,
+                        False,
                     )
                 sizes.append(im.size)
                 if path is example.mask:
                     mask = np.asarray(im if im.mode == "L" else im.convert("L"))
         except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as e:
-            return f"Cannot read {path}: {e}", None
+            return f"Cannot read {path}: {e}", None, False
     if sizes[0] != sizes[1]:
         return (
             f"Mask {example.mask} is {sizes[1][0]}x{sizes[1][1]} (WxH) but its image "
             f"{example.image} is "
             f"{sizes[0][0]}x{sizes[0][1]}.",
             None,
+            False,
         )
     values = np.unique(mask)
     if 0 < values.max() <= MASK_THRESHOLD:
@@ -199,27 +245,37 @@ def _check_pair(example: Example) -> tuple[str | None, str | None]:
             f"Mask {example.mask} has values {values[:8].tolist()}, all <= {MASK_THRESHOLD}: "
             f"binarised with > {MASK_THRESHOLD} -> tumour it would be empty. Save masks as 0/255.",
             None,
+            False,
         )
+    empty = bool(values.max() == 0)
     if not np.isin(values, (0, 255)).all():
         shown = values[:8].tolist()
-        return None, (
-            f"Mask {example.mask} is not binary {{0, 255}}: values {shown}"
-            f"{'...' if len(values) > 8 else ''}. "
-            f"It is binarised with > {MASK_THRESHOLD} -> tumour."
+        return (
+            None,
+            (
+                f"Mask {example.mask} is not binary {{0, 255}}: values {shown}"
+                f"{'...' if len(values) > 8 else ''}. "
+                f"It is binarised with > {MASK_THRESHOLD} -> tumour."
+            ),
+            empty,
         )
-    return None, None
+    return None, None, empty
 
 
-def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
-    """Checks every pair of a folder source before training.
+def validate_examples(examples: Sequence[Example], strict_masks: bool) -> FolderSummary:
+    """Checks every pair of a folder source before training, and logs a summary.
 
     Every file must decode (fully: truncated files are caught), each mask must have its image's
     size, and masks should hold only {0, 255}; otherwise a warning (``logging`` and ``warnings``),
-    or an error when ``strict_masks`` (``config.data.strict_masks``).
+    or an error when ``strict_masks`` (``config.data.strict_masks``). All-zero masks are valid
+    (tumour-free slices) but counted in the summary, a warning when there are any.
 
     Args:
       examples: pairs from `list_folder` (paths, not bytes).
       strict_masks: fail on non-binary masks instead of warning.
+
+    Returns:
+      The `FolderSummary`.
 
     Raises:
       ValueError: the first failing file, by name.
@@ -227,18 +283,28 @@ def validate_examples(examples: Sequence[Example], strict_masks: bool) -> None:
     # PIL releases the GIL while decoding, so threads give a real speed-up on the 2145 pairs.
     with ThreadPoolExecutor(max_workers=min(16, (os.cpu_count() or 1) * 2)) as pool:
         results = list(pool.map(_check_pair, examples))
-    errors = [e for e, _ in results if e]
+    errors = [e for e, _, _ in results if e]
     if errors:
         more = f" ({len(errors) - 1} more file(s) fail too)" if len(errors) > 1 else ""
         raise ValueError(errors[0] + more)
-    non_binary = [w for _, w in results if w]
+    non_binary = [w for _, w, _ in results if w]
     if non_binary:
         more = f" ({len(non_binary) - 1} more non-binary mask(s))" if len(non_binary) > 1 else ""
         message = non_binary[0] + more
         if strict_masks:
             raise ValueError(message + " Set config.data.strict_masks=False to accept them.")
-        logging.warning(message)
-        warnings.warn(message, stacklevel=3)
+        _warn(message)
+    checked = list(zip(examples, results, strict=True))
+    summary = FolderSummary(
+        num_pairs=len(examples),
+        empty_masks=tuple(e.id for e, (_, _, empty) in checked if empty),
+        non_binary_masks=tuple(e.id for e, (_, warning, _) in checked if warning),
+    )
+    if summary.empty_masks:
+        _warn(summary.describe() + " All-zero masks train as slices without tumour.")
+    else:
+        logging.info(summary.describe())
+    return summary
 
 
 def _validated_folder(data_dir: str, setting: str, strict_masks: bool) -> tuple[Example, ...]:
