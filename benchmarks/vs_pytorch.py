@@ -1,0 +1,500 @@
+"""bts_jax's train step against a PyTorch twin of the same network, timed side by side.
+
+For each size and model (the baseline U-Net and the paper's GSConv + ECA model) this script
+
+1. builds the model with the library (``bts_jax.models.build_model``) and its real jitted train step
+   (forward, BCE + soft Dice loss, backward, Adam; state donated), and the PyTorch twin of
+   benchmarks/torch_unet.py from the *same* initial weights;
+2. checks that both compute the same thing: the logits in eval mode and in train mode (batch
+   statistics) must agree to a relative error below ``--tolerance`` (printed); on a mismatch it
+   stops without timing anything;
+3. times the full train step of every implementation in turn within one process (JAX float32,
+   JAX bfloat16, PyTorch eager, PyTorch ``torch.compile``), ``--repeats`` rounds of ``--steps``
+   steps each after ``--warmup`` untimed steps, and prints one table: median images/s and the
+   min-max over rounds, the ratio to PyTorch eager, achieved GFLOP/s (the float32 step's FLOPs from
+   XLA's cost analysis, the same count for every row), and on a GPU the fraction of the device's
+   peak (MFU) and the peak memory.
+
+PyTorch is an optional extra, never a runtime dependency. On the project's CPU machines::
+
+    python -m venv /work/venvs/bench && /work/venvs/bench/bin/pip install -e ".[bench]"
+    /work/venvs/bench/bin/python benchmarks/vs_pytorch.py --sizes=test,quickstart,issue
+
+The ``[bench]`` extra pins ``torch==2.13.0``, which pip takes from the CPU wheel on the machine's
+disk; an unpinned ``torch`` would download a multi-GB CUDA build. ``--frameworks=jax`` (or
+``torch``) times one side only, so whole processes can be paired A B A B by an outside timer; it
+needs no PyTorch installed.
+
+Sizes: ``test`` = configs/test.py (widths 4-32, 32x32, batch 8), ``quickstart`` =
+configs/quickstart.py (widths 16-128, 128x128, batch 4), ``issue`` = quickstart widths at batch 8
+(the issue's measurement); ``--features/--image_size/--batch`` give one custom size instead.
+
+XLA flags go in the ``XLA_FLAGS`` environment variable as usual; what was tried, and what each
+change was worth, is in docs/performance.md.
+"""
+
+import argparse
+import contextlib
+import copy
+import importlib
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+# Runnable as `python benchmarks/vs_pytorch.py` from the repository root.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+SIZES = {
+    "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),
+    "quickstart": dict(features=(16, 32, 64, 128), image_size=128, batch=4),
+    "issue": dict(features=(16, 32, 64, 128), image_size=128, batch=8),
+}
+MODELS = {
+    "baseline": dict(gsconv_in="", eca_in=""),
+    "paper": dict(gsconv_in="encoder,bottleneck,decoder", eca_in="encoder,bottleneck,decoder"),
+}
+FRAMEWORKS = ("jax", "torch", "torch_compile")
+# Dense peak FLOP/s of GPUs for MFU, per compute dtype (vendor data sheets, SXM parts).
+PEAK_FLOPS = {
+    "H100": {"float32": 67e12, "bfloat16": 989e12},
+    "H200": {"float32": 67e12, "bfloat16": 989e12},
+    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+}
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parses the command line (see the module docstring)."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "--sizes", default="test,quickstart,issue", help="presets: " + ",".join(SIZES)
+    )
+    parser.add_argument("--features", default="", help="custom widths, e.g. 16,32,64,128")
+    parser.add_argument("--image_size", type=int, default=0, help="custom height = width")
+    parser.add_argument("--batch", type=int, default=0, help="custom batch size")
+    parser.add_argument("--models", default="baseline,paper", help=",".join(MODELS))
+    parser.add_argument("--dtypes", default="float32,bfloat16", help="JAX compute dtypes")
+    parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=",".join(FRAMEWORKS))
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
+    parser.add_argument("--steps", type=int, default=10, help="train steps per round")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
+    parser.add_argument("--tolerance", type=float, default=1e-3, help="max relative logit error")
+    parser.add_argument(
+        "--ab_depthwise",
+        action="store_true",
+        help="add a JAX float32 row with GSConv's depthwise conv as a lax grouped convolution "
+        "(the formulation before the shifted-sum one), timed in the same rounds",
+    )
+    args = parser.parse_args(argv)
+    args.frameworks = _split(args.frameworks, FRAMEWORKS, "--frameworks")
+    args.models = _split(args.models, MODELS, "--models")
+    args.dtypes = _split(args.dtypes, ("float32", "bfloat16"), "--dtypes")
+    if args.features or args.image_size or args.batch:
+        if not (args.features and args.image_size and args.batch):
+            parser.error("--features, --image_size and --batch go together")
+        features = tuple(int(f) for f in args.features.split(","))
+        args.sizes = [
+            ("custom", dict(features=features, image_size=args.image_size, batch=args.batch))
+        ]
+    else:
+        args.sizes = [(name, SIZES[name]) for name in _split(args.sizes, SIZES, "--sizes")]
+    if args.repeats < 1 or args.steps < 1 or args.warmup < 0:
+        parser.error("--repeats and --steps must be >= 1, --warmup >= 0")
+    return args
+
+
+def _split(value: str, allowed, setting: str) -> list[str]:
+    names = [name.strip() for name in value.split(",") if name.strip()]
+    unknown = [name for name in names if name not in allowed]
+    if unknown or not names:
+        raise SystemExit(f"{setting}={value!r}: expected names from {', '.join(allowed)}")
+    return names
+
+
+def _lib(name: str):
+    """The library function ``name`` from steps/state (after the split) or train_lib (before)."""
+    for module in ("bts_jax.steps", "bts_jax.state", "bts_jax.train_lib"):
+        try:
+            found = getattr(importlib.import_module(module), name, None)
+        except ImportError:
+            continue
+        if found is not None:
+            return found
+    raise ImportError(f"bts_jax has no {name} in steps, state or train_lib")
+
+
+@dataclass
+class Impl:
+    """One implementation of the train step being timed."""
+
+    name: str
+    run: Callable[[int], None]  # runs n steps and waits for them
+    dtype: str = "float32"
+    memory: Callable[[], float | None] = lambda: None  # peak bytes during its timed rounds
+    images_per_s: list[float] = field(default_factory=list)
+
+
+def make_config(size: dict, model: dict, dtype: str):
+    """The experiment config of one benchmark case (constant-rate Adam, loss weights 1, 1)."""
+    from configs import default
+
+    config = default.get_config()
+    config.model.features = tuple(size["features"])
+    config.model.gsconv_in = model["gsconv_in"]
+    config.model.eca_in = model["eca_in"]
+    config.data.image_size = size["image_size"]
+    config.batch_size = config.eval_batch_size = size["batch"]
+    config.dtype = dtype
+    config.optimizer.learning_rate = 1e-4
+    config.optimizer.schedule = "constant"
+    return config
+
+
+def make_batch(size: dict, seed: int = 0) -> dict:
+    """A fixed random batch: ``image`` (B, S, S, 1) float32, ``mask`` (B, S, S) int32, ``valid``."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    b, s = size["batch"], size["image_size"]
+    return {
+        "image": rng.standard_normal((b, s, s, 1)).astype(np.float32),
+        "mask": (rng.random((b, s, s)) < 0.3).astype(np.int32),
+        "valid": np.ones((b,), bool),
+    }
+
+
+def jax_impl(config, batch: dict, mesh):
+    """Builds the library's train step for ``config``; returns (Impl, state, model, FLOPs/step)."""
+    import jax
+    import optax
+
+    from bts_jax.models import build_model
+
+    model = build_model(config.model, dtype=config.dtype)
+    optimizer = _lib("create_optimizer")(config.optimizer, optax.constant_schedule(1e-4))
+    state = _lib("create_train_state")(config, model, optimizer, mesh)
+    step = _lib("make_train_step")(config, model, optimizer, mesh)
+    device_batch = _lib("make_global_batch")(batch, mesh)
+    # Keep an undonated copy of the initial variables for the agreement check and the twin.
+    initial = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
+    start = time.perf_counter()
+    compiled = step.lower(state, device_batch).compile()
+    print(f"  bts_jax {config.dtype}: compiled in {time.perf_counter() - start:.1f} s")
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    memory = compiled.memory_analysis()
+    holder = {"state": state}
+
+    def run(n: int) -> None:
+        state = holder["state"]
+        for _ in range(n):
+            state, step_metrics = compiled(state, device_batch)
+        jax.block_until_ready(step_metrics["loss"])
+        holder["state"] = state
+
+    def peak_bytes():
+        if memory is None:
+            return None
+        return (
+            memory.temp_size_in_bytes
+            + memory.argument_size_in_bytes
+            + memory.output_size_in_bytes
+            - memory.alias_size_in_bytes
+        )
+
+    impl = Impl(f"bts_jax {config.dtype}", run, dtype=config.dtype, memory=peak_bytes)
+    return impl, initial, model, float(cost["flops"])
+
+
+@contextlib.contextmanager
+def grouped_conv_depthwise():
+    """Within the block, GSConv's depthwise conv traces as a lax grouped convolution (for A/B)."""
+    import jax
+
+    from bts_jax.models import layers
+
+    def grouped(x, kernel):
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel,
+            (1, 1),
+            "SAME",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=x.shape[-1],
+        )
+
+    original = layers.depthwise_conv2d
+    layers.depthwise_conv2d = grouped
+    try:
+        yield
+    finally:
+        layers.depthwise_conv2d = original
+
+
+def torch_twin(config, initial: dict):
+    """The PyTorch twin of ``config``'s model holding the Flax ``initial`` variables."""
+    from benchmarks import torch_unet
+    from bts_jax.models import eca_kernel_size
+
+    places = lambda value: {p for p in value.split(",") if p}  # noqa: E731
+    k = int(config.model.eca_kernel_size)
+    twin = torch_unet.UNet(
+        config.model.features,
+        places(config.model.gsconv_in),
+        places(config.model.eca_in),
+        (lambda c: k) if k else eca_kernel_size,
+        gsconv_act=config.model.gsconv_act,
+        gsconv_shuffle=config.model.gsconv_shuffle,
+        num_classes=int(config.model.num_classes),
+    )
+    torch_unet.load_flax_variables(twin, initial)
+    return twin
+
+
+def check_agreement(model, initial: dict, twin, batch: dict, tolerance: float) -> dict[str, float]:
+    """Max relative logit error of the twin against the Flax model, in eval and train mode.
+
+    Args:
+      model: the Flax UNet (float32).
+      initial: its variables.
+      twin: the PyTorch twin with the same weights (left unchanged: train mode runs on a copy).
+      batch: from :func:`make_batch`.
+      tolerance: the largest relative error accepted.
+
+    Returns:
+      ``{"eval": error, "train": error}``, each ``max|jax - torch| / max|jax|``.
+
+    Raises:
+      SystemExit: when an error exceeds ``tolerance``; nothing is timed then.
+    """
+    import numpy as np
+    import torch
+
+    x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+    errors = {}
+    for mode in ("eval", "train"):
+        train = mode == "train"
+        if train:
+            logits, _ = model.apply(initial, batch["image"], train=True, mutable=["batch_stats"])
+        else:
+            logits = model.apply(initial, batch["image"], train=False)
+        net = copy.deepcopy(twin).train(train)
+        with torch.no_grad():
+            theirs = net(x).permute(0, 2, 3, 1).numpy()
+        ours = np.asarray(logits, np.float32)
+        errors[mode] = float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(ours)), 1e-12))
+    print(f"  max relative logit error: eval {errors['eval']:.1e}, train {errors['train']:.1e}")
+    if max(errors.values()) > tolerance:
+        raise SystemExit(
+            f"The PyTorch twin disagrees with bts_jax (tolerance {tolerance}); not timing."
+        )
+    return errors
+
+
+def torch_impl(twin, batch: dict, compile_model: bool):
+    """The PyTorch train step (forward, same loss, backward, Adam) of ``twin``, on its device."""
+    import torch
+
+    from benchmarks import torch_unet
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    net = copy.deepcopy(twin).to(device).train()
+    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
+    forward = torch.compile(net) if compile_model else net
+    x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
+    mask = torch.from_numpy(batch["mask"]).to(device)
+
+    def run(n: int) -> None:
+        for _ in range(n):
+            optimizer.zero_grad(set_to_none=True)
+            loss = torch_unet.segmentation_loss(forward(x), mask)
+            loss.backward()
+            optimizer.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        else:
+            loss.item()
+
+    def peak_bytes():
+        return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
+
+    name = "torch.compile float32" if compile_model else "torch eager float32"
+    return Impl(name, run, memory=peak_bytes)
+
+
+def time_impls(impls: list[Impl], batch_size: int, args) -> None:
+    """Warms each up, then times ``args.repeats`` rounds, alternating implementations per round."""
+    for impl in impls:
+        impl.run(max(args.warmup, 1))
+    cuda = _cuda_available()
+    for _ in range(args.repeats):
+        for impl in impls:
+            if cuda and impl.name.startswith("torch"):
+                import torch
+
+                torch.cuda.reset_peak_memory_stats()
+            start = time.perf_counter()
+            impl.run(args.steps)
+            impl.images_per_s.append(args.steps * batch_size / (time.perf_counter() - start))
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def device_description() -> tuple[str, str]:
+    """(JAX's device in words, its short kind) e.g. ("cpu: AMD EPYC, 2 cores", "cpu")."""
+    import jax
+
+    device = jax.devices()[0]
+    if device.platform == "cpu":
+        name = "cpu"
+        try:
+            with open("/proc/cpuinfo") as f:
+                name = next(
+                    line.split(":", 1)[1].strip() for line in f if line.startswith("model name")
+                )
+        except (OSError, StopIteration):
+            pass
+        return f"CPU {name}, {os.cpu_count()} logical cores", "cpu"
+    return f"{device.platform}: {device.device_kind}", device.device_kind
+
+
+def _peak_flops(kind: str, dtype: str) -> float | None:
+    for name, peaks in PEAK_FLOPS.items():
+        if name in kind:
+            return peaks.get(dtype)
+    return None
+
+
+def format_rows(rows: list[dict], gpu: bool) -> str:
+    """Formats result rows as a Markdown table."""
+    head = [
+        "size",
+        "model",
+        "implementation",
+        "images/s median [min-max]",
+        "x torch eager",
+        "GFLOP/s",
+    ]
+    if gpu:
+        head += ["MFU", "peak MiB"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [
+            row["size"],
+            row["model"],
+            row["impl"],
+            f"{row['median']:.1f} [{row['min']:.1f}-{row['max']:.1f}]",
+            f"{row['ratio']:.2f}" if row["ratio"] else "-",
+            f"{row['gflops']:.1f}",
+        ]
+        if gpu:
+            cells += [
+                f"{100 * row['mfu']:.1f}%" if row["mfu"] else "-",
+                f"{row['memory'] / 2**20:.0f}" if row["memory"] else "-",
+            ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str) -> list[dict]:
+    """Checks and times every requested implementation of one size and model; returns rows."""
+    import jax
+
+    batch = make_batch(size)
+    impls, flops = [], None
+    reference = None
+    for dtype in args.dtypes if "jax" in args.frameworks else ["float32"]:
+        impl, initial, model, step_flops = jax_impl(
+            make_config(size, MODELS[model_name], dtype), batch, mesh
+        )
+        if dtype == "float32":
+            flops, reference = step_flops, (initial, model)
+        if "jax" in args.frameworks:
+            impls.append(impl)
+    if args.ab_depthwise and "jax" in args.frameworks and MODELS[model_name]["gsconv_in"]:
+        with grouped_conv_depthwise():
+            impl, *_ = jax_impl(make_config(size, MODELS[model_name], "float32"), batch, mesh)
+        impl.name += " (grouped-conv depthwise)"
+        impls.append(impl)
+    if reference is None:  # bfloat16 only: the float32 model is the reference.
+        _, initial, model, flops = jax_impl(
+            make_config(size, MODELS[model_name], "float32"), batch, mesh
+        )
+        reference = (initial, model)
+    wants_torch = [f for f in args.frameworks if f.startswith("torch")]
+    if wants_torch:
+        twin = torch_twin(make_config(size, MODELS[model_name], "float32"), reference[0])
+        check_agreement(reference[1], reference[0], twin, batch, args.tolerance)
+        for framework in wants_torch:
+            compile_model = framework == "torch_compile"
+            try:
+                impl = torch_impl(twin, batch, compile_model)
+                impl.run(1)  # compiles; a failure here drops the row, not the run
+            except Exception as error:  # noqa: BLE001 - torch.compile fails in many ways
+                print(f"  {framework}: skipped ({type(error).__name__}: {str(error)[:200]})")
+                continue
+            impls.append(impl)
+    del jax
+    time_impls(impls, size["batch"], args)
+
+    rows = []
+    eager = next((i for i in impls if i.name.startswith("torch eager")), None)
+    eager_median = statistics.median(eager.images_per_s) if eager else None
+    label = f"{size_name} {size['image_size']}px b{size['batch']} w{size['features'][0]}"
+    for impl in impls:
+        median = statistics.median(impl.images_per_s)
+        peak = _peak_flops(kind, impl.dtype)
+        gflops = flops * median / size["batch"] / 1e9
+        rows.append(
+            dict(
+                size=label,
+                model=model_name,
+                impl=impl.name,
+                median=median,
+                min=min(impl.images_per_s),
+                max=max(impl.images_per_s),
+                ratio=median / eager_median if eager_median else None,
+                gflops=gflops,
+                mfu=gflops * 1e9 / peak if peak else None,
+                memory=impl.memory(),
+            )
+        )
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> list[dict]:
+    """Runs the benchmark; returns the table's rows (dicts) after printing them."""
+    args = parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import jax
+
+    if any(f.startswith("torch") for f in args.frameworks):
+        import torch
+
+        torch_info = f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    else:
+        torch_info = "torch not used"
+    description, kind = device_description()
+    mesh = _lib("make_mesh")(jax.devices()[:1])
+    print(f"device: {description}; jax {jax.__version__}; {torch_info}")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"timing: {args.repeats} rounds x {args.steps} steps after {args.warmup} warm-up steps")
+    rows = []
+    for size_name, size in args.sizes:
+        for model_name in args.models:
+            print(f"{size_name} {size} {model_name}")
+            rows += run_case(size_name, size, model_name, args, mesh, kind)
+    print(format_rows(rows, gpu=kind != "cpu"))
+    return rows
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,101 @@
+"""The side-by-side benchmark (benchmarks/vs_pytorch.py): JAX-only mode, and the PyTorch twin when
+PyTorch is installed (`pip install -e ".[bench]"`)."""
+
+import importlib.util
+import pathlib
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+TINY = ["--features=4,8,16,32", "--image_size=16", "--batch=2"]
+
+
+@pytest.fixture(scope="module")
+def vs():
+    spec = importlib.util.spec_from_file_location(
+        "vs_pytorch", ROOT / "benchmarks" / "vs_pytorch.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_jax_only_mode_times_one_tiny_step(vs, capsys):
+    args = ["--models=paper", "--dtypes=float32", "--frameworks=jax"]
+    rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])
+    assert [row["impl"] for row in rows] == ["bts_jax float32"]
+    assert rows[0]["median"] > 0 and rows[0]["gflops"] > 0
+    assert rows[0]["ratio"] is None  # no PyTorch row to compare with
+    out = capsys.readouterr().out
+    assert "| custom 16px b2 w4 | paper | bts_jax float32 |" in out
+
+
+def test_bad_arguments_name_the_flag(vs):
+    with pytest.raises(SystemExit, match="--frameworks"):
+        vs.parse_args(["--frameworks=tensorflow"])
+    with pytest.raises(SystemExit):
+        vs.parse_args(["--features=4,8", "--image_size=16"])  # --batch missing
+
+
+def test_grouped_conv_depthwise_is_restored_and_agrees(vs):
+    from bts_jax.models import layers
+
+    x = jax.random.normal(jax.random.key(0), (1, 6, 6, 3))
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, 1, 3))
+    shifted = layers.depthwise_conv2d(x, kernel)
+    with vs.grouped_conv_depthwise():
+        grouped = layers.depthwise_conv2d(x, kernel)
+    assert layers.depthwise_conv2d.__name__ == "depthwise_conv2d"
+    np.testing.assert_allclose(shifted, grouped, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("model_name", ["baseline", "paper"])
+def test_torch_twin_agrees_and_refuses_on_mismatch(vs, model_name):
+    torch = pytest.importorskip("torch")
+    size = dict(features=(4, 8, 16, 32), image_size=16, batch=2)
+    config = vs.make_config(size, vs.MODELS[model_name], "float32")
+    batch = vs.make_batch(size)
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    _, initial, model, flops = vs.jax_impl(config, batch, mesh)
+    assert flops > 0
+    twin = vs.torch_twin(config, initial)
+    errors = vs.check_agreement(model, initial, twin, batch, tolerance=1e-4)
+    assert max(errors.values()) < 1e-4
+    with torch.no_grad():
+        twin.head.bias.add_(1.0)
+    with pytest.raises(SystemExit, match="disagrees"):
+        vs.check_agreement(model, initial, twin, batch, tolerance=1e-4)
+
+
+def test_torch_loss_equals_bts_jax_loss():
+    torch = pytest.importorskip("torch")
+    import importlib
+
+    from bts_jax import losses
+
+    torch_unet = importlib.import_module("benchmarks.torch_unet")
+    logits = np.random.default_rng(0).standard_normal((2, 8, 8, 1)).astype(np.float32)
+    mask = (np.random.default_rng(1).random((2, 8, 8)) < 0.4).astype(np.int32)
+    ours, _ = losses.segmentation_loss(logits, mask)
+    theirs = torch_unet.segmentation_loss(
+        torch.from_numpy(logits).permute(0, 3, 1, 2), torch.from_numpy(mask)
+    )
+    np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
+
+
+def test_torch_train_step_runs_on_a_copy_of_the_twin(vs):
+    pytest.importorskip("torch")
+    size = dict(features=(4, 8, 16, 32), image_size=16, batch=2)
+    config = vs.make_config(size, vs.MODELS["paper"], "float32")
+    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
+    _, initial, _, _ = vs.jax_impl(config, vs.make_batch(size), mesh)
+    twin = vs.torch_twin(config, initial)
+    impl = vs.torch_impl(twin, vs.make_batch(size), compile_model=False)
+    impl.run(1)
+    # torch_impl trains a copy: the twin keeps the Flax weights.
+    np.testing.assert_allclose(
+        twin.head.weight.detach().numpy()[:, :, 0, 0].T,
+        np.asarray(initial["params"]["head"]["kernel"])[0, 0],
+    )
