@@ -1,6 +1,7 @@
 """The side-by-side benchmark (benchmarks/vs_pytorch.py): JAX-only mode, and the PyTorch twin when
 PyTorch is installed (`pip install -e ".[bench]"`)."""
 
+import copy
 import importlib.util
 import pathlib
 
@@ -51,22 +52,32 @@ def test_grouped_conv_depthwise_is_restored_and_agrees(vs):
     np.testing.assert_allclose(shifted, grouped, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("model_name", ["baseline", "paper"])
-def test_torch_twin_agrees_and_refuses_on_mismatch(vs, model_name):
-    torch = pytest.importorskip("torch")
-    size = dict(features=(4, 8, 16, 32), image_size=16, batch=2)
-    config = vs.make_config(size, vs.MODELS[model_name], "float32")
-    batch = vs.make_batch(size)
+SIZE = dict(features=(4, 8, 16, 32), image_size=16, batch=2)
+
+
+@pytest.fixture(scope="module", params=["baseline", "paper"])
+def built(vs, request):
+    """(config, batch, Flax variables, Flax model, PyTorch twin) of a tiny model."""
+    pytest.importorskip("torch")
+    config = vs.make_config(SIZE, vs.MODELS[request.param], "float32")
+    batch = vs.make_batch(SIZE)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
     _, initial, model, flops = vs.jax_impl(config, batch, mesh)
     assert flops > 0
-    twin = vs.torch_twin(config, initial)
+    return config, batch, initial, model, vs.torch_twin(config, initial)
+
+
+def test_torch_twin_agrees_and_refuses_on_mismatch(vs, built):
+    import torch
+
+    _, batch, initial, model, twin = built
     errors = vs.check_agreement(model, initial, twin, batch, tolerance=1e-4)
     assert max(errors.values()) < 1e-4
+    broken = copy.deepcopy(twin)
     with torch.no_grad():
-        twin.head.bias.add_(1.0)
+        broken.head.bias.add_(1.0)
     with pytest.raises(SystemExit, match="disagrees"):
-        vs.check_agreement(model, initial, twin, batch, tolerance=1e-4)
+        vs.check_agreement(model, initial, broken, batch, tolerance=1e-4)
 
 
 def test_torch_loss_equals_bts_jax_loss():
@@ -85,17 +96,10 @@ def test_torch_loss_equals_bts_jax_loss():
     np.testing.assert_allclose(float(ours), float(theirs), rtol=1e-5)
 
 
-def test_torch_train_step_runs_on_a_copy_of_the_twin(vs):
-    pytest.importorskip("torch")
-    size = dict(features=(4, 8, 16, 32), image_size=16, batch=2)
-    config = vs.make_config(size, vs.MODELS["paper"], "float32")
-    mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    _, initial, _, _ = vs.jax_impl(config, vs.make_batch(size), mesh)
-    twin = vs.torch_twin(config, initial)
-    impl = vs.torch_impl(twin, vs.make_batch(size), compile_model=False)
+def test_torch_train_step_runs_on_a_copy_of_the_twin(vs, built):
+    _, batch, initial, _, twin = built
+    impl = vs.torch_impl(twin, batch, compile_model=False)
     impl.run(1)
     # torch_impl trains a copy: the twin keeps the Flax weights.
-    np.testing.assert_allclose(
-        twin.head.weight.detach().numpy()[:, :, 0, 0].T,
-        np.asarray(initial["params"]["head"]["kernel"])[0, 0],
-    )
+    head = twin.head.weight.detach().numpy()[:, :, 0, 0].T
+    np.testing.assert_allclose(head, np.asarray(initial["params"]["head"]["kernel"])[0, 0])
