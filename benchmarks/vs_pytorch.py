@@ -34,7 +34,6 @@ change was worth, is in docs/performance.md.
 """
 
 import argparse
-import contextlib
 import copy
 import importlib
 import os
@@ -81,12 +80,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=10, help="train steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
     parser.add_argument("--tolerance", type=float, default=1e-3, help="max relative logit error")
-    parser.add_argument(
-        "--ab_depthwise",
-        action="store_true",
-        help="add a JAX float32 row with GSConv's depthwise conv as a lax grouped convolution "
-        "(the formulation before the shifted-sum one), timed in the same rounds",
-    )
     args = parser.parse_args(argv)
     args.frameworks = _split(args.frameworks, FRAMEWORKS, "--frameworks")
     args.models = _split(args.models, MODELS, "--models")
@@ -206,31 +199,6 @@ def jax_impl(config, batch: dict, mesh):
 
     impl = Impl(f"bts_jax {config.dtype}", run, dtype=config.dtype, memory=peak_bytes)
     return impl, initial, model, float(cost["flops"])
-
-
-@contextlib.contextmanager
-def grouped_conv_depthwise():
-    """Within the block, GSConv's depthwise conv traces as a lax grouped convolution (for A/B)."""
-    import jax
-
-    from bts_jax.models import layers
-
-    def grouped(x, kernel):
-        return jax.lax.conv_general_dilated(
-            x,
-            kernel,
-            (1, 1),
-            "SAME",
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-            feature_group_count=x.shape[-1],
-        )
-
-    original = layers.depthwise_conv2d
-    layers.depthwise_conv2d = grouped
-    try:
-        yield
-    finally:
-        layers.depthwise_conv2d = original
 
 
 def torch_twin(config, initial: dict):
@@ -419,11 +387,6 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
             flops, reference = step_flops, (initial, model)
         if "jax" in args.frameworks:
             impls.append(impl)
-    if args.ab_depthwise and "jax" in args.frameworks and MODELS[model_name]["gsconv_in"]:
-        with grouped_conv_depthwise():
-            impl, *_ = jax_impl(make_config(size, MODELS[model_name], "float32"), batch, mesh)
-        impl.name += " (grouped-conv depthwise)"
-        impls.append(impl)
     if reference is None:  # bfloat16 only: the float32 model is the reference.
         _, initial, model, flops = jax_impl(
             make_config(size, MODELS[model_name], "float32"), batch, mesh

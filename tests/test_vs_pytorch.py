@@ -40,18 +40,6 @@ def test_bad_arguments_name_the_flag(vs):
         vs.parse_args(["--features=4,8", "--image_size=16"])  # --batch missing
 
 
-def test_grouped_conv_depthwise_is_restored_and_agrees(vs):
-    from bts_jax.models import layers
-
-    x = jax.random.normal(jax.random.key(0), (1, 6, 6, 3))
-    kernel = jax.random.normal(jax.random.key(1), (5, 5, 1, 3))
-    shifted = layers.depthwise_conv2d(x, kernel)
-    with vs.grouped_conv_depthwise():
-        grouped = layers.depthwise_conv2d(x, kernel)
-    assert layers.depthwise_conv2d.__name__ == "depthwise_conv2d"
-    np.testing.assert_allclose(shifted, grouped, rtol=1e-5, atol=1e-5)
-
-
 SIZE = dict(features=(4, 8, 16, 32), image_size=16, batch=2)
 
 
