@@ -67,9 +67,7 @@ def main(argv):
         FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
     )
     if jax.process_index() == 0:
-        summary = ", ".join(f"{k}={result[k]:.4f}" for k in ("miou", "dice", "hd95_mm", "loss"))
-        print(f"Validation (best checkpoint, step {result['step']}): {summary}")
-        print(f"Outputs in {os.path.abspath(FLAGS.workdir)}")
+        print(train_lib.run_summary(FLAGS.workdir, result))
 
 
 if __name__ == "__main__":

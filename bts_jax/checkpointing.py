@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 from typing import Any
 
 import flax.linen as nn
@@ -108,23 +109,47 @@ def checkpoint_managers(
       ``(latest, best)`` Orbax CheckpointManagers; close them when done.
     """
     root = os.path.abspath(os.fspath(workdir))
+    if jax.process_index() == 0:
+        for name in (LATEST_DIR, BEST_DIR):
+            remove_unfinished_saves(os.path.join(root, name))
     latest = ocp.CheckpointManager(
         os.path.join(root, LATEST_DIR),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.checkpoint.max_to_keep, create=True, cleanup_tmp_directories=True
+            max_to_keep=config.checkpoint.max_to_keep, create=True
         ),
     )
     best = ocp.CheckpointManager(
         os.path.join(root, BEST_DIR),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=1,
-            best_fn=lambda m: m["val_miou"],
-            best_mode="max",
-            create=True,
-            cleanup_tmp_directories=True,
+            max_to_keep=1, best_fn=lambda m: m["val_miou"], best_mode="max", create=True
         ),
     )
     return latest, best
+
+
+def remove_unfinished_saves(directory: str | os.PathLike) -> list[str]:
+    """Deletes the temporary folders of saves a killed run left half written.
+
+    Orbax's own clean-up (``cleanup_tmp_directories``) runs in the background and is only awaited
+    by the next save, so a run that opens a workdir and never saves would leave them; this runs
+    before the managers open. The workdir lock guarantees no other run is writing them.
+
+    Args:
+      directory: a checkpoint folder (``checkpoints/`` or ``best/``); missing is fine.
+
+    Returns:
+      The removed paths.
+    """
+    directory = os.fspath(directory)
+    if not os.path.isdir(directory):
+        return []
+    removed = []
+    for name in sorted(os.listdir(directory)):
+        if ".orbax-checkpoint-tmp" in name:
+            path = os.path.join(directory, name)
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def save_checkpoint(

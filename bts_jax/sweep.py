@@ -487,6 +487,12 @@ def prediction_figure(sweep: report.Sweep, directory: str) -> str | None:
     b = report.cell_dir(directory, sweep.paper_model, sweep.seeds[0], fold)
     if not all(is_done(Cell("", 0, None, path)) for path in (a, b)):
         return None
+    try:  # Results copied without their checkpoints still make a report, without this figure.
+        for path in (a, b):
+            checkpointing.resolve_checkpoint(path, "best")
+    except FileNotFoundError as e:
+        logging.warning("No side-by-side prediction figure: %s", e)
+        return None
     config = checkpointing.load_config(a)
     split = "test" if float(config.data.get("test_fraction", 0.0)) > 0 else "validation"
     return figures.compare_workdirs(

@@ -9,6 +9,7 @@ many GPUs over many hosts.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import time
@@ -561,3 +562,46 @@ def evaluate_checkpoint(
         labels = {e.id: e.label for e in pipeline.examples(split)}
         evaluation.write_evaluation(found, workdir, split, labels)
     return found.metrics
+
+
+def run_summary(workdir: str, result: dict[str, float]) -> str:
+    """The few lines a user reads at the end of a run: results, where things are, what next.
+
+    Args:
+      workdir: the finished run's directory.
+      result: the validation metrics `train_and_evaluate` returned.
+
+    Returns:
+      The text (no trailing newline).
+    """
+    workdir = os.path.abspath(workdir)
+
+    def line(name: str, metrics: dict[str, Any]) -> str:
+        shown = ", ".join(
+            f"{key} {metrics[key]:.4f}"
+            for key in ("miou", "dice", "dice_per_image", "hd95_mm", "loss")
+            if isinstance(metrics.get(key), float | int)
+        )
+        return f"{name} (best checkpoint, step {int(metrics['step'])}): {shown}"
+
+    lines = [line("Validation", {k: v for k, v in result.items()})]
+    test_path = os.path.join(workdir, "eval_test.json")
+    if os.path.isfile(test_path):
+        with open(test_path) as f:
+            lines.append(line("Test", json.load(f)))
+    empty = result.get("num_pred_empty_only")
+    if empty:
+        lines.append(
+            f"  {int(empty)} of {int(result['num_images'])} validation slices with a "
+            "tumour got an empty prediction (framed in magenta in predictions/)."
+        )
+    lines += [
+        f"Outputs in {workdir}:",
+        "  predictions/            validation slices: truth (green) and prediction (red) contours",
+        "  eval_*.json, per_image_*.csv, metrics.csv, loss.png, miou.png, checkpoints/, best/",
+        "Next:",
+        f"  python predict.py --workdir {workdir} --inputs YOUR_IMAGES/ --output_dir masks/",
+        f"  python evaluate.py --workdir {workdir} --split validation",
+        f"  tensorboard --logdir {os.path.join(workdir, 'tensorboard')}",
+    ]
+    return "\n".join(lines)

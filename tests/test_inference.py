@@ -373,7 +373,12 @@ def test_one_unreadable_file_fails_fast_or_is_skipped_on_request(workdir, tmp_pa
         str(inputs / name) for name in ("bad.png", "text.jpg", "truncated.png")
     )
     assert error.value.written == [str(out / "good_mask.png"), str(out / "good_overlay.png")]
-    assert sorted(os.listdir(out)) == ["good_mask.png", "good_overlay.png"]
+    # prediction_settings.json records how the written masks were made (see predict_files).
+    assert sorted(os.listdir(out)) == [
+        "good_mask.png",
+        "good_overlay.png",
+        "prediction_settings.json",
+    ]
 
 
 @pytest.mark.slow

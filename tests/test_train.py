@@ -492,6 +492,8 @@ def test_run_reports_the_selected_checkpoint_on_the_held_out_test_split(tmp_path
     assert rows[0] == ",".join(evaluation.PER_IMAGE_COLUMNS)
     assert sorted(row.split(",")[0] for row in rows[1:]) == sorted(split["test"])
     assert all(row.split(",")[1] in data_lib.TUMOUR_TYPES[1:] for row in rows[1:])
+    summary = train_lib.run_summary(str(workdir), result)
+    assert f"Test (best checkpoint, step {test['step']}): miou {test['miou']:.4f}" in summary
 
 
 # ----------------------------------------------------------------------------- workdir guards
@@ -701,3 +703,13 @@ def test_a_lost_process_ends_the_other_with_an_error_naming_it(tmp_path):
     assert time.monotonic() - died < 60
     assert procs[0].returncode != 0
     assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in output
+
+
+def test_run_summary_says_where_everything_is_and_what_to_run_next(uninterrupted):
+    _, workdir, result = uninterrupted
+    text = train_lib.run_summary(workdir, result)
+    assert f"Validation (best checkpoint, step {result['step']}): miou {result['miou']:.4f}" in text
+    assert "Test (" not in text  # the tiny config has no test block
+    assert f"python predict.py --workdir {os.path.abspath(workdir)} --inputs" in text
+    assert f"python evaluate.py --workdir {os.path.abspath(workdir)}" in text
+    assert "tensorboard --logdir" in text and "predictions/" in text
