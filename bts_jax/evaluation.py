@@ -192,17 +192,12 @@ def json_dumps(value: Any, **kwargs: Any) -> str:
     return json.dumps(_finite_or_none(value), allow_nan=False, **kwargs)
 
 
-# Columns of per_image_<split>.csv (HD95 in pixels and in millimetres).
+# Columns of per_image_<split>.csv: the image, then the evaluator's per-image numbers (HD95 in
+# pixels and in millimetres); emptiness is implied by the pixel counts.
 PER_IMAGE_COLUMNS = (
     "id",
     "tumour_type",
-    "dice",
-    "iou",
-    "hd95_px",
-    "hd95_mm",
-    "boundary_iou",
-    "truth_pixels",
-    "pred_pixels",
+    *(key for key in metrics.PER_IMAGE_KEYS if key not in ("gt_empty", "pred_empty")),
 )
 
 
@@ -235,12 +230,7 @@ def write_evaluation(
         out.writerow(PER_IMAGE_COLUMNS)
         for row in found.per_image:
             image_id = str(row["id"])
-            values = {
-                "id": image_id,
-                "tumour_type": TUMOUR_TYPES[labels.get(image_id, 0)],
-                **{k: row[k] for k in ("dice", "iou", "hd95_px", "hd95_mm", "boundary_iou")},
-                **{k: row[k] for k in ("truth_pixels", "pred_pixels")},
-            }
+            values = {**row, "tumour_type": TUMOUR_TYPES[labels.get(image_id, 0)]}
             out.writerow(["" if _is_nan(values[c]) else values[c] for c in PER_IMAGE_COLUMNS])
     return json_path, csv_path
 
