@@ -4,6 +4,7 @@
     python evaluate.py --workdir workdirs/quickstart --split train --which latest
     python evaluate.py --workdir workdirs/quickstart --tta --keep_largest
     python evaluate.py --workdir workdirs/seed0,workdirs/seed1,workdirs/seed2
+    python evaluate.py --workdir workdirs/quickstart --data_dir /path/to/labelled_folder
 
 The config is the one the run saved (``<workdir>/config.json``), so the data source and split are
 those of training; the metrics go to ``<workdir>/eval_<split>.json``.
@@ -13,6 +14,9 @@ post-processing or an --output_dir, the predictions of `bts_jax.inference` are s
 the first workdir's split, at the model's input size and without a loss; they go to
 ``<first workdir>/eval_<split>_<tag>.json`` and ``per_image_<split>_<tag>.csv`` (or into
 ``--output_dir``), the tag naming the settings (e.g. ``ensemble3_tta-flips_largest``).
+
+With ``--data_dir``, any labelled folder in the Kaggle layout is scored instead, each image at its
+own size, with the same metrics: ``eval_folder_<tag>.json`` and ``per_image_folder_<tag>.csv``.
 """
 
 import os
@@ -35,6 +39,12 @@ flags.DEFINE_float("threshold", 0.5, "Tumour where the probability is above it (
 flags.DEFINE_bool("keep_largest", False, "Keep only the largest tumour component of each mask.")
 flags.DEFINE_integer("min_size", 0, "Drop tumour components under this many (model) pixels.")
 flags.DEFINE_string("output_dir", None, "Folder for the JSON/CSV of a settings evaluation.")
+flags.DEFINE_string(
+    "data_dir",
+    None,
+    "Score on this labelled folder (images/, masks/, optional metadata.csv) at each image's own "
+    "size, instead of a split of the training data.",
+)
 flags.mark_flags_as_required(["workdir"])
 
 
@@ -65,6 +75,26 @@ def main(argv):
         min_size=FLAGS.min_size,
     )
     workdirs = FLAGS.workdir
+    if FLAGS.data_dir:
+        found, labels = prediction_evaluation.evaluate_folder(
+            workdirs, FLAGS.data_dir, which=FLAGS.which, settings=settings
+        )
+        json_path, _ = prediction_evaluation.write_prediction_evaluation(
+            found,
+            workdirs,
+            "folder",
+            which=FLAGS.which,
+            settings=settings,
+            output_dir=FLAGS.output_dir,
+            labels=labels,
+        )
+        _print(
+            found.metrics,
+            f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on "
+            f"{os.path.abspath(FLAGS.data_dir)} (each image at its own size):",
+        )
+        print(f"Saved {os.path.abspath(json_path)} and its per_image CSV")
+        return
     if len(workdirs) == 1 and settings == inference.PredictionSettings() and not FLAGS.output_dir:
         (workdir,) = workdirs
         config = checkpointing.load_config(workdir)

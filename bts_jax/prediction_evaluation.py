@@ -21,6 +21,8 @@ import numpy as np
 
 from bts_jax import checkpointing, evaluation, inference, metrics, train_lib
 from bts_jax import data as data_lib
+from bts_jax.data.formats import MASK_THRESHOLD
+from bts_jax.data.sources import id_sort_key
 
 
 def settings_tag(num_members: int, settings: inference.PredictionSettings) -> str:
@@ -158,6 +160,67 @@ def evaluate_predictions(
     return found
 
 
+def evaluate_folder(
+    workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+    data_dir: str | os.PathLike,
+    *,
+    which: str = "best",
+    settings: inference.PredictionSettings | None = None,
+    batch_size: int = 8,
+) -> tuple[evaluation.Evaluation, dict[str, int]]:
+    """Scores one workdir or an ensemble on any labelled folder, at each image's own size.
+
+    The folder is in the Kaggle layout (``images/``, ``masks/``, optional ``metadata.csv``) and is
+    checked like a training folder (every file decoded; errors name the file). Each image is
+    predicted as ``predict.py`` does (preprocessed, then mapped back to its own pixel grid, TTA and
+    post-processing applied there) and scored against its own mask with the metrics of
+    `bts_jax.metrics.SegmentationEvaluator`: split-level counts over all pixels at native sizes,
+    and per-image Dice, IoU, HD95 (mm from each image's size) and boundary IoU.
+
+    Args:
+      workdirs: a workdir or several (an ensemble; see `bts_jax.inference.load_members`).
+      data_dir: the labelled folder.
+      which: checkpoint of each, "best" or "latest".
+      settings: TTA, threshold and post-processing (default: none, threshold 0.5).
+      batch_size: images per forward pass.
+
+    Returns:
+      ``(evaluation, labels)``: the `bts_jax.evaluation.Evaluation` (no ``loss``) and the folder's
+      id -> tumour type labels.
+
+    Raises:
+      FileNotFoundError, ValueError: a missing or broken folder (the file is named), or workdirs
+        that cannot be ensembled.
+    """
+    settings = settings or inference.PredictionSettings()
+    workdirs = [workdirs] if isinstance(workdirs, str | os.PathLike) else list(workdirs)
+    config, members = inference.load_members(workdirs, which)
+    data_config = {"source": "folder", "data_dir": os.fspath(data_dir), "strict_masks": False}
+    examples = data_lib.get_examples(data_config, validate=True)
+    num_classes = int(config.model.num_classes)
+    evaluator = metrics.SegmentationEvaluator(num_classes)
+    # Chunks bound host memory on folders of thousands of images.
+    for start in range(0, len(examples), 64):
+        chunk = examples[start : start + 64]
+        images = [data_lib.read_image_file(e.image) for e in chunk]
+        probabilities = inference.predict_probabilities(
+            members, images, config.data, tta=settings.tta, batch_size=batch_size
+        )
+        for example, probs in zip(chunk, probabilities, strict=True):
+            truth = (data_lib.load_grayscale(example.mask) > MASK_THRESHOLD).astype(np.int32)
+            prediction = settings.to_mask(probs)[None].astype(np.int32)
+            # Counted on the host with the device rules: each image has its own size.
+            confusion = metrics.confusion_matrix(prediction, truth[None], num_classes)
+            evaluator.update(confusion, prediction, truth[None], ids=[example.id])
+    rows = sorted(evaluator.per_image_rows(), key=lambda row: id_sort_key(row["id"]))
+    found = evaluation.Evaluation(
+        metrics={k: float(v) for k, v in evaluator.result().items()},
+        per_image=rows,
+        predictions={},
+    )
+    return found, {e.id: e.label for e in examples}
+
+
 def write_prediction_evaluation(
     found: evaluation.Evaluation,
     workdirs: Sequence[str | os.PathLike],
@@ -166,6 +229,7 @@ def write_prediction_evaluation(
     which: str,
     settings: inference.PredictionSettings,
     output_dir: str | os.PathLike | None = None,
+    labels: dict[str, int] | None = None,
 ) -> tuple[str, str | None]:
     """Writes ``eval_<split>_<tag>.json`` and ``per_image_<split>_<tag>.csv`` (see `settings_tag`).
 
@@ -179,6 +243,7 @@ def write_prediction_evaluation(
       which: its checkpoint choice.
       settings: its settings.
       output_dir: where to write; default the first workdir.
+      labels: id -> tumour type of the evaluated images; default the first workdir's source.
 
     Returns:
       The two paths (the CSV's is None when there are no per-image rows).
@@ -191,10 +256,9 @@ def write_prediction_evaluation(
         "members": inference.member_records(workdirs, which),
         **dataclasses.asdict(settings),
     }
-    labels = {}
-    config = checkpointing.load_config(workdirs[0])
-    for example in data_lib.get_examples(config.data, validate=False):
-        labels[example.id] = example.label
+    if labels is None:
+        config = checkpointing.load_config(workdirs[0])
+        labels = {e.id: e.label for e in data_lib.get_examples(config.data, validate=False)}
     name = f"{split}_{settings_tag(len(workdirs), settings)}"
     return evaluation.write_evaluation(
         dataclasses.replace(found, metrics=record), output_dir, name, labels

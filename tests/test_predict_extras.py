@@ -313,3 +313,45 @@ def test_postprocess_effect_benchmark(scripts):
     output = _wait(procs["benchmark"])
     for row in ("| plain |", "| TTA flips (4 views) |", "| min_size 3 |", "(12 images)"):
         assert row in output, output[-2000:]
+
+
+def test_evaluate_folder_scores_each_image_at_its_own_size(workdirs, tmp_path):
+    from bts_jax import metrics, prediction_evaluation
+
+    folder = tmp_path / "labelled"
+    (folder / "images").mkdir(parents=True)
+    (folder / "masks").mkdir()
+    ids = ["10", "11", "1203"]  # two 512x512 slices and one 256x256
+    for image_id in ids:
+        for sub in ("images", "masks"):
+            shutil.copy(os.path.join(data_lib.SAMPLE_DIR, sub, f"{image_id}.png"), folder / sub)
+    run, _ = workdirs
+    found, labels = prediction_evaluation.evaluate_folder(run, folder)
+    assert [row["id"] for row in found.per_image] == ids
+    assert labels == {i: 0 for i in ids}  # no metadata.csv: unknown type
+    # Oracle: predict_masks at each image's own size, scored by hand with the evaluator.
+    config, model, variables = checkpointing.load_trained_model(run)
+    images = [data_lib.load_grayscale(folder / "images" / f"{i}.png") for i in ids]
+    truths = [(data_lib.load_grayscale(folder / "masks" / f"{i}.png") > 127) for i in ids]
+    masks = inference.predict_masks(model, variables, images, config.data)
+    evaluator = metrics.SegmentationEvaluator(1)
+    for mask, truth in zip(masks, truths, strict=True):
+        pred, gt = mask[None].astype(np.int32), truth[None].astype(np.int32)
+        evaluator.update(metrics.confusion_matrix(pred, gt, 1), pred, gt)
+    for key, value in evaluator.result().items():
+        np.testing.assert_allclose(found.metrics[key], value, err_msg=key)
+    assert found.per_image[2]["truth_pixels"] == int(truths[2].sum())  # at 256x256, not 32x32
+    json_path, csv_path = prediction_evaluation.write_prediction_evaluation(
+        found,
+        [run],
+        "folder",
+        which="best",
+        settings=inference.PredictionSettings(),
+        output_dir=tmp_path / "out",
+        labels=labels,
+    )
+    assert json_path == str(tmp_path / "out" / "eval_folder_plain.json")
+    assert csv_path == str(tmp_path / "out" / "per_image_folder_plain.csv")
+    assert os.path.isfile(csv_path)
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        prediction_evaluation.evaluate_folder(run, tmp_path / "nowhere")
