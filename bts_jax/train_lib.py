@@ -451,10 +451,11 @@ def _train_and_evaluate(
                         ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
                     )
                 epoch_metrics, epoch_start = [], time.perf_counter()
-            saved_meta = {
-                "history": writer.history,
-                "best_miou": None if best_miou == -math.inf else best_miou,
-            }
+            if improved or "checkpoint" in events:
+                saved_meta = {
+                    "history": writer.history,
+                    "best_miou": None if best_miou == -math.inf else best_miou,
+                }
             if improved:
                 checkpointing.save_checkpoint(
                     best, step, state, saved_meta, {"val_miou": best_miou}
