@@ -57,6 +57,10 @@ SAFE_CHANGES: dict[str, str] = {
     "checkpoint.max_to_keep": "how many of the latest saves are kept",
     "checkpoint.every_steps": "when later saves are written",
     "data.cache": "whether decoded images are kept in memory (the same values either way)",
+    "model.depthwise_impl": (
+        "how depthwise convolutions are computed (grouped or block-diagonal dense): the same "
+        "function and parameters, results equal up to float rounding"
+    ),
 }
 
 _MISSING = "<absent>"

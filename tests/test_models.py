@@ -19,6 +19,7 @@ from bts_jax.models import (
     eca_kernel_size,
     model_summary,
 )
+from bts_jax.models.layers import block_diagonal_conv, resolve_depthwise_impl
 
 TINY = (4, 8, 16, 32)
 CONFIG_NAMES = ["default", "unet_baseline", "ablation_eca_only", "ablation_gsconv_only", "test"]
@@ -184,6 +185,82 @@ def test_gsconv_equals_lax_reference(features, stride, act, shuffle, train, size
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-5)
 
 
+# ----------------------------------------------------------------------------- depthwise impls
+
+
+@pytest.mark.parametrize("groups,c_in,c_out", [(1, 3, 4), (2, 4, 6), (4, 8, 8)])
+def test_block_diagonal_conv_passes_other_convolutions_through_unchanged(groups, c_in, c_out):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, c_in))
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, c_in // groups, c_out))
+    args = (x, kernel, (1, 1), ((1, 1), (1, 1)))
+    kwargs = dict(feature_group_count=groups, dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    np.testing.assert_array_equal(
+        block_diagonal_conv(*args, **kwargs), jax.lax.conv_general_dilated(*args, **kwargs)
+    )
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_block_diagonal_conv_equals_the_grouped_depthwise_convolution(stride):
+    x = jax.random.normal(jax.random.key(0), (2, 11, 11, 6))
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, 1, 6))
+    kwargs = dict(
+        feature_group_count=6,
+        dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        precision=jax.lax.Precision.HIGHEST,
+    )
+    args = ((stride, stride), ((2, 2), (2, 2)))
+
+    def grouped(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, *args, **kwargs)
+
+    def dense(x, kernel):
+        return block_diagonal_conv(x, kernel, *args, **kwargs)
+
+    np.testing.assert_allclose(dense(x, kernel), grouped(x, kernel), rtol=1e-5, atol=1e-5)
+    # The gradient reaches only the depthwise kernel's entries, with the grouped values.
+    cotangent = jax.random.normal(jax.random.key(2), grouped(x, kernel).shape)
+    grads = [jax.vjp(f, x, kernel)[1](cotangent) for f in (dense, grouped)]
+    for dense_grad, grouped_grad in zip(*grads, strict=True):
+        chex.assert_equal_shape([dense_grad, grouped_grad])
+        np.testing.assert_allclose(dense_grad, grouped_grad, rtol=1e-4, atol=1e-4)
+
+
+def test_resolve_depthwise_impl_picks_dense_on_cpu_only():
+    assert resolve_depthwise_impl("auto", "cpu") == "dense"
+    assert resolve_depthwise_impl("auto", "gpu") == "grouped"
+    assert resolve_depthwise_impl("auto", "tpu") == "grouped"
+    assert resolve_depthwise_impl("grouped", "cpu") == "grouped"
+    assert resolve_depthwise_impl("dense", "gpu") == "dense"
+    assert resolve_depthwise_impl("auto") == "dense"  # The tests run on CPU.
+    with pytest.raises(ValueError, match="depthwise_impl='winograd'"):
+        resolve_depthwise_impl("winograd")
+
+
+def test_unet_depthwise_impls_share_parameters_and_agree_in_outputs_and_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+    mask = (jax.random.uniform(jax.random.key(1), x.shape) > 0.7).astype(jnp.float32)
+    outputs = {}
+    for impl in ("grouped", "dense"):
+        model = UNet(TINY, gsconv_in=PAPER_PLACES, eca_in=PAPER_PLACES, depthwise_impl=impl)
+        variables, _ = init(model, x.shape)
+
+        def loss(params, model=model, variables=variables):
+            logits, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean((jax.nn.sigmoid(logits) - mask) ** 2), logits
+
+        (value, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(
+            variables["params"]
+        )
+        outputs[impl] = variables, logits, grads
+    (variables_g, logits_g, grads_g), (variables_d, logits_d, grads_d) = outputs.values()
+    # Same parameter tree and the same initial values: checkpoints work with either.
+    chex.assert_trees_all_equal(variables_g, variables_d)
+    np.testing.assert_allclose(logits_d, logits_g, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(grads_d, grads_g, rtol=1e-3, atol=1e-5)
+
+
 def test_gsconv_rejects_odd_features_and_unknown_settings():
     x = jnp.zeros((1, 8, 8, 3))
     with pytest.raises(ValueError, match="even number of features, got 7"):
@@ -323,6 +400,7 @@ def test_unet_rejects_sizes_that_are_not_multiples_of_16(size):
         ("eca_in", "middle", "config.model.eca_in has unknown entries \\['middle'\\]"),
         ("features", (4, 8, 16, 31), "odd widths \\[31\\]"),
         ("name", "segformer", "config.model.name"),
+        ("depthwise_impl", "fft", "config.model.depthwise_impl='fft'"),
     ],
 )
 def test_build_model_rejects_bad_values_naming_the_setting(field, value, message):

@@ -73,6 +73,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
         eca_in=eca_in,
         gsconv_act=model_config.gsconv_act,
         gsconv_shuffle=model_config.gsconv_shuffle,
+        # Configs written before the field existed computed depthwise convolutions "auto"matically.
+        depthwise_impl=model_config.get("depthwise_impl", "auto"),
         eca_kernel_size=int(model_config.eca_kernel_size) or None,
         dtype=parse_dtype(dtype),
         param_dtype=jnp.float32,

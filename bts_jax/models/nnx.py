@@ -92,7 +92,8 @@ class UNet(nnx.Module):
           rngs: random streams; the ``params`` (or ``default``) stream seeds the weights.
           **unet_fields: the fields of the Linen :class:`bts_jax.models.UNet` (``features``,
             ``num_classes``, ``upsample``, ``gsconv_in``, ``eca_in``, ``gsconv_act``,
-            ``gsconv_shuffle``, ``eca_kernel_size``, ``dtype``, ``param_dtype``).
+            ``gsconv_shuffle``, ``depthwise_impl``, ``eca_kernel_size``, ``dtype``,
+            ``param_dtype``).
 
         Raises:
           ValueError: for an invalid field value, as the Linen UNet does.
@@ -112,7 +113,10 @@ class UNet(nnx.Module):
         self.dtype = config.dtype
         dtypes = dict(dtype=config.dtype, param_dtype=config.param_dtype)
         block_fields = dict(
-            gsconv_act=config.gsconv_act, gsconv_shuffle=config.gsconv_shuffle, **dtypes
+            gsconv_act=config.gsconv_act,
+            gsconv_shuffle=config.gsconv_shuffle,
+            depthwise_impl=config.depthwise_impl,
+            **dtypes,
         )
 
         def bridged(module: nn.Module, channels: int, **kwargs: Any) -> bridge.ToNNX:

@@ -6,7 +6,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bts_jax.models.layers import ECA, SHUFFLE_MODES, ConvBNAct, GSConv, get_activation
+from bts_jax.models.layers import (
+    DEPTHWISE_IMPLS,
+    ECA,
+    SHUFFLE_MODES,
+    ConvBNAct,
+    GSConv,
+    get_activation,
+)
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
 GSCONV_PLACES = frozenset({"encoder", "bottleneck", "decoder"})
@@ -33,6 +40,7 @@ class ConvBlock(nn.Module):
       use_eca: apply ECA to the block's output.
       gsconv_act: GSConv activation.
       gsconv_shuffle: GSConv channel shuffle mode.
+      depthwise_impl: how GSConv's depthwise convolution is computed (``DEPTHWISE_IMPLS``).
       eca_kernel_size: ECA kernel size, ``None`` for the adaptive rule.
       dtype: computation dtype.
       param_dtype: parameter dtype.
@@ -43,6 +51,7 @@ class ConvBlock(nn.Module):
     use_eca: bool = False
     gsconv_act: str = "mish"
     gsconv_shuffle: str = "interleave"
+    depthwise_impl: str = "auto"
     eca_kernel_size: int | None = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -57,6 +66,7 @@ class ConvBlock(nn.Module):
                     self.features,
                     act=self.gsconv_act,
                     shuffle=self.gsconv_shuffle,
+                    depthwise_impl=self.depthwise_impl,
                     name=f"conv_{i}",
                     **dtypes,
                 )
@@ -113,6 +123,8 @@ class UNet(nn.Module):
         ("skip" reweights each skip tensor before concatenation).
       gsconv_act: activation inside GSConv.
       gsconv_shuffle: GSConv channel shuffle mode.
+      depthwise_impl: how GSConv's depthwise convolutions are computed: ``"auto"`` (``"dense"`` on
+        CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"dense"``; the same function either way.
       eca_kernel_size: ECA kernel size for every ECA, ``None`` for the adaptive rule.
       dtype: computation dtype (float32 or bfloat16).
       param_dtype: parameter dtype.
@@ -125,6 +137,7 @@ class UNet(nn.Module):
     eca_in: Sequence[str] = ()
     gsconv_act: str = "mish"
     gsconv_shuffle: str = "interleave"
+    depthwise_impl: str = "auto"
     eca_kernel_size: int | None = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
@@ -158,6 +171,10 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet.gsconv_shuffle={self.gsconv_shuffle!r}; expected one of {SHUFFLE_MODES}."
             )
+        if self.depthwise_impl not in DEPTHWISE_IMPLS:
+            raise ValueError(
+                f"UNet.depthwise_impl={self.depthwise_impl!r}; expected one of {DEPTHWISE_IMPLS}."
+            )
         gsconv_in = _check_places(self.gsconv_in, GSCONV_PLACES, "gsconv_in")
         eca_in = _check_places(self.eca_in, ECA_PLACES, "eca_in")
         if gsconv_in:
@@ -183,6 +200,7 @@ class UNet(nn.Module):
         common = dict(
             gsconv_act=self.gsconv_act,
             gsconv_shuffle=self.gsconv_shuffle,
+            depthwise_impl=self.depthwise_impl,
             eca_kernel_size=self.eca_kernel_size,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
