@@ -26,8 +26,12 @@ disk; an unpinned ``torch`` would download a multi-GB CUDA build. ``--frameworks
 needs no PyTorch installed.
 
 Sizes: ``test`` = configs/test.py (widths 4-32, 32x32, batch 8), ``quickstart`` =
-configs/quickstart.py (widths 16-128, 128x128, batch 4), ``issue`` = quickstart widths at batch 8
-(the issue's measurement); ``--features/--image_size/--batch`` give one custom size instead.
+configs/quickstart.py (widths 16-128, 96x96, batch 4), ``issue`` = quickstart widths at 128x128,
+batch 8 (the issue's measurement); ``--features/--image_size/--batch`` give one custom size instead.
+
+``--depthwise_impls=grouped,dense`` times the paper model once per formulation of GSConv's depthwise
+convolution (``config.model.depthwise_impl``; the default ``auto`` is ``dense`` on CPU), each a row
+in the same alternated rounds.
 
 XLA flags go in the ``XLA_FLAGS`` environment variable as usual; what was tried, and what each
 change was worth, is in docs/performance.md.
@@ -48,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SIZES = {
     "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),
-    "quickstart": dict(features=(16, 32, 64, 128), image_size=128, batch=4),
+    "quickstart": dict(features=(16, 32, 64, 128), image_size=96, batch=4),
     "issue": dict(features=(16, 32, 64, 128), image_size=128, batch=8),
 }
 MODELS = {
@@ -75,6 +79,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=0, help="custom batch size")
     parser.add_argument("--models", default="baseline,paper", help=",".join(MODELS))
     parser.add_argument("--dtypes", default="float32,bfloat16", help="JAX compute dtypes")
+    parser.add_argument(
+        "--depthwise_impls",
+        default="auto",
+        help="paper model: one JAX row per config.model.depthwise_impl (auto,grouped,dense)",
+    )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=",".join(FRAMEWORKS))
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--steps", type=int, default=10, help="train steps per round")
@@ -84,6 +93,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.frameworks = _split(args.frameworks, FRAMEWORKS, "--frameworks")
     args.models = _split(args.models, MODELS, "--models")
     args.dtypes = _split(args.dtypes, ("float32", "bfloat16"), "--dtypes")
+    from bts_jax.models.layers import DEPTHWISE_IMPLS
+
+    args.depthwise_impls = _split(args.depthwise_impls, DEPTHWISE_IMPLS, "--depthwise_impls")
     if args.features or args.image_size or args.batch:
         if not (args.features and args.image_size and args.batch):
             parser.error("--features, --image_size and --batch go together")
@@ -129,11 +141,12 @@ class Impl:
     images_per_s: list[float] = field(default_factory=list)
 
 
-def make_config(size: dict, model: dict, dtype: str):
+def make_config(size: dict, model: dict, dtype: str, depthwise_impl: str = "auto"):
     """The experiment config of one benchmark case (constant-rate Adam, loss weights 1, 1)."""
     from configs import default
 
     config = default.get_config()
+    config.model.depthwise_impl = depthwise_impl
     config.model.features = tuple(size["features"])
     config.model.gsconv_in = model["gsconv_in"]
     config.model.eca_in = model["eca_in"]
@@ -197,7 +210,10 @@ def jax_impl(config, batch: dict, mesh):
             - memory.alias_size_in_bytes
         )
 
-    impl = Impl(f"bts_jax {config.dtype}", run, dtype=config.dtype, memory=peak_bytes)
+    name = f"bts_jax {config.dtype}"
+    if config.model.gsconv_in and config.model.depthwise_impl != "auto":
+        name += f" (depthwise {config.model.depthwise_impl})"
+    impl = Impl(name, run, dtype=config.dtype, memory=peak_bytes)
     return impl, initial, model, float(cost["flops"])
 
 
@@ -379,17 +395,19 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     batch = make_batch(size)
     impls, flops = [], None
     reference = None
+    # The baseline has no depthwise convolution: one row per dtype is enough.
+    depthwise_impls = args.depthwise_impls if MODELS[model_name]["gsconv_in"] else ["auto"]
     for dtype in args.dtypes if "jax" in args.frameworks else ["float32"]:
-        impl, initial, model, step_flops = jax_impl(
-            make_config(size, MODELS[model_name], dtype), batch, mesh
-        )
-        if dtype == "float32":
-            flops, reference = step_flops, (initial, model)
-        if "jax" in args.frameworks:
-            impls.append(impl)
+        for depthwise_impl in depthwise_impls:
+            config = make_config(size, MODELS[model_name], dtype, depthwise_impl)
+            impl, initial, model, step_flops = jax_impl(config, batch, mesh)
+            if dtype == "float32" and reference is None:
+                flops, reference = step_flops, (initial, model)
+            if "jax" in args.frameworks:
+                impls.append(impl)
     if reference is None:  # bfloat16 only: the float32 model is the reference.
         _, initial, model, flops = jax_impl(
-            make_config(size, MODELS[model_name], "float32"), batch, mesh
+            make_config(size, MODELS[model_name], "float32", depthwise_impls[0]), batch, mesh
         )
         reference = (initial, model)
     wants_torch = [f for f in args.frameworks if f.startswith("torch")]

@@ -33,9 +33,21 @@ def test_jax_only_mode_times_one_tiny_step(vs, capsys):
     assert "| custom 16px b2 w4 | paper | bts_jax float32 |" in out
 
 
+def test_depthwise_impls_give_one_paper_row_each_and_one_baseline_row(vs):
+    args = ["--dtypes=float32", "--frameworks=jax", "--depthwise_impls=grouped,dense"]
+    rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])
+    assert [(row["model"], row["impl"]) for row in rows] == [
+        ("baseline", "bts_jax float32"),
+        ("paper", "bts_jax float32 (depthwise grouped)"),
+        ("paper", "bts_jax float32 (depthwise dense)"),
+    ]
+
+
 def test_bad_arguments_name_the_flag(vs):
     with pytest.raises(SystemExit, match="--frameworks"):
         vs.parse_args(["--frameworks=tensorflow"])
+    with pytest.raises(SystemExit, match="--depthwise_impls"):
+        vs.parse_args(["--depthwise_impls=fft"])
     with pytest.raises(SystemExit):
         vs.parse_args(["--features=4,8", "--image_size=16"])  # --batch missing
 
