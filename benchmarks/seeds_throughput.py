@@ -16,12 +16,12 @@ Measured on 2 CPU cores shared with other training runs (nice 19), quickstart wi
 64 px, batch 4 per seed, 6 timed steps (``python benchmarks/seeds_throughput.py --steps=6
 --warmup=1``); no GPU was lent for this measurement:
 
-    | K | images/s, K seeds in one program | images/s, K runs one by one | ratio |
-    |---|---|---|---|
-    | 1 | 17.7 | 11.5 | 1.54 |
-    | 2 | 5.7 | 7.7 | 0.74 |
-    | 4 | 6.4 | 9.0 | 0.71 |
-    | 8 | 17.5 | 30.7 | 0.57 |
+    | K | images/s, K seeds in one program | images/s, K runs one by one | ratio | 2nd pass |
+    |---|---|---|---|---|
+    | 1 | 17.7 | 11.5 | 1.54 | 10.6 / 8.5 = 1.25 |
+    | 2 | 5.7 | 7.7 | 0.74 | 7.2 / 7.4 = 0.97 |
+    | 4 | 6.4 | 9.0 | 0.71 | 20.2 / 28.9 = 0.70 |
+    | 8 | 17.5 | 30.7 | 0.57 | 3.9 / 5.3 = 0.73 |
 
 The K=1 row runs the same program on both sides, so its ratio shows the noise of that machine
 (the load changed during the run; compare ratios within a row only). On CPU the seeds in one
