@@ -8,6 +8,9 @@ Multi-host: start one process per host with ``--coordinator_address=HOST:PORT
 --num_processes=N --process_id=I`` (or let a SLURM/Open MPI environment provide them). If a
 process dies, the others stop with an error naming it after ``--heartbeat_timeout_s``.
 
+``--config.num_seeds=K`` trains seeds ``seed, seed + 1, ..., seed + K - 1`` together in one
+program, each written as its own run in ``WORKDIR/seed_<s>/``.
+
 Running again in a workdir resumes it. A resumed run refuses a changed config (it prints the
 changed fields) unless the change is safe (e.g. a higher ``num_epochs`` extends the run) or
 ``--allow_config_change`` is given; a second run on a workdir in use stops at once.
@@ -58,7 +61,7 @@ def main(argv):
 
     import jax
 
-    from bts_jax import train_lib
+    from bts_jax import checkpointing, train_lib
 
     if jax.process_index() != 0:
         logging.set_verbosity(logging.WARNING)
@@ -66,7 +69,12 @@ def main(argv):
     result = train_lib.train_and_evaluate(
         FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
     )
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and isinstance(result, list):
+        # config.num_seeds > 1: each seed is its own run, in its own workdir.
+        for single, seed_result in zip(train_lib.seed_configs(FLAGS.config), result, strict=True):
+            seed_dir = checkpointing.seed_workdir(FLAGS.workdir, single.seed)
+            print(f"Seed {single.seed}:\n{train_lib.run_summary(seed_dir, seed_result)}")
+    elif jax.process_index() == 0:
         print(train_lib.run_summary(FLAGS.workdir, result))
 
 

@@ -6,6 +6,10 @@ Layout written by training::
     <workdir>/checkpoints/     the latest ``config.checkpoint.max_to_keep`` saves
     <workdir>/best/            the one save with the highest validation mIoU
 
+A run of ``config.num_seeds = K > 1`` seeds writes one such complete workdir per seed,
+``<workdir>/seed_<s>/`` for s = config.seed + k (`seed_workdir`), each with the config of a single
+run of seed s (``num_seeds = 1``); nothing else but the run's lock goes in ``<workdir>`` itself.
+
 Each save holds the whole `TrainState` (``state``) and a small JSON (``meta``: the metric history
 and the best mIoU so far, NaN written as ``null``), so a run resumes exactly. Orbax writes a save
 into ``<step>.orbax-checkpoint-tmp-*`` and renames it when complete; such folders, left by a killed
@@ -38,6 +42,7 @@ CONFIG_FILE = "config.json"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 CHECKPOINT_CHOICES = ("best", "latest")
+SEED_DIR_PREFIX = "seed_"
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
@@ -61,6 +66,29 @@ def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -
     return path
 
 
+def seed_workdir(workdir: str | os.PathLike, seed: int) -> str:
+    """The workdir of seed ``seed`` of a ``config.num_seeds > 1`` run in ``workdir``.
+
+    Args:
+      workdir: the multi-seed run's directory.
+      seed: the seed (``config.seed + k``).
+
+    Returns:
+      ``<workdir>/seed_<seed>``: an ordinary workdir, as a single run of that seed writes.
+    """
+    return os.path.join(os.fspath(workdir), f"{SEED_DIR_PREFIX}{int(seed)}")
+
+
+def _seed_workdirs_in(workdir: str) -> list[str]:
+    names = os.listdir(workdir) if os.path.isdir(workdir) else []
+    return sorted(
+        os.path.join(workdir, name)
+        for name in names
+        if name.startswith(SEED_DIR_PREFIX)
+        and os.path.isfile(os.path.join(workdir, name, CONFIG_FILE))
+    )
+
+
 def _lists_to_tuples(value: Any) -> Any:
     # JSON turned the config's tuples (e.g. model.features) into lists; give them back.
     if isinstance(value, dict):
@@ -81,12 +109,18 @@ def load_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
 
     Raises:
       FileNotFoundError: ``workdir`` does not exist or holds no ``config.json`` (the message
-        names it).
+        names it, or lists the seeds' workdirs when it holds a ``num_seeds > 1`` run).
     """
     workdir = os.fspath(workdir)
     if not os.path.isdir(workdir):
         raise FileNotFoundError(f"Workdir not found: {workdir}")
     path = os.path.join(workdir, CONFIG_FILE)
+    seed_runs = [] if os.path.isfile(path) else _seed_workdirs_in(workdir)
+    if seed_runs:
+        raise FileNotFoundError(
+            f"{workdir} holds the runs of a config.num_seeds > 1 training, one workdir per seed: "
+            f"pass one of them as --workdir ({', '.join(seed_runs)})."
+        )
     if not os.path.isfile(path):
         raise FileNotFoundError(
             f"{workdir} is not a bts_jax workdir: it has no {CONFIG_FILE}. Pass the --workdir "

@@ -65,6 +65,10 @@ SAFE_CHANGES: dict[str, str] = {
 
 _MISSING = "<absent>"
 
+# Fields added to the config after workdirs were first written, with the value that a config.json
+# without them implies, so such a workdir resumes (and its sweep cell compares) unchanged.
+IMPLIED_FIELDS: dict[str, Any] = {"num_seeds": 1}
+
 
 class WorkdirNotWritableError(OSError):
     """The workdir cannot be created or written (the message gives the path and the reason)."""
@@ -313,13 +317,15 @@ def read_saved_config(workdir: str | os.PathLike) -> dict[str, Any] | None:
       workdir: the run's directory.
 
     Returns:
-      The flat config (see `flatten_config`) or None.
+      The flat config (see `flatten_config`) or None; fields of `IMPLIED_FIELDS` that the file
+      lacks have their implied value.
     """
     path = os.path.join(os.fspath(workdir), CONFIG_FILE)
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return flatten_config(json.load(f))
+        flat = flatten_config(json.load(f))
+    return dict(sorted({**IMPLIED_FIELDS, **flat}.items()))
 
 
 def check_config(

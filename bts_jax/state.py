@@ -3,11 +3,19 @@
 The state is replicated over a 1-D ``("data",)`` mesh of all devices (of all processes); global
 batches are sharded along their leading axis over the same mesh, so the jitted step of
 `bts_jax.steps` sees the global batch and XLA inserts the collectives.
+
+``config.num_seeds = K > 1`` trains K seeds in one program: the states of the K seeds are stacked
+along a leading seed axis and the batches are (K, B, ...), on a 2-D ``("seed", "data")`` mesh of
+the same devices (`make_seed_mesh`). The seed axis has `seed_axis_size` devices; each seed's batch
+is sharded over the "data" axis, its state replicated along it. `unstack_train_state` and
+`stack_train_states` convert between the stacked state and K ordinary single-seed states (on the
+1-D mesh of the same devices), which are what is evaluated, saved and restored.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import math
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import flax
@@ -22,6 +30,8 @@ from jax.sharding import PartitionSpec as P
 
 # Keys of a batch that live on devices; the rest ("id") stays on the host.
 DEVICE_KEYS = ("image", "mask", "valid")
+# The mesh axis of the seeds of a ``config.num_seeds > 1`` run.
+SEED_AXIS = "seed"
 
 
 @flax.struct.dataclass
@@ -55,6 +65,50 @@ def make_mesh(devices: Iterable[jax.Device] | None = None) -> Mesh:
     """
     devices = np.asarray(list(devices) if devices is not None else jax.devices())
     return Mesh(devices, ("data",))
+
+
+def seed_axis_size(num_seeds: int, device_count: int) -> int:
+    """Devices along the seed axis: the largest divisor of ``num_seeds`` that divides the devices.
+
+    Args:
+      num_seeds: seeds trained together (``config.num_seeds``).
+      device_count: devices of the run.
+
+    Returns:
+      ``gcd(num_seeds, device_count)``; the other ``device_count / seed_axis_size`` devices of each
+      seed group are data-parallel.
+    """
+    return math.gcd(int(num_seeds), int(device_count))
+
+
+def make_seed_mesh(num_seeds: int, devices: Iterable[jax.Device] | None = None) -> Mesh:
+    """Returns the 2-D ``("seed", "data")`` mesh of a ``config.num_seeds > 1`` run.
+
+    The devices keep `make_mesh`'s order (row-major), so `flat_mesh` of it is the 1-D mesh a
+    single-seed run would use.
+
+    Args:
+      num_seeds: seeds trained together.
+      devices: the devices to use; default all devices of all processes.
+
+    Returns:
+      A ``Mesh`` of shape (`seed_axis_size`, num_devices / `seed_axis_size`).
+    """
+    devices = np.asarray(list(devices) if devices is not None else jax.devices())
+    seeds = seed_axis_size(num_seeds, devices.size)
+    return Mesh(devices.reshape(seeds, devices.size // seeds), (SEED_AXIS, "data"))
+
+
+def flat_mesh(mesh: Mesh) -> Mesh:
+    """The 1-D ``("data",)`` mesh over ``mesh``'s devices, in the same order.
+
+    Args:
+      mesh: any mesh (a seed mesh, or already a 1-D one).
+
+    Returns:
+      The mesh a single-seed run on these devices uses.
+    """
+    return Mesh(mesh.devices.reshape(-1), ("data",))
 
 
 def create_learning_rate_schedule(
@@ -171,6 +225,79 @@ def create_train_state(
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(config.seed))
 
 
+def create_seed_train_states(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """Initialises ``config.num_seeds`` states at once, seed k from ``config.seed + k``.
+
+    Seed k's slice equals `create_train_state` of a config with ``seed = config.seed + k``
+    exactly: the initialisation is the same function, vmapped over the seeds' keys.
+
+    Args:
+      config: experiment config (``seed``, ``num_seeds``, ``data.image_size``).
+      model: the segmentation model.
+      optimizer: the optax transformation whose state is initialised.
+      mesh: a `make_seed_mesh` mesh; the seed axis of the state is sharded over its "seed" axis.
+
+    Returns:
+      A TrainState whose every leaf has a leading seed axis of size ``config.num_seeds``.
+    """
+    init = _init_fn(int(config.data.image_size), model, optimizer)
+    # The raw key data of each seed's key, so the keys are exactly those of single runs.
+    keys = np.stack(
+        [
+            np.asarray(jax.random.key_data(jax.random.key(int(config.seed) + k)))
+            for k in range(int(config.num_seeds))
+        ]
+    )
+    seeded = NamedSharding(mesh, P(SEED_AXIS))
+    return jax.jit(
+        jax.vmap(lambda data: init(jax.random.wrap_key_data(data))), out_shardings=seeded
+    )(keys)
+
+
+def _stack(*states: TrainState) -> TrainState:
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def _seed_slice(state: TrainState, k: int) -> TrainState:
+    return jax.tree_util.tree_map(lambda x: x[k], state)
+
+
+def _unstack(state: TrainState) -> tuple[TrainState, ...]:
+    num_seeds = jax.tree_util.tree_leaves(state)[0].shape[0]
+    return tuple(_seed_slice(state, k) for k in range(num_seeds))
+
+
+def stack_train_states(states: Sequence[TrainState], mesh: Mesh) -> TrainState:
+    """Stacks single-seed states (e.g. restored ones) into one with a leading seed axis.
+
+    Args:
+      states: K states of the same structure (any shardings over ``mesh``'s devices).
+      mesh: a `make_seed_mesh` mesh.
+
+    Returns:
+      The stacked TrainState, its seed axis sharded over the "seed" mesh axis.
+    """
+    return jax.jit(_stack, out_shardings=NamedSharding(mesh, P(SEED_AXIS)))(*states)
+
+
+def unstack_train_state(state: TrainState, mesh: Mesh) -> list[TrainState]:
+    """Splits a stacked state into its seeds' states, each replicated like a single run's.
+
+    Args:
+      state: a TrainState with a leading seed axis (from `create_seed_train_states` or a step).
+      mesh: the 1-D mesh of the same devices (`flat_mesh`).
+
+    Returns:
+      K TrainStates, seed order, replicated over ``mesh``.
+    """
+    return list(jax.jit(_unstack, out_shardings=NamedSharding(mesh, P()))(state))
+
+
 def abstract_train_state(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -212,5 +339,27 @@ def make_global_batch(local_batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict
     sharding = NamedSharding(mesh, P("data"))
     return {
         key: jax.make_array_from_process_local_data(sharding, np.asarray(local_batch[key]))
+        for key in DEVICE_KEYS
+    }
+
+
+def make_seed_batch(
+    local_batches: Sequence[Mapping[str, np.ndarray]], mesh: Mesh
+) -> dict[str, jax.Array]:
+    """Stacks the seeds' batches of one step into global (K, B, ...) arrays.
+
+    Args:
+      local_batches: one batch per seed (``DEVICE_KEYS`` used), each as `make_global_batch` takes.
+      mesh: a `make_seed_mesh` mesh (one process).
+
+    Returns:
+      ``jax.Array`` s with a leading seed axis, sharded over "seed" and their batch axis over
+      "data".
+    """
+    sharding = NamedSharding(mesh, P(SEED_AXIS, "data"))
+    return {
+        key: jax.make_array_from_process_local_data(
+            sharding, np.stack([np.asarray(batch[key]) for batch in local_batches])
+        )
         for key in DEVICE_KEYS
     }

@@ -15,6 +15,10 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the default experiment config (paper model, docs/design.md sections 2-5)."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    # Seeds trained together in one program, seed + k for k < num_seeds, each written as its own
+    # run in workdir/seed_<seed + k>/ (docs/architecture.md). On CPU it was slower than the runs
+    # one by one (0.57-0.97x images/s at K = 2-8, benchmarks/seeds_throughput.py).
+    config.num_seeds = 1
     # Compute dtype of the model: "float32" or "bfloat16". Parameters, optimiser state, BatchNorm
     # statistics and losses always stay float32.
     config.dtype = "float32"

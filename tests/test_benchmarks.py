@@ -17,6 +17,15 @@ COMMANDS = {
         "--warmup=1",
     ],
     "model_stats": ["benchmarks/model_stats.py", "--image_size=32", "--configs=test"],
+    "seeds_throughput": [
+        "benchmarks/seeds_throughput.py",
+        "--config",
+        "configs/test.py",
+        "--image_size=32",
+        "--num_seeds=1,2",
+        "--steps=2",
+        "--warmup=1",
+    ],
     "input_pipeline": [
         "benchmarks/input_pipeline.py",
         "--data_dir=",
@@ -28,6 +37,7 @@ COMMANDS = {
 EXPECTED = {
     "train_throughput": "waiting for input",
     "model_stats": "| test |",
+    "seeds_throughput": "| 2 |",
     "input_pipeline": "cache on, later epochs",
 }
 
