@@ -2,6 +2,7 @@
 
 import importlib
 import math
+import re
 
 import chex
 import jax
@@ -234,6 +235,20 @@ def test_resolve_depthwise_impl_picks_dense_on_cpu_only():
     assert resolve_depthwise_impl("auto") == "dense"  # The tests run on CPU.
     with pytest.raises(ValueError, match="depthwise_impl='winograd'"):
         resolve_depthwise_impl("winograd")
+
+
+def _max_feature_groups(fn, *args):
+    """The largest ``feature_group_count`` of any convolution in ``fn``'s jaxpr (1 if none)."""
+    text = str(jax.make_jaxpr(fn)(*args))
+    return max([1, *(int(n) for n in re.findall(r"feature_group_count=(\d+)", text))])
+
+
+@pytest.mark.parametrize("impl,groups", [("grouped", 4), ("dense", 1), ("auto", 1)])
+def test_gsconv_depthwise_impl_decides_the_convolution_actually_traced(impl, groups):
+    module = GSConv(8, depthwise_impl=impl)
+    variables, x = init(module, (2, 8, 8, 3))
+    traced = _max_feature_groups(lambda v, x: module.apply(v, x, train=False), variables, x)
+    assert traced == groups  # "auto" is "dense" on the CPU the tests run on
 
 
 def test_unet_depthwise_impls_share_parameters_and_agree_in_outputs_and_gradients():

@@ -141,11 +141,13 @@ def block_diagonal_conv(
       The convolution's output, (B, H', W', C_out).
     """
     channels = rhs.shape[-1]
+    # nn.Conv passes a ConvDimensionNumbers, not the layout strings: compare normalised forms.
+    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
     is_depthwise = (
         feature_group_count > 1
         and rhs.shape[-2] == 1
         and feature_group_count == channels == lhs.shape[-1]
-        and tuple(dimension_numbers or ()) == ("NHWC", "HWIO", "NHWC")
+        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
     )
     if is_depthwise:
         rhs = rhs * jnp.eye(channels, dtype=rhs.dtype)  # (kh, kw, 1, C) -> (kh, kw, C, C)
