@@ -100,7 +100,9 @@ def model_summary(
 
     FLOPs come from XLA's cost analysis of the compiled forward pass (a multiply-add counts as 2),
     so they include everything XLA executes (BatchNorm, activations, pooling), not only the
-    convolutions. No array of the full input size is allocated for the parameter count.
+    convolutions. They are the model's own FLOPs: counted with grouped depthwise convolutions
+    whatever ``model.depthwise_impl`` is, since the block-diagonal dense form multiplies zeros.
+    No array of the full input size is allocated for the parameter count.
 
     Args:
       model: the module to measure.
@@ -112,6 +114,7 @@ def model_summary(
       ``{"params": ..., "flops": ..., "gflops_per_image": ...}``.
     """
     model.check_input_shape((batch_size, image_size, image_size, in_channels))
+    model = model.clone(depthwise_impl="grouped")
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_channels), jnp.float32)
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False)
