@@ -1,24 +1,13 @@
 """validate_config: every bad setting is refused at set-up with the field's name."""
 
 import pytest
+from helpers import tiny_config
 
 from bts_jax.config_checks import validate_config
-from configs import test as test_config
-
-
-def _config(**overrides):
-    config = test_config.get_config()
-    for key, value in overrides.items():
-        target = config
-        *path, leaf = key.split(".")
-        for part in path:
-            target = target[part]
-        target[leaf] = value
-    return config
 
 
 def test_a_valid_config_passes():
-    validate_config(_config(), device_count=8, process_count=2)
+    validate_config(tiny_config(), device_count=8, process_count=2)
 
 
 @pytest.mark.parametrize(
@@ -51,5 +40,5 @@ def test_a_valid_config_passes():
 def test_bad_settings_are_named(overrides, device_count, process_count, message):
     with pytest.raises(ValueError, match=message):
         validate_config(
-            _config(**overrides), device_count=device_count, process_count=process_count
+            tiny_config(**overrides), device_count=device_count, process_count=process_count
         )

@@ -20,32 +20,16 @@ import chex
 import jax
 import numpy as np
 import pytest
+from helpers import read_text, tiny_config
 
 from bts_jax import checkpointing, run_guard, steps, train_lib
 from bts_jax import data as data_lib
 from bts_jax import state as state_lib
 from bts_jax.config_checks import validate_config
-from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 3
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
-
-
-def tiny_config(**overrides):
-    config = test_config.get_config()
-    for key, value in overrides.items():
-        target = config
-        *path, leaf = key.split(".")
-        for part in path:
-            target = target[part]
-        target[leaf] = value
-    return config
-
-
-def read_text(*path):
-    with open(os.path.join(*path)) as f:
-        return f.read()
 
 
 def first_batches(config, n):

@@ -15,29 +15,13 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import read_text, tiny_config
 
 from bts_jax import checkpointing, evaluation, run_guard, steps, train_lib
 from bts_jax import data as data_lib
 from bts_jax import state as state_lib
-from configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def tiny_config(**overrides):
-    config = test_config.get_config()
-    for key, value in overrides.items():
-        target = config
-        *path, leaf = key.split(".")
-        for part in path:
-            target = target[part]
-        target[leaf] = value
-    return config
-
-
-def read_text(*path):
-    with open(os.path.join(*path)) as f:
-        return f.read()
 
 
 def params_of(state):
