@@ -126,6 +126,19 @@ def eval_step(
     return outputs
 
 
+def _bind_train_step(
+    config: ml_collections.ConfigDict, model: nn.Module, optimizer: optax.GradientTransformation
+) -> Callable:
+    """`train_step` with the model, optimiser and the config's loss weights bound."""
+    return functools.partial(
+        train_step,
+        model=model,
+        optimizer=optimizer,
+        bce_weight=config.loss.bce_weight,
+        dice_weight=config.loss.dice_weight,
+    )
+
+
 def make_train_step(
     config: ml_collections.ConfigDict,
     model: nn.Module,
@@ -145,13 +158,7 @@ def make_train_step(
     """
     replicated = NamedSharding(mesh, P())
     data = NamedSharding(mesh, P("data"))
-    step = functools.partial(
-        train_step,
-        model=model,
-        optimizer=optimizer,
-        bce_weight=config.loss.bce_weight,
-        dice_weight=config.loss.dice_weight,
-    )
+    step = _bind_train_step(config, model, optimizer)
     return jax.jit(
         step,
         in_shardings=(replicated, data),
@@ -185,13 +192,7 @@ def make_seeds_train_step(
     """
     seeded = NamedSharding(mesh, P(SEED_AXIS))
     batch = NamedSharding(mesh, P(SEED_AXIS, "data"))
-    step = functools.partial(
-        train_step,
-        model=model,
-        optimizer=optimizer,
-        bce_weight=config.loss.bce_weight,
-        dice_weight=config.loss.dice_weight,
-    )
+    step = _bind_train_step(config, model, optimizer)
     seeds_step = jax.vmap(step)
     if mesh.shape[SEED_AXIS] > 1:
         # Seeds never exchange anything: each group of devices steps its own seeds (vmapped), and
