@@ -15,7 +15,7 @@ from flax import nnx
 
 from bts_jax.models import UNet, import_milesial_unet, read_state_dict
 from bts_jax.models import nnx as bts_nnx
-from bts_jax.models.torch_io import _rebuild_tensor
+from bts_jax.models.interop.torch_io import _rebuild_tensor
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 RGB_PTH = os.path.join(DATA, "milesial_golden_rgb_state.pth")

@@ -28,7 +28,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-from bts_jax.models.torch_io import read_state_dict
+from bts_jax.models.interop.torch_io import read_state_dict
 from bts_jax.models.unet import UNet
 
 # milesial's checkpoints (train.py) store the dataset's mask values next to the tensors.
@@ -195,7 +195,7 @@ def import_milesial_unet(
 
     Args:
       source: a ``.pth`` written by ``torch.save(model.state_dict(), path)`` (read without
-        PyTorch, see :func:`bts_jax.models.torch_io.read_state_dict`), an ``.npz`` of
+        PyTorch, see :func:`bts_jax.models.interop.torch_io.read_state_dict`), an ``.npz`` of
         ``{name: array}``, or such a mapping already in memory.
       features: encoder widths to check the tensors against; ``None`` infers them from the
         shapes (milesial's model: ``(64, 128, 256, 512)``).
