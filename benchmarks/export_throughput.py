@@ -17,22 +17,18 @@ Compilation is excluded (one untimed call first); figures are medians of ``--rep
 
 import os
 import statistics
-import sys
 import tempfile
 import time
 
-# Configs import `configs.default`: put the repository root on the path, as train.py has it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-from absl import app, flags  # noqa: E402
+import jax
+import numpy as np
+from absl import app, flags
 
-from bts_jax import checkpointing, export, inference  # noqa: E402
-from bts_jax import data as data_lib  # noqa: E402
-from bts_jax.logs import quiet_library_logs  # noqa: E402
+from bts_jax import checkpointing, export, inference
+from bts_jax import data as data_lib
+from bts_jax.logs import quiet_library_logs
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained workdir.")

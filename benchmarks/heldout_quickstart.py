@@ -25,17 +25,16 @@ import os
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import ml_collections  # noqa: E402
-import numpy as np  # noqa: E402
+import ml_collections
+import numpy as np
 
-from bts_jax import metrics  # noqa: E402
-from bts_jax.checkpointing import load_trained_model  # noqa: E402
-from bts_jax.data import load_grayscale, sources, splits  # noqa: E402
-from bts_jax.data.formats import MASK_THRESHOLD  # noqa: E402
-from bts_jax.inference import predict_masks  # noqa: E402
+from bts_jax import metrics
+from bts_jax.checkpointing import load_trained_model
+from bts_jax.data import load_grayscale, sources, splits
+from bts_jax.data.formats import MASK_THRESHOLD
+from bts_jax.inference import predict_masks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(REPO, "..", "shared", "data", "figshare_brain_tumor")

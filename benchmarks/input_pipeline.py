@@ -9,13 +9,10 @@ training step rate at 512x512 to see whether the input pipeline keeps the accele
 
 import argparse
 import os
-import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bts_jax.data import InputPipeline, preprocessing, sources  # noqa: E402
-from configs import default  # noqa: E402
+from bts_jax.configs import default
+from bts_jax.data import InputPipeline, preprocessing, sources
 
 _SHARED = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "figshare_brain_tumor"

@@ -5,15 +5,10 @@ python benchmarks/model_stats.py --image_size=256
 """
 
 import importlib
-import os
-import sys
 
 from absl import app, flags
 
-# Configs import `configs.default`: put the repository root on the path, as train.py has it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-
-from bts_jax.models import build_model, model_summary  # noqa: E402
+from bts_jax.models import build_model, model_summary
 
 FLAGS = flags.FLAGS
 flags.DEFINE_integer("image_size", 512, "Input height and width.")
@@ -29,7 +24,7 @@ def main(argv):
     print(f"| config | parameters | GFLOPs / image at {FLAGS.image_size}x{FLAGS.image_size} |")
     print("|---|---:|---:|")
     for name in FLAGS.configs:
-        config = importlib.import_module(f"configs.{name}").get_config()
+        config = importlib.import_module(f"bts_jax.configs.{name}").get_config()
         summary = model_summary(build_model(config.model), FLAGS.image_size)
         print(f"| {name} | {summary['params']:,} | {summary['gflops_per_image']:.1f} |")
 

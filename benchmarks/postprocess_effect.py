@@ -12,18 +12,14 @@ scored as an ensemble.
 """
 
 import os
-import sys
-
-# Configs import `configs.default`: put the repository root on the path, as train.py has it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from absl import app, flags  # noqa: E402
+from absl import app, flags
 
-from bts_jax.inference import PredictionSettings  # noqa: E402
-from bts_jax.logs import quiet_library_logs  # noqa: E402
-from bts_jax.prediction_evaluation import evaluate_settings  # noqa: E402
+from bts_jax.inference import PredictionSettings
+from bts_jax.logs import quiet_library_logs
+from bts_jax.prediction_evaluation import evaluate_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "A trained workdir, or several (an ensemble).")

@@ -32,21 +32,17 @@ device partly idle, batching seeds may pay off; measure it with this script befo
 """
 
 import os
-import sys
 import time
-
-# Configs import `configs.default`: put the repository root on the path, as train.py has it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax
+import jax.numpy as jnp
+from absl import app, flags
+from ml_collections import config_flags
 
-from bts_jax import train_lib  # noqa: E402
-from bts_jax.state import (  # noqa: E402
+from bts_jax import train_lib
+from bts_jax.state import (
     create_seed_train_states,
     create_train_state,
     make_global_batch,

@@ -12,20 +12,16 @@ Compilation is timed apart; the figures are medians over ``--steps`` steps after
 
 import os
 import statistics
-import sys
 import time
-
-# Configs import `configs.default`: put the repository root on the path, as train.py has it.
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import jax  # noqa: E402
-from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
+import jax
+from absl import app, flags
+from ml_collections import config_flags
 
-from bts_jax import train_lib  # noqa: E402
-from bts_jax.state import create_train_state, make_global_batch  # noqa: E402
+from bts_jax import train_lib
+from bts_jax.state import create_train_state, make_global_batch
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")

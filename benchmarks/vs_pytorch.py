@@ -40,15 +40,12 @@ change was worth, is in docs/performance.md.
 import argparse
 import copy
 import importlib
+import importlib.util
 import os
 import statistics
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-
-# Runnable as `python benchmarks/vs_pytorch.py` from the repository root.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 SIZES = {
     "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),
@@ -143,7 +140,7 @@ class Impl:
 
 def make_config(size: dict, model: dict, dtype: str, depthwise_impl: str = "auto"):
     """The experiment config of one benchmark case (constant-rate Adam, loss weights 1, 1)."""
-    from configs import default
+    from bts_jax.configs import default
 
     config = default.get_config()
     config.model.depthwise_impl = depthwise_impl
@@ -217,10 +214,20 @@ def jax_impl(config, batch: dict, mesh):
     return impl, initial, model, float(cost["flops"])
 
 
+def _torch_unet():
+    """benchmarks/torch_unet.py, loaded from beside this file (no package, no sys.path edit)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_unet.py")
+    spec = importlib.util.spec_from_file_location("torch_unet", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def torch_twin(config, initial: dict):
     """The PyTorch twin of ``config``'s model holding the Flax ``initial`` variables."""
-    from benchmarks import torch_unet
     from bts_jax.models import eca_kernel_size
+
+    torch_unet = _torch_unet()
 
     places = lambda value: {p for p in value.split(",") if p}  # noqa: E731
     k = int(config.model.eca_kernel_size)
@@ -281,7 +288,7 @@ def torch_impl(twin, batch: dict, compile_model: bool):
     """The PyTorch train step (forward, same loss, backward, Adam) of ``twin``, on its device."""
     import torch
 
-    from benchmarks import torch_unet
+    torch_unet = _torch_unet()
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = copy.deepcopy(twin).to(device).train()
@@ -419,7 +426,7 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
             try:
                 impl = torch_impl(twin, batch, compile_model)
                 impl.run(1)  # compiles; a failure here drops the row, not the run
-            except Exception as error:  # noqa: BLE001 - torch.compile fails in many ways
+            except Exception as error:
                 print(f"  {framework}: skipped ({type(error).__name__}: {str(error)[:200]})")
                 continue
             impls.append(impl)

@@ -65,7 +65,7 @@ def load_python_config(path: str | os.PathLike, repo_root: str | None = None) ->
 
     Args:
       path: a ``configs/*.py`` file; relative paths are taken from ``repo_root`` when given.
-      repo_root: the folder that holds ``configs/`` (so ``from configs import default`` works).
+      repo_root: the folder relative paths are taken from (the repository root).
 
     Returns:
       What the file's ``get_config()`` returns.
@@ -79,11 +79,6 @@ def load_python_config(path: str | os.PathLike, repo_root: str | None = None) ->
         path = os.path.join(repo_root, path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"Config file not found: {path}")
-    root = repo_root or os.path.dirname(os.path.dirname(os.path.abspath(path)))
-    import sys
-
-    if root not in sys.path:
-        sys.path.insert(0, root)
     spec = importlib.util.spec_from_file_location(f"_bts_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -5,7 +5,7 @@ python train.py --config configs/ablation_gsconv_only.py --workdir workdirs/abla
 
 import ml_collections
 
-from configs import default
+from bts_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

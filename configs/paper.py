@@ -12,7 +12,7 @@ paper's per-slice split, which leaks patients between training and validation.
 
 import ml_collections
 
-from configs import default
+from bts_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -6,7 +6,7 @@
 
 import ml_collections
 
-from configs import paper
+from bts_jax.configs import paper
 
 
 def get_config() -> ml_collections.ConfigDict:

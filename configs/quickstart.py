@@ -20,7 +20,7 @@ per-image Dice loss (0.440 against 0.472, 3 epochs; half the empty predictions).
 
 import ml_collections
 
-from configs import default
+from bts_jax.configs import default
 
 
 def get_config() -> ml_collections.ConfigDict:

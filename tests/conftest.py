@@ -17,7 +17,7 @@ os.environ.setdefault(
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
 
-import jax  # noqa: E402
+import jax
 
 NUM_FAKE_DEVICES = 8
 jax.config.update("jax_num_cpu_devices", NUM_FAKE_DEVICES)

@@ -4,7 +4,7 @@ import os
 
 import ml_collections
 
-from configs import test as test_config
+from bts_jax.configs import test as test_config
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:

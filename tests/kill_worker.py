@@ -26,7 +26,7 @@ jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
 
 from bts_jax import checkpointing, evaluation, figures, train_lib  # noqa: E402
-from configs import test as test_config  # noqa: E402
+from bts_jax.configs import test as test_config  # noqa: E402
 
 
 def _die() -> None:

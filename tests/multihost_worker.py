@@ -33,8 +33,8 @@ def main(port: str, process_id: str, out_dir: str, die_after_steps: str = "") ->
     import numpy as np
 
     from bts_jax import evaluation, train_lib
+    from bts_jax.configs import test as test_config
     from bts_jax.state import create_train_state, make_global_batch, make_mesh
-    from configs import test as test_config
 
     config = test_config.get_config()
     mesh = make_mesh()

@@ -8,8 +8,8 @@ import pytest
 
 from benchmarks import heldout_quickstart
 from bts_jax import train_lib
+from bts_jax.configs import test as test_config
 from bts_jax.data import sources
-from configs import test as test_config
 
 SHARED = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "figshare_brain_tumor"

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 
+from bts_jax.configs import test as test_config
 from bts_jax.data import (
     DataCache,
     InputPipeline,
@@ -13,7 +14,6 @@ from bts_jax.data import (
     num_eval_batches,
     steps_per_epoch,
 )
-from configs import test as test_config
 
 # These tests check the pipeline on its own, as on hosts with one device each; the device-count
 # check is tested explicitly below.

@@ -6,6 +6,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from bts_jax.configs import default
 from bts_jax.data import (
     SAMPLE_DIR,
     augment_pair,
@@ -17,7 +18,6 @@ from bts_jax.data import (
 )
 from bts_jax.data._tf import tf
 from bts_jax.data.preprocessing import preprocess_pair
-from configs import default
 
 
 def _data_config(**overrides):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bts_jax.configs import test as test_config
 from bts_jax.data import get_examples, sources, splits
-from configs import test as test_config
 from tools import make_sample_128
 
 SAMPLE_128 = sources.SAMPLE_DIRS["sample_128"]

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bts_jax.configs import test as test_config
 from bts_jax.data import SAMPLE_DIR, get_examples, load_grayscale, sources
 from bts_jax.data.sources import list_folder, validate_examples
-from configs import test as test_config
 
 SHARED = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "figshare_brain_tumor"

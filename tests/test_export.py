@@ -20,7 +20,7 @@ import tensorflow as tf
 from bts_jax import checkpointing, export, inference, train_lib
 from bts_jax import data as data_lib
 from bts_jax import state as state_lib
-from configs import test as test_config
+from bts_jax.configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(data_lib.SAMPLE_DIR, "images")

@@ -13,7 +13,7 @@ import scipy.stats
 from PIL import Image
 
 from bts_jax import evaluation, report, stats
-from configs import test as test_config
+from bts_jax.configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = [str(i) for i in range(101, 113)]  # 12 test images

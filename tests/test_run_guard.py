@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from bts_jax import checkpointing, run_guard
-from configs import test as test_config
+from bts_jax.configs import test as test_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -19,7 +19,7 @@ FLOPs). Measure it with
 
 import ml_collections
 
-from configs.sweeps import paper_ablation
+from bts_jax.configs.sweeps import paper_ablation
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ the full Kaggle set), split by id blocks into train / validation / test (70 / 15
 
 import ml_collections
 
-from configs.sweeps import paper_gpu
+from bts_jax.configs.sweeps import paper_gpu
 
 
 def get_config() -> ml_collections.ConfigDict:
