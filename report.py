@@ -1,50 +1,9 @@
 """Writes the report of an ablation sweep: tables, paired tests, verdicts on the paper's claims.
 
-    python report.py workdirs/sweeps/paper_ablation
-    python report.py workdirs/sweeps/paper_ablation --alpha=0.01 --nomodel_stats
-
-Reads ``DIR/sweep.json`` and the sweep's finished cells; writes ``DIR/report.md``,
-``DIR/summary.csv``, ``DIR/summary.json`` and the figures into ``DIR``. Unfinished cells are listed
-as missing and left out of every statistic.
+The program is `bts_jax.cli.report` (its docstring shows every form; ``--help`` lists the flags).
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags  # noqa: E402
-
-FLAGS = flags.FLAGS
-flags.DEFINE_float("alpha", 0.05, "Significance level of the verdicts (Holm-adjusted p-values).")
-flags.DEFINE_float("confidence", 0.95, "Confidence level of every interval.")
-flags.DEFINE_bool(
-    "predictions",
-    True,
-    "Draw the baseline and the paper model side by side on test images (loads both models).",
-)
-flags.DEFINE_bool(
-    "model_stats",
-    True,
-    "Count parameters and GFLOPs of each variant's model (one XLA compilation per variant).",
-)
-
-
-def main(argv):
-    """Entry point."""
-    if len(argv) != 2:
-        raise app.UsageError("Usage: python report.py DIR (a sweep folder with sweep.json)")
-    from bts_jax import report, sweep
-
-    paths = report.write_report(
-        argv[1],
-        alpha=FLAGS.alpha,
-        confidence=FLAGS.confidence,
-        model_stats=FLAGS.model_stats,
-        prediction_figure=sweep.prediction_figure if FLAGS.predictions else None,
-    )
-    for path in paths.values():
-        print(f"Wrote {os.path.abspath(path)}")
-
+from bts_jax.cli import report
 
 if __name__ == "__main__":
-    app.run(main)
+    report.run()

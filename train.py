@@ -1,82 +1,9 @@
 """Trains a bts_jax model: parses flags, sets up processes and devices, then calls the library.
 
-    python train.py --config configs/quickstart.py --workdir workdirs/quickstart
-    python train.py --config configs/default.py --workdir workdirs/paper \
-        --config.data.source=folder --config.data.data_dir=/data/brain_tumor --config.dtype=bfloat16
-
-Multi-host: start one process per host with ``--coordinator_address=HOST:PORT
---num_processes=N --process_id=I`` (or let a SLURM/Open MPI environment provide them). If a
-process dies, the others stop with an error naming it after ``--heartbeat_timeout_s``.
-
-``--config.num_seeds=K`` trains seeds ``seed, seed + 1, ..., seed + K - 1`` together in one
-program, each written as its own run in ``WORKDIR/seed_<s>/``.
-
-Running again in a workdir resumes it. A resumed run refuses a changed config (it prints the
-changed fields) unless the change is safe (e.g. a higher ``num_epochs`` extends the run) or
-``--allow_config_change`` is given; a second run on a workdir in use stops at once.
+The program is `bts_jax.cli.train` (its docstring shows every form; ``--help`` lists the flags).
 """
 
-import os
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-from bts_jax import distributed  # noqa: E402
-from bts_jax.logs import quiet_library_logs  # noqa: E402
-
-FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and plots.")
-flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host runs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
-flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
-flags.DEFINE_integer(
-    "heartbeat_timeout_s",
-    distributed.DEFAULT_HEARTBEAT_TIMEOUT_S,
-    "Multi-host runs: seconds without a heartbeat after which a process counts as dead and the "
-    "others stop with an error naming it.",
-)
-flags.DEFINE_bool(
-    "allow_config_change",
-    False,
-    "Resume a workdir whose checkpoints were trained with another config (the change is "
-    "recorded in config_history.jsonl).",
-)
-flags.mark_flags_as_required(["config", "workdir"])
-
-
-def main(argv):
-    """Entry point."""
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    quiet_library_logs()
-    distributed.initialize(
-        FLAGS.coordinator_address,
-        FLAGS.num_processes,
-        FLAGS.process_id,
-        heartbeat_timeout_s=FLAGS.heartbeat_timeout_s,
-    )
-
-    import jax
-
-    from bts_jax import checkpointing, train_lib
-
-    if jax.process_index() != 0:
-        logging.set_verbosity(logging.WARNING)
-    logging.info("JAX devices: %s", jax.devices())
-    result = train_lib.train_and_evaluate(
-        FLAGS.config, FLAGS.workdir, allow_config_change=FLAGS.allow_config_change
-    )
-    if jax.process_index() == 0 and isinstance(result, list):
-        # config.num_seeds > 1: each seed is its own run, in its own workdir.
-        for single, seed_result in zip(train_lib.seed_configs(FLAGS.config), result, strict=True):
-            seed_dir = checkpointing.seed_workdir(FLAGS.workdir, single.seed)
-            print(f"Seed {single.seed}:\n{train_lib.run_summary(seed_dir, seed_result)}")
-    elif jax.process_index() == 0:
-        print(train_lib.run_summary(FLAGS.workdir, result))
-
+from bts_jax.cli import train
 
 if __name__ == "__main__":
-    app.run(main)
+    train.run()

@@ -5,8 +5,8 @@
 Exports the workdir (jax.export artifact and TF SavedModel) into ``--export_dir`` (a temporary
 folder by default) unless it holds an export already, then times on the bundled 512x512 images:
 
-- start-up: `bts_jax.checkpointing.load_trained_model` (config, Flax model, Orbax restore) against
-  `bts_jax.export.load_exported` (JSON and deserialisation), and TF's SavedModel load;
+- start-up: `bts_jax.workdir.load_trained_model` (config, Flax model, Orbax restore) against
+  `bts_jax.inference.export.load_exported` (JSON and deserialisation), and TF's SavedModel load;
 - end to end (uint8 images in, masks at the input size out, preprocessing included):
   `bts_jax.inference.predict_masks` against `ExportedModel.predict_masks`;
 - the forward pass alone on a preprocessed batch: the jitted Flax apply, the exported function
@@ -26,9 +26,12 @@ import jax
 import numpy as np
 from absl import app, flags
 
-from bts_jax import checkpointing, export, inference
 from bts_jax import data as data_lib
-from bts_jax.logs import quiet_library_logs
+from bts_jax import inference
+from bts_jax import workdir as workdir_lib
+from bts_jax.cli.startup import quiet_library_logs
+from bts_jax.inference import export
+from bts_jax.inference import predict as predict_lib
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "A trained workdir.")
@@ -72,7 +75,7 @@ def main(argv):
     n, b = len(images), FLAGS.batch_size
 
     load_flax, (config, model, variables) = once(
-        lambda: checkpointing.load_trained_model(FLAGS.workdir)
+        lambda: workdir_lib.load_trained_model(FLAGS.workdir)
     )
     load_export, loaded = once(lambda: export.load_exported(directory))
     saved_path = os.path.join(directory, export.SAVED_MODEL_DIR)
@@ -94,7 +97,7 @@ def main(argv):
 
     batch = np.stack([data_lib.preprocess_image(i, config.data) for i in images[:b]])
     members = [(model, variables)]
-    flax_forward = timed(lambda: inference._forward(model, variables, batch, "none"), 5)
+    flax_forward = timed(lambda: predict_lib._forward(model, variables, batch, "none"), 5)
     export_forward = timed(lambda: loaded(batch), 5)
     tf_forward = timed(lambda: saved.probabilities(tf.constant(batch)).numpy(), 5)
     check = np.abs(inference.batch_probabilities(members, batch) - loaded(batch)).max()

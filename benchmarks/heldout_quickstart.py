@@ -30,11 +30,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import ml_collections
 import numpy as np
 
-from bts_jax import metrics
-from bts_jax.checkpointing import load_trained_model
+from bts_jax import evaluation
 from bts_jax.data import load_grayscale, sources, splits
 from bts_jax.data.formats import MASK_THRESHOLD
 from bts_jax.inference import predict_masks
+from bts_jax.workdir import layout, load_trained_model, read_split_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(REPO, "..", "shared", "data", "figshare_brain_tumor")
@@ -84,12 +84,11 @@ def check_unseen(workdir: str, heldout_ids: set[str]) -> None:
     Raises:
       ValueError: a held-out id was in the run's training or validation split.
     """
-    path = os.path.join(workdir, splits.SPLIT_FILE)
-    if not os.path.isfile(path):
+    split = read_split_file(workdir)
+    if split is None:
+        path = os.path.join(workdir, layout.SPLIT_FILE)
         print(f"warning: {path} is missing; cannot check that the held-out slices are unseen.")
         return
-    with open(path) as f:
-        split = json.load(f)
     for name in splits.SPLITS:
         seen = sorted(heldout_ids & set(split.get(name, [])), key=sources.id_sort_key)
         if seen:
@@ -102,7 +101,7 @@ def check_unseen(workdir: str, heldout_ids: set[str]) -> None:
 def training_seconds(workdir: str) -> float | None:
     """Training wall time of a run, read from its files.
 
-    A ``train_wall_s`` (or ``wall_s``) value in the last row of ``metrics.jsonl`` wins; otherwise
+    A ``train_wall_s`` (or ``wall_s``) value in the last row of ``evaluation.jsonl`` wins; otherwise
     the time from writing ``config.json`` (the run's start, after imports) to the newest file of
     ``predictions/`` or ``eval_validation.json`` (its end).
 
@@ -112,16 +111,16 @@ def training_seconds(workdir: str) -> float | None:
     Returns:
       Seconds, or None when the files do not tell.
     """
-    rows_path = os.path.join(workdir, "metrics.jsonl")
+    rows_path = os.path.join(workdir, "evaluation.jsonl")
     if os.path.isfile(rows_path):
         with open(rows_path) as f:
             rows = [json.loads(line) for line in f if line.strip()]
         for key in ("train_wall_s", "wall_s"):
             if rows and key in rows[-1]:
                 return float(rows[-1][key])
-    start_path = os.path.join(workdir, "config.json")
-    ends = [os.path.join(workdir, "eval_validation.json")]
-    predictions = os.path.join(workdir, "predictions")
+    start_path = os.path.join(workdir, layout.CONFIG_FILE)
+    ends = [os.path.join(workdir, layout.eval_file("validation"))]
+    predictions = os.path.join(workdir, layout.PREDICTIONS_DIR)
     if os.path.isdir(predictions):
         ends += [os.path.join(predictions, name) for name in os.listdir(predictions)]
     ends = [p for p in ends if os.path.isfile(p)]
@@ -141,12 +140,12 @@ def score(
       batch_size: images per forward pass.
 
     Returns:
-      ``(result, per_image_dice)``: `metrics.SegmentationEvaluator.result` plus
+      ``(result, per_image_dice)``: `evaluation.SegmentationEvaluator.result` plus
       ``pred_empty_share``; the Dice of each example, in order.
     """
     config, model, variables = load_trained_model(workdir)
     num_classes = int(config.model.num_classes)
-    evaluator = metrics.SegmentationEvaluator(num_classes)
+    evaluator = evaluation.SegmentationEvaluator(num_classes)
     # Chunks bound host memory; predict_masks batches inside each chunk.
     for start in range(0, len(examples), 64):
         chunk = examples[start : start + 64]
@@ -155,7 +154,7 @@ def score(
         for example, prediction in zip(chunk, predictions, strict=True):
             truth = (load_grayscale(example.mask) > MASK_THRESHOLD).astype(np.uint8)
             # Each slice at its own size: the confusion counts on the host, with the device rules.
-            confusion = metrics.confusion_matrix(prediction[None], truth[None], num_classes)
+            confusion = evaluation.confusion_matrix(prediction[None], truth[None], num_classes)
             evaluator.update(confusion, prediction[None], truth[None])
     result = evaluator.result()
     result["pred_empty_share"] = float(np.mean(evaluator.per_image["pred_empty"]))

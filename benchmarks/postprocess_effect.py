@@ -17,9 +17,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from bts_jax.cli.startup import quiet_library_logs
 from bts_jax.inference import PredictionSettings
-from bts_jax.logs import quiet_library_logs
-from bts_jax.prediction_evaluation import evaluate_settings
+from bts_jax.inference.scoring import evaluate_settings
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("workdir", None, "A trained workdir, or several (an ensemble).")

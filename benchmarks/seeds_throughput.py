@@ -1,7 +1,8 @@
 """Training images/s of K seeds in one program (``config.num_seeds = K``) vs K runs one by one.
 
 For each K, times the jitted train step of a K-seed run (vmapped over the seeds, see
-``bts_jax.steps.make_seeds_train_step``) and, on the same machine right after, K single-seed runs
+``bts_jax.train.steps.make_seeds_train_step``) and, on the same machine right after, K
+single-seed runs
 of the same config one after another, and prints a table:
 
     python benchmarks/seeds_throughput.py                  # quickstart widths at 64 px, K=1,2,4,8
@@ -41,13 +42,9 @@ import jax.numpy as jnp
 from absl import app, flags
 from ml_collections import config_flags
 
-from bts_jax import train_lib
-from bts_jax.state import (
-    create_seed_train_states,
-    create_train_state,
-    make_global_batch,
-    make_seed_batch,
-)
+from bts_jax import train as train_lib
+from bts_jax.sharding import make_global_batch, make_seed_batch
+from bts_jax.train.state import create_seed_train_states, create_train_state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Experiment config file.")

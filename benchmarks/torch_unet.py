@@ -163,7 +163,7 @@ class UNet(nn.Module):
 
 
 def segmentation_loss(logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """BCE + soft Dice pooled over the batch (smooth 1), as ``bts_jax.losses.segmentation_loss``.
+    """BCE + soft Dice pooled over the batch (smooth 1), as ``train.losses.segmentation_loss``.
 
     Args:
       logits: (B, 1, H, W) tumour logits.

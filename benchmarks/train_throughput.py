@@ -20,8 +20,9 @@ import jax
 from absl import app, flags
 from ml_collections import config_flags
 
-from bts_jax import train_lib
-from bts_jax.state import create_train_state, make_global_batch
+from bts_jax import train as train_lib
+from bts_jax.sharding import make_global_batch
+from bts_jax.train.state import create_train_state
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")

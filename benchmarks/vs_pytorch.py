@@ -116,15 +116,17 @@ def _split(value: str, allowed, setting: str) -> list[str]:
 
 
 def _lib(name: str):
-    """The library function ``name`` from steps/state (after the split) or train_lib (before)."""
-    for module in ("bts_jax.steps", "bts_jax.state", "bts_jax.train_lib"):
+    """The library function ``name`` wherever this version of bts_jax keeps it (old ones too)."""
+    modules = ("bts_jax.train.steps", "bts_jax.train.state", "bts_jax.train.optim")
+    modules += ("bts_jax.sharding", "bts_jax.steps", "bts_jax.state", "bts_jax.train_lib")
+    for module in modules:
         try:
             found = getattr(importlib.import_module(module), name, None)
         except ImportError:
             continue
         if found is not None:
             return found
-    raise ImportError(f"bts_jax has no {name} in steps, state or train_lib")
+    raise ImportError(f"bts_jax has no {name} in {', '.join(modules)}")
 
 
 @dataclass

@@ -22,3 +22,51 @@ import jax
 NUM_FAKE_DEVICES = 8
 jax.config.update("jax_num_cpu_devices", NUM_FAKE_DEVICES)
 jax.config.update("jax_platforms", "cpu")
+
+
+# ----------------------------------------------------------------------------- a trained workdir
+
+import fcntl  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+from helpers import copy_workdir  # noqa: E402
+
+TRAINED_NAME = "trained_test_config"
+
+
+def _train_tiny(path: str) -> None:
+    from bts_jax import sharding, train
+    from bts_jax.configs import test as test_config
+
+    config = test_config.get_config()
+    config.num_epochs = 1
+    # One device: sharding is tested elsewhere, and the 8-device programs compile slower.
+    train.train_and_evaluate(config, path, mesh=sharding.make_mesh(jax.devices()[:1]))
+
+
+@pytest.fixture(scope="session")
+def trained_workdir(tmp_path_factory, worker_id) -> str:
+    """A workdir of ``configs/test.py`` trained for one epoch: read it, never change it.
+
+    Trained once per test session and shared by the pytest-xdist workers (the first one to get the
+    lock in their common temporary folder trains it, the others wait and read it). Tests that
+    change a workdir take `trained_workdir_copy`.
+    """
+    base = tmp_path_factory.getbasetemp()
+    # Under xdist each worker has its own basetemp, inside the session's common folder.
+    root = base.parent if worker_id != "master" else base
+    path = root / TRAINED_NAME
+    with open(root / f"{TRAINED_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (path / "done").is_file():
+            shutil.rmtree(path, ignore_errors=True)
+            _train_tiny(str(path / "run"))
+            (path / "done").write_text("")
+    return str(path / "run")
+
+
+@pytest.fixture
+def trained_workdir_copy(trained_workdir, tmp_path) -> str:
+    """A private copy of `trained_workdir`, to change."""
+    return copy_workdir(trained_workdir, tmp_path)

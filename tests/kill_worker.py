@@ -25,8 +25,12 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
 
-from bts_jax import checkpointing, evaluation, figures, train_lib  # noqa: E402
+from bts_jax import evaluation  # noqa: E402
+from bts_jax import train as train_lib  # noqa: E402
+from bts_jax import workdir as workdir_lib  # noqa: E402
 from bts_jax.configs import test as test_config  # noqa: E402
+from bts_jax.evaluation import figures  # noqa: E402
+from bts_jax.train import seeds  # noqa: E402
 
 
 def _die() -> None:
@@ -39,7 +43,8 @@ def _arm(point: str, start_step: int) -> None:
     n = int(number or 0)
     calls = {"count": 0}
     if kind == "step":
-        make_global_batch = train_lib.make_global_batch
+        # The group of runs puts each step's batch on the devices (bts_jax.train.seeds).
+        make_global_batch = seeds.make_global_batch
 
         def before_step(*args, **kwargs):
             calls["count"] += 1
@@ -47,9 +52,9 @@ def _arm(point: str, start_step: int) -> None:
                 _die()
             return make_global_batch(*args, **kwargs)
 
-        train_lib.make_global_batch = before_step
+        seeds.make_global_batch = before_step
     elif kind == "checkpoint":
-        save = checkpointing.save_checkpoint
+        save = workdir_lib.save_checkpoint
 
         def during_save(manager, step, *args, **kwargs):
             save(manager, step, *args, **kwargs)
@@ -61,7 +66,7 @@ def _arm(point: str, start_step: int) -> None:
                 print("tmp folder seen:", bool(glob.glob(pattern)), flush=True)
                 _die()
 
-        checkpointing.save_checkpoint = during_save
+        workdir_lib.save_checkpoint = during_save
     elif kind == "eval":
         evaluate = evaluation.evaluate
 
@@ -94,7 +99,7 @@ def main(workdir: str, point: str = "") -> None:
     config.num_epochs = 2
     config.checkpoint.every_steps = 2
     if point:
-        _arm(point, checkpointing.latest_saved_step(workdir) or 0)
+        _arm(point, workdir_lib.latest_saved_step(workdir) or 0)
     train_lib.train_and_evaluate(config, workdir)
     print("finished", flush=True)
 

@@ -16,7 +16,7 @@ import jax
 jax.config.update("jax_num_cpu_devices", 2)
 jax.config.update("jax_platforms", "cpu")
 
-from bts_jax import distributed  # noqa: E402
+from bts_jax.cli import distributed  # noqa: E402
 
 
 def main(port: str, process_id: str, out_dir: str, die_after_steps: str = "") -> None:
@@ -32,9 +32,11 @@ def main(port: str, process_id: str, out_dir: str, die_after_steps: str = "") ->
 
     import numpy as np
 
-    from bts_jax import evaluation, train_lib
+    from bts_jax import evaluation
+    from bts_jax import train as train_lib
     from bts_jax.configs import test as test_config
-    from bts_jax.state import create_train_state, make_global_batch, make_mesh
+    from bts_jax.sharding import make_global_batch, make_mesh
+    from bts_jax.train.state import create_train_state
 
     config = test_config.get_config()
     mesh = make_mesh()

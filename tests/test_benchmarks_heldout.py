@@ -3,12 +3,9 @@
 import json
 import os
 
-import jax
 import pytest
 
 from benchmarks import heldout_quickstart
-from bts_jax import train_lib
-from bts_jax.configs import test as test_config
 from bts_jax.data import sources
 
 SHARED = os.path.join(
@@ -68,10 +65,8 @@ def test_training_seconds_from_metrics_or_file_times(tmp_path):
 
 @pytest.mark.slow
 @needs_shared
-def test_script_scores_a_tiny_trained_workdir(tmp_path, capsys):
-    workdir = str(tmp_path / "run")
-    config = test_config.get_config()
-    train_lib.train_and_evaluate(config, workdir, mesh=train_lib.make_mesh(jax.devices()[:1]))
+def test_script_scores_a_tiny_trained_workdir(trained_workdir, tmp_path, capsys):
+    workdir = trained_workdir
     out_json = tmp_path / "heldout.json"
     args = ["--workdir", workdir, "--data_dir", SHARED, "--max_images", "3"]
     assert heldout_quickstart.main([*args, "--batch_size", "2", "--json", str(out_json)]) == 0

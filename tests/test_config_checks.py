@@ -3,7 +3,7 @@
 import pytest
 from helpers import tiny_config
 
-from bts_jax.config_checks import validate_config
+from bts_jax.train.config_checks import validate_config
 
 
 def test_a_valid_config_passes():

@@ -7,9 +7,10 @@ import pytest
 
 from bts_jax.configs import default
 from bts_jax.configs import test as test_config
-from bts_jax.data import get_examples, get_split_ids, split_examples, write_split_file
+from bts_jax.data import get_examples, get_split_ids, split_examples
 from bts_jax.data.sources import Example
 from bts_jax.data.splits import SPLIT_SETTINGS, SPLITS
+from bts_jax.workdir import write_split_file
 
 
 def _config(**data):

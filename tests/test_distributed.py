@@ -1,6 +1,6 @@
 import pytest
 
-from bts_jax import distributed
+from bts_jax.cli import distributed
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bts_jax import evaluation, metrics
-from bts_jax.state import make_mesh
+from bts_jax import evaluation, jsonio
+from bts_jax.sharding import make_mesh
 
 
 def _batches():
@@ -43,7 +43,7 @@ def _eval_fn(state, batch):
     return {
         "loss_sum": 0.5 * num_valid,
         "num_valid": num_valid,
-        "confusion": metrics.confusion_matrix(predictions, batch["mask"], 1, batch["valid"]),
+        "confusion": evaluation.confusion_matrix(predictions, batch["mask"], 1, batch["valid"]),
         "predictions": predictions,
     }
 
@@ -55,10 +55,10 @@ def test_per_image_rows_match_the_evaluator_on_the_valid_images():
     )
     assert [row["id"] for row in found.per_image] == [str(i) for i in range(1, 8)]
     assert found.metrics["num_images"] == 7 and found.metrics["loss"] == pytest.approx(0.5)
-    reference = metrics.SegmentationEvaluator(1)
+    reference = evaluation.SegmentationEvaluator(1)
     for batch in _batches():
         prediction = np.asarray(_prediction(batch))
-        cm = metrics.confusion_matrix(prediction, batch["mask"], 1, batch["valid"])
+        cm = evaluation.confusion_matrix(prediction, batch["mask"], 1, batch["valid"])
         reference.update(cm, prediction, batch["mask"], batch["valid"], batch["id"])
     expected = reference.result()
     for key, value in expected.items():
@@ -101,8 +101,8 @@ def test_written_files_use_null_for_undefined_values(tmp_path):
     found = evaluation.Evaluation(
         metrics={"miou": 0.5, "precision": float("nan"), "hd95_mm": float("inf"), "step": 3},
         per_image=[
-            {"id": "9", **dict.fromkeys(metrics.PER_IMAGE_KEYS, 1)},
-            {"id": "10", **dict.fromkeys(metrics.PER_IMAGE_KEYS, float("nan"))},
+            {"id": "9", **dict.fromkeys(evaluation.PER_IMAGE_KEYS, 1)},
+            {"id": "10", **dict.fromkeys(evaluation.PER_IMAGE_KEYS, float("nan"))},
         ],
         predictions={},
     )
@@ -114,4 +114,4 @@ def test_written_files_use_null_for_undefined_values(tmp_path):
     assert list(rows[0]) == list(evaluation.PER_IMAGE_COLUMNS)
     assert rows[0]["tumour_type"] == "glioma" and rows[1]["tumour_type"] == "unknown"
     assert rows[1]["dice"] == "" and rows[1]["hd95_px"] == ""
-    assert evaluation.json_dumps([float("nan"), {"a": -float("inf")}]) == '[null, {"a": null}]'
+    assert jsonio.dumps([float("nan"), {"a": -float("inf")}]) == '[null, {"a": null}]'

@@ -17,22 +17,18 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from bts_jax import checkpointing, export, inference, train_lib
 from bts_jax import data as data_lib
-from bts_jax import state as state_lib
-from bts_jax.configs import test as test_config
+from bts_jax import inference
+from bts_jax import workdir as workdir_lib
+from bts_jax.inference import export
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(data_lib.SAMPLE_DIR, "images")
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    config = test_config.get_config()
-    config.num_epochs = 1
-    path = str(tmp_path_factory.mktemp("export") / "run")
-    train_lib.train_and_evaluate(config, path, mesh=state_lib.make_mesh(jax.devices()[:1]))
-    return path
+def workdir(trained_workdir):
+    return trained_workdir
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +80,7 @@ def _images() -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def shifted(workdir):
     """The trained model with its output bias at the median logit of the images, in memory."""
-    config, model, variables = checkpointing.load_trained_model(workdir)
+    config, model, variables = workdir_lib.load_trained_model(workdir)
     x = np.stack([data_lib.preprocess_image(i, config.data) for i in _images()[:5]])
     logits = np.asarray(model.apply(variables, x, train=False))
     params = jax.tree_util.tree_map(np.asarray, variables["params"])

@@ -18,12 +18,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from helpers import copy_workdir
 from PIL import Image
 
-from bts_jax import checkpointing, figures, inference, train_lib
 from bts_jax import data as data_lib
-from bts_jax import state as state_lib
-from bts_jax.configs import test as test_config
+from bts_jax import inference, sharding
+from bts_jax import workdir as workdir_lib
+from bts_jax.inference import compare
+from bts_jax.inference import predict as predict_lib
+from bts_jax.train import optim
+from bts_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(data_lib.SAMPLE_DIR, "images")
@@ -38,13 +42,9 @@ def _first_sample() -> str:
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
-    config = test_config.get_config()
-    config.num_epochs = 1
-    path = str(tmp_path_factory.mktemp("inference") / "run")
-    # One device: sharding is tested elsewhere, and the 8-device programs compile slower.
-    train_lib.train_and_evaluate(config, path, mesh=state_lib.make_mesh(jax.devices()[:1]))
-    return path
+def workdir(trained_workdir, tmp_path_factory):
+    # A copy: the scripts fixture removes a file of it.
+    return copy_workdir(trained_workdir, tmp_path_factory.mktemp("inference"))
 
 
 @pytest.fixture(scope="module")
@@ -96,40 +96,40 @@ def _wait(proc: subprocess.Popen) -> str:
 
 
 # ----------------------------------------------------------------------------- loading
-# (bts_jax.checkpointing: tested here because these need the module's trained workdir)
+# (bts_jax.workdir checkpoints: tested here because these need the module's trained workdir)
 
 
 def test_load_config_and_missing_workdir_errors(workdir, scripts, tmp_path):
-    config = checkpointing.load_config(workdir)
+    config = workdir_lib.load_config(workdir)
     assert config.model.features == (4, 8, 16, 32)
     assert config.data.image_size == 32
     with pytest.raises(FileNotFoundError, match="not a bts_jax workdir"):
-        checkpointing.load_config(tmp_path)
+        workdir_lib.load_config(tmp_path)
     with pytest.raises(FileNotFoundError, match="Workdir not found"):
-        checkpointing.load_config(tmp_path / "nope")
+        workdir_lib.load_config(tmp_path / "nope")
     untrained = tmp_path / "untrained"
     untrained.mkdir()
     shutil.copy(os.path.join(workdir, "config.json"), untrained)
     with pytest.raises(FileNotFoundError, match=f"No checkpoint in {untrained}"):
-        checkpointing.load_trained_model(untrained)
+        workdir_lib.load_trained_model(untrained)
     with pytest.raises(ValueError, match="which="):
-        checkpointing.load_trained_model(workdir, which="last")
+        workdir_lib.load_trained_model(workdir, which="last")
 
 
 def test_load_trained_model_restores_the_checkpoint(workdir):
-    config, model, variables = checkpointing.load_trained_model(workdir)
+    config, model, variables = workdir_lib.load_trained_model(workdir)
     # The oracle: train_lib's own restore, into an abstract TrainState (no compile, no data).
-    optimizer = state_lib.create_optimizer(config.optimizer, optax.constant_schedule(1e-4))
+    optimizer = optim.create_optimizer(config.optimizer, optax.constant_schedule(1e-4))
     abstract = jax.eval_shape(
-        lambda: state_lib.create_train_state(config, model, optimizer, state_lib.make_mesh())
+        lambda: state_lib.create_train_state(config, model, optimizer, sharding.make_mesh())
     )
-    latest, best = checkpointing.checkpoint_managers(workdir, config)
-    state, _ = checkpointing.restore_checkpoint(best, abstract)
+    latest, best = workdir_lib.checkpoint_managers(workdir, config)
+    state, _ = workdir_lib.restore_checkpoint(best, abstract)
     assert int(state.step) == 6
     chex.assert_trees_all_equal(variables["params"], state.params)
     chex.assert_trees_all_equal(variables["batch_stats"], state.batch_stats)
     # One epoch: the latest checkpoint is the best one.
-    _, _, latest_variables = checkpointing.load_trained_model(workdir, which="latest")
+    _, _, latest_variables = workdir_lib.load_trained_model(workdir, which="latest")
     chex.assert_trees_all_equal(latest_variables, variables)
     latest.close()
     best.close()
@@ -143,7 +143,7 @@ def _shifted_model(workdir):
 
     One epoch predicts background everywhere, which would make every mask comparison trivial.
     """
-    config, model, variables = checkpointing.load_trained_model(workdir)
+    config, model, variables = workdir_lib.load_trained_model(workdir)
     image = data_lib.load_grayscale(_first_sample())
     x = data_lib.preprocess_image(image, config.data)[None]
     logits = model.apply(variables, x, train=False)
@@ -166,10 +166,10 @@ def _images():
 def test_predict_masks_sizes_values_and_batch_independence(workdir):
     config, model, variables = _shifted_model(workdir)
     images = _images()
-    before = inference._forward._cache_size()
+    before = predict_lib._forward._cache_size()
     masks = inference.predict_masks(model, variables, images, config.data, batch_size=3)
     # Two batches (3 + 1 padded): at most one new compilation.
-    assert inference._forward._cache_size() - before <= 1
+    assert predict_lib._forward._cache_size() - before <= 1
     assert [m.shape for m in masks] == [(32, 32), (40, 56), (512, 512), (70, 20)]
     for mask in masks:
         assert mask.dtype == np.uint8
@@ -206,7 +206,7 @@ def test_predict_masks_matches_a_direct_forward(workdir):
 
 
 def test_predict_masks_rejects_bad_images(workdir):
-    config, model, variables = checkpointing.load_trained_model(workdir)
+    config, model, variables = workdir_lib.load_trained_model(workdir)
     with pytest.raises(ValueError, match=r"images\[1\] must be uint8"):
         inference.predict_masks(
             model, variables, [np.zeros((8, 8), np.uint8), np.zeros((8, 8))], config.data
@@ -284,14 +284,14 @@ def test_compare_workdirs_writes_the_figure_and_warns_on_split_mismatch(workdir,
     with open(other / "config.json", "w") as f:
         json.dump(config, f)
     with pytest.warns(UserWarning, match="split_gap"):
-        path = figures.compare_workdirs(
+        path = compare.compare_workdirs(
             workdir, other, tmp_path / "fig" / "compare.png", num_images=3, names=["A", "B"]
         )
     with Image.open(path) as figure:
         assert figure.format == "PNG"
         assert figure.size == (1000, 750)  # 4 columns x 3 rows of 250-pixel panels
     with pytest.raises(ValueError, match="num_images"):
-        figures.compare_workdirs(workdir, other, tmp_path / "x.png", num_images=0)
+        compare.compare_workdirs(workdir, other, tmp_path / "x.png", num_images=0)
 
 
 # ----------------------------------------------------------------------------- entry scripts

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bts_jax import losses as _losses
+from bts_jax.train import losses as _losses
 
 
 class _Jitted:

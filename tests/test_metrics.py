@@ -9,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bts_jax import metrics
+from bts_jax import evaluation
+from bts_jax.evaluation import per_image
 
-_confusion_jit = jax.jit(metrics.confusion_matrix, static_argnames="num_classes")
+_confusion_jit = jax.jit(evaluation.confusion_matrix, static_argnames="num_classes")
 
 
 def _square(shape, top, left, height, width=None):
@@ -26,9 +27,9 @@ def _square(shape, top, left, height, width=None):
 
 def test_predictions_from_logits():
     binary = jnp.array([[[[1.5], [0.0], [-0.1]]]])  # logit 0 = probability 0.5: not > 0.5
-    np.testing.assert_array_equal(metrics.predictions_from_logits(binary), [[[1, 0, 0]]])
+    np.testing.assert_array_equal(evaluation.predictions_from_logits(binary), [[[1, 0, 0]]])
     multi = jnp.array([[[[0.1, 2.0, -1.0], [3.0, 0.0, 0.0], [0.0, 0.0, 5.0]]]])
-    out = metrics.predictions_from_logits(multi)
+    out = evaluation.predictions_from_logits(multi)
     assert out.dtype == jnp.int32
     np.testing.assert_array_equal(out, [[[1, 0, 2]]])
 
@@ -41,7 +42,7 @@ def test_confusion_of_two_squares_closed_form():
     assert cm.dtype == jnp.int32 and cm.shape == (2, 2)
     # tp = 4 * 3 overlap, fp = fn = 4 (one column each), tn = 100 - 20.
     np.testing.assert_array_equal(cm, [[80, 4], [4, 12]])
-    m = metrics.metrics_from_confusion(cm)
+    m = evaluation.metrics_from_confusion(cm)
     assert m["iou_tumour"] == pytest.approx(12 / 20)
     assert m["iou_background"] == pytest.approx(80 / 88)
     assert m["miou"] == pytest.approx((12 / 20 + 80 / 88) / 2)
@@ -54,7 +55,7 @@ def test_confusion_of_two_squares_closed_form():
 def test_prediction_inside_truth_precision_one_recall_half():
     gt = _square((8, 8), 1, 1, 4, 6)[None]  # 24 pixels
     pred = _square((8, 8), 1, 1, 4, 3)[None]  # its left half, 12 pixels
-    m = metrics.metrics_from_confusion(_confusion_jit(pred, gt, num_classes=1))
+    m = evaluation.metrics_from_confusion(_confusion_jit(pred, gt, num_classes=1))
     assert m["precision"] == 1.0
     assert m["recall"] == 0.5
     assert m["iou_tumour"] == 0.5
@@ -67,17 +68,17 @@ def test_absent_class_is_nan_and_left_out_of_miou():
     pred = np.array([[[0, 1, 1, 1]]], np.int32)
     cm = _confusion_jit(pred, gt, num_classes=3)
     np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [0, 0, 0]])
-    m = metrics.metrics_from_confusion(cm)
+    m = evaluation.metrics_from_confusion(cm)
     assert set(m) >= {"iou_class_0", "iou_class_1", "iou_class_2", "miou"}
     assert math.isnan(m["iou_class_2"])
     assert m["iou_class_0"] == pytest.approx(0.5)
     assert m["iou_class_1"] == pytest.approx(2 / 3)
     assert m["miou"] == pytest.approx((0.5 + 2 / 3) / 2)
     # Binary split without any tumour, none predicted: tumour IoU and Dice undefined.
-    m2 = metrics.metrics_from_confusion(np.array([[50, 0], [0, 0]]))
+    m2 = evaluation.metrics_from_confusion(np.array([[50, 0], [0, 0]]))
     assert math.isnan(m2["iou_tumour"]) and math.isnan(m2["dice"])
     assert m2["miou"] == 1.0
-    assert math.isnan(metrics.metrics_from_confusion(np.zeros((2, 2)))["miou"])
+    assert math.isnan(evaluation.metrics_from_confusion(np.zeros((2, 2)))["miou"])
 
 
 def test_confusion_ignores_invalid_examples_and_out_of_range_labels():
@@ -99,7 +100,7 @@ def test_confusion_jit_equals_eager_and_numpy():
     pred = rng.integers(0, 4, size=(2, 7, 9)).astype(np.int32)
     gt = rng.integers(0, 4, size=(2, 7, 9)).astype(np.int32)
     valid = np.array([True, False])
-    eager = metrics.confusion_matrix(jnp.asarray(pred), jnp.asarray(gt), 4, jnp.asarray(valid))
+    eager = evaluation.confusion_matrix(jnp.asarray(pred), jnp.asarray(gt), 4, jnp.asarray(valid))
     jitted = _confusion_jit(pred, gt, num_classes=4, valid=valid)
     expected = np.zeros((4, 4), np.int64)
     np.add.at(expected, (gt[0].ravel(), pred[0].ravel()), 1)
@@ -114,7 +115,6 @@ def test_sharded_loss_and_confusion_equal_single_device():
         import jax, jax.numpy as jnp, numpy as np
         jax.config.update("jax_num_cpu_devices", 4)
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-        from bts_jax import losses, metrics
         assert jax.device_count() == 4
         rng = np.random.default_rng(0)
         logits = rng.normal(size=(8, 16, 16, 1)).astype(np.float32)
@@ -122,7 +122,7 @@ def test_sharded_loss_and_confusion_equal_single_device():
         valid = np.arange(8) < 6
         def step(x, y, v):
             loss, _ = losses.segmentation_loss(x, y, v)
-            cm = metrics.confusion_matrix(metrics.predictions_from_logits(x), y, 1, v)
+            cm = evaluation.confusion_matrix(evaluation.predictions_from_logits(x), y, 1, v)
             return loss, cm
         mesh = Mesh(np.array(jax.devices()), ("data",))
         shard = NamedSharding(mesh, P("data"))
@@ -150,11 +150,11 @@ def test_sharded_loss_and_confusion_equal_single_device():
 def test_dice_per_image_and_empty_rules():
     gt = _square((10, 10), 2, 2, 4)
     pred = _square((10, 10), 2, 3, 4)
-    assert metrics.dice_per_image(pred, gt) == pytest.approx(24 / 32)
+    assert evaluation.dice_per_image(pred, gt) == pytest.approx(24 / 32)
     empty = np.zeros((10, 10), np.int32)
-    assert metrics.dice_per_image(empty, empty) == 1.0
-    assert metrics.dice_per_image(empty, gt) == 0.0
-    assert metrics.dice_per_image(pred, empty) == 0.0
+    assert evaluation.dice_per_image(empty, empty) == 1.0
+    assert evaluation.dice_per_image(empty, gt) == 0.0
+    assert evaluation.dice_per_image(pred, empty) == 0.0
 
 
 @pytest.mark.parametrize("k", [1, 2, 3, 5])
@@ -162,67 +162,67 @@ def test_dice_per_image_and_empty_rules():
 def test_hd95_of_shifted_square_is_the_shift(k, axis):
     gt = _square((32, 32), 8, 8, 10)
     pred = np.roll(gt, k, axis=axis)
-    assert metrics.hd95(pred, gt) == pytest.approx(k)
-    assert metrics.hd95(gt, pred) == pytest.approx(k)
-    assert metrics.hd95(pred, gt, spacing=0.5) == pytest.approx(0.5 * k)
+    assert evaluation.hd95(pred, gt) == pytest.approx(k)
+    assert evaluation.hd95(gt, pred) == pytest.approx(k)
+    assert evaluation.hd95(pred, gt, spacing=0.5) == pytest.approx(0.5 * k)
 
 
 def test_hd95_anisotropic_spacing_and_single_pixels():
     gt = _square((32, 32), 8, 8, 10)
     pred = np.roll(gt, 2, axis=1)  # shifted along x, where a pixel is 3 units wide
-    assert metrics.hd95(pred, gt, spacing=(1.0, 3.0)) == pytest.approx(6.0)
+    assert evaluation.hd95(pred, gt, spacing=(1.0, 3.0)) == pytest.approx(6.0)
     a = np.zeros((20, 20), np.int32)
     b = np.zeros((20, 20), np.int32)
     a[2, 3] = 1
     b[5, 7] = 1  # a 3-4-5 triangle away
-    assert metrics.hd95(a, b) == pytest.approx(5.0)
-    assert metrics.hd95(a, a) == 0.0
+    assert evaluation.hd95(a, b) == pytest.approx(5.0)
+    assert evaluation.hd95(a, a) == 0.0
 
 
 def test_hd95_empty_rules():
     empty = np.zeros((30, 40), np.int32)
     gt = _square((30, 40), 5, 5, 6)
-    assert metrics.hd95(empty, empty) == 0.0
-    assert metrics.hd95(empty, gt) == pytest.approx(50.0)  # diagonal of 30x40
-    assert metrics.hd95(gt, empty, spacing=0.5) == pytest.approx(25.0)
+    assert evaluation.hd95(empty, empty) == 0.0
+    assert evaluation.hd95(empty, gt) == pytest.approx(50.0)  # diagonal of 30x40
+    assert evaluation.hd95(gt, empty, spacing=0.5) == pytest.approx(25.0)
 
 
 def test_boundary_iou_hand_computed():
     # 20x20 image: d = max(1, round(0.02 * 28.3)) = 1, so each band is the one-pixel contour.
-    assert metrics.boundary_dilation((20, 20)) == 1
-    assert metrics.boundary_dilation((512, 512)) == 14
+    assert per_image.boundary_dilation((20, 20)) == 1
+    assert per_image.boundary_dilation((512, 512)) == 14
     gt = _square((20, 20), 5, 5, 5)  # ring of 16 pixels
     pred = _square((20, 20), 5, 6, 5)  # shifted right by 1: shares 4 + 4 pixels of top/bottom row
-    band = metrics.boundary_region(gt, 1)
+    band = per_image.boundary_region(gt, 1)
     assert band.sum() == 16 and not band[6:9, 6:9].any()
-    assert metrics.boundary_iou(pred, gt) == pytest.approx(8 / 24)
+    assert evaluation.boundary_iou(pred, gt) == pytest.approx(8 / 24)
 
 
 def test_boundary_iou_identical_disjoint_empty():
     gt = _square((64, 64), 10, 10, 30)
-    assert metrics.boundary_iou(gt, gt) == 1.0
+    assert evaluation.boundary_iou(gt, gt) == 1.0
     far = _square((64, 64), 45, 45, 10)
-    assert metrics.boundary_iou(far, gt) == 0.0
+    assert evaluation.boundary_iou(far, gt) == 0.0
     empty = np.zeros((64, 64), np.int32)
-    assert metrics.boundary_iou(empty, empty) == 1.0
-    assert metrics.boundary_iou(empty, gt) == 0.0
+    assert evaluation.boundary_iou(empty, empty) == 1.0
+    assert evaluation.boundary_iou(empty, gt) == 0.0
     # A band wider than half the object covers it whole: Boundary IoU equals mask IoU.
     small_a = _square((64, 64), 20, 20, 4)
     small_b = _square((64, 64), 20, 21, 4)
-    assert metrics.boundary_iou(small_a, small_b, dilation_ratio=0.05) == pytest.approx(12 / 20)
+    assert evaluation.boundary_iou(small_a, small_b, dilation_ratio=0.05) == pytest.approx(12 / 20)
 
 
 def test_mask_touching_the_image_border_has_a_contour():
     gt = _square((16, 16), 0, 0, 4)  # touches the top-left corner
-    assert metrics.boundary_region(gt, 1).sum() == 4 * 4 - 2 * 2
-    assert metrics.hd95(np.roll(gt, 1, axis=1), gt) == pytest.approx(1.0)
+    assert per_image.boundary_region(gt, 1).sum() == 4 * 4 - 2 * 2
+    assert evaluation.hd95(np.roll(gt, 1, axis=1), gt) == pytest.approx(1.0)
 
 
 def test_pixel_spacing_mm():
-    assert metrics.pixel_spacing_mm(512) == pytest.approx(0.49)
-    assert metrics.pixel_spacing_mm(256) == pytest.approx(0.98)
+    assert evaluation.pixel_spacing_mm(512) == pytest.approx(0.49)
+    assert evaluation.pixel_spacing_mm(256) == pytest.approx(0.98)
     with pytest.raises(ValueError):
-        metrics.pixel_spacing_mm(0)
+        evaluation.pixel_spacing_mm(0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -248,7 +248,7 @@ def _batch_of_cases(size=32):
 
 def test_evaluator_known_values():
     preds, gts = _batch_of_cases()
-    ev = metrics.SegmentationEvaluator(num_classes=1)
+    ev = evaluation.SegmentationEvaluator(num_classes=1)
     ev.update(_confusion_jit(preds, gts, num_classes=1), preds, gts)
     r = ev.result()
     diag = math.hypot(32, 32)
@@ -270,10 +270,10 @@ def test_evaluator_known_values():
 
 def test_evaluator_several_batches_equal_one_big_batch_with_padding():
     preds, gts = _batch_of_cases()
-    one = metrics.SegmentationEvaluator(num_classes=1, pixel_spacing_mm=0.7)
+    one = evaluation.SegmentationEvaluator(num_classes=1, pixel_spacing_mm=0.7)
     one.update(_confusion_jit(preds, gts, num_classes=1), preds, gts)
 
-    many = metrics.SegmentationEvaluator(num_classes=1, pixel_spacing_mm=0.7)
+    many = evaluation.SegmentationEvaluator(num_classes=1, pixel_spacing_mm=0.7)
     for start in (0, 2, 4):
         p, g = preds[start : start + 2], gts[start : start + 2]
         valid = np.ones(2, bool)
@@ -300,7 +300,7 @@ def test_evaluator_multiclass_uses_any_tumour_class_as_foreground():
     gt[0, 8:12, 8:12] = 2
     pred = gt.copy()
     pred[0, 8:12, 8:12] = 1  # right place, wrong tumour class
-    ev = metrics.SegmentationEvaluator(num_classes=3)
+    ev = evaluation.SegmentationEvaluator(num_classes=3)
     ev.update(_confusion_jit(pred, gt, num_classes=3), pred, gt)
     r = ev.result()
     assert r["dice_per_image"] == 1.0 and r["hd95_px"] == 0.0 and r["boundary_iou"] == 1.0

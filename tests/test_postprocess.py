@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from bts_jax import postprocess
+from bts_jax.inference import postprocess
 
 
 def _blobs() -> np.ndarray:

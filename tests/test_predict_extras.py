@@ -14,26 +14,24 @@ import sys
 import jax
 import numpy as np
 import pytest
+from helpers import copy_workdir
 from PIL import Image
 
-from bts_jax import checkpointing, inference, prediction_evaluation, train_lib
 from bts_jax import data as data_lib
-from bts_jax import state as state_lib
-from bts_jax.configs import test as test_config
+from bts_jax import evaluation, inference
+from bts_jax import train as train_lib
+from bts_jax import workdir as workdir_lib
+from bts_jax.inference import scoring
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(data_lib.SAMPLE_DIR, "images")
 
 
 @pytest.fixture(scope="module")
-def workdirs(tmp_path_factory):
+def workdirs(trained_workdir, tmp_path_factory):
     """A trained workdir and a copy of it (an ensemble of two identical members)."""
-    config = test_config.get_config()
-    config.num_epochs = 1
-    root = tmp_path_factory.mktemp("extras")
-    path = str(root / "run")
-    train_lib.train_and_evaluate(config, path, mesh=state_lib.make_mesh(jax.devices()[:1]))
-    copy = str(root / "copy")
+    path = copy_workdir(trained_workdir, tmp_path_factory.mktemp("extras"))
+    copy = str(tmp_path_factory.mktemp("extras") / "copy")
     shutil.copytree(path, copy)
     return path, copy
 
@@ -218,9 +216,9 @@ def test_predict_files_saves_probabilities_and_settings(workdirs, tmp_path):
 
 def test_plain_settings_score_like_the_checkpoint_evaluation(workdirs):
     path = workdirs[0]
-    config = checkpointing.load_config(path)
+    config = workdir_lib.load_config(path)
     expected = train_lib.evaluate_checkpoint(config, path, "validation")
-    found = prediction_evaluation.evaluate_predictions(path, "validation")
+    found = scoring.evaluate_predictions(path, "validation")
     for key in ("miou", "dice", "dice_per_image", "hd95_px", "num_images", "num_both_empty"):
         np.testing.assert_allclose(found.metrics[key], expected[key], rtol=1e-6, err_msg=key)
     assert "loss" not in found.metrics and len(found.per_image) == 12
@@ -234,13 +232,11 @@ def test_ensemble_tta_and_postprocessing_evaluation(workdirs, tmp_path):
     settings = inference.PredictionSettings(tta="flips", threshold=threshold)
     largest_settings = inference.PredictionSettings("flips", threshold, keep_largest=True)
     # Two settings in one pass score as each alone.
-    single, largest = prediction_evaluation.evaluate_settings(
-        workdirs[0], [settings, largest_settings]
-    )
-    alone = prediction_evaluation.evaluate_predictions(workdirs[0], settings=largest_settings)
+    single, largest = scoring.evaluate_settings(workdirs[0], [settings, largest_settings])
+    alone = scoring.evaluate_predictions(workdirs[0], settings=largest_settings)
     np.testing.assert_equal(alone.metrics, largest.metrics)
     np.testing.assert_equal(alone.per_image, largest.per_image)
-    ensemble = prediction_evaluation.evaluate_predictions(list(workdirs), settings=settings)
+    ensemble = scoring.evaluate_predictions(list(workdirs), settings=settings)
     assert 0.0 < single.metrics["dice"] < 1.0  # a non-trivial prediction
     for key in ("miou", "dice", "dice_per_image", "boundary_iou"):
         np.testing.assert_allclose(ensemble.metrics[key], single.metrics[key], rtol=1e-6)
@@ -250,7 +246,7 @@ def test_ensemble_tta_and_postprocessing_evaluation(workdirs, tmp_path):
     assert sum(r["pred_pixels"] for r in largest.per_image) < sum(
         r["pred_pixels"] for r in single.per_image
     )
-    json_path, csv_path = prediction_evaluation.write_prediction_evaluation(
+    json_path, csv_path = scoring.write_prediction_evaluation(
         ensemble, list(workdirs), "validation", which="best", settings=settings, output_dir=tmp_path
     )
     tag = f"ensemble2_tta-flips_t{threshold:g}"
@@ -263,7 +259,7 @@ def test_ensemble_tta_and_postprocessing_evaluation(workdirs, tmp_path):
 
 
 def test_settings_tag_and_leakage_warning(workdirs, tmp_path):
-    tag = prediction_evaluation.settings_tag
+    tag = scoring.settings_tag
     assert tag(1, inference.PredictionSettings()) == "plain"
     assert tag(3, inference.PredictionSettings("dihedral", 0.5, True, 20)) == (
         "ensemble3_tta-dihedral_largest_min20"
@@ -275,7 +271,7 @@ def test_settings_tag_and_leakage_warning(workdirs, tmp_path):
     with open(leaky / "data_split.json", "w") as f:
         json.dump({"train": validation[:3], "validation": []}, f)
     with pytest.warns(UserWarning, match=f"{leaky} trained on 3 of the 12 evaluated images"):
-        prediction_evaluation.warn_on_leakage([workdirs[0], str(leaky)], validation)
+        scoring.warn_on_leakage([workdirs[0], str(leaky)], validation)
 
 
 # ----------------------------------------------------------------------------- entry scripts
@@ -316,7 +312,6 @@ def test_postprocess_effect_benchmark(scripts):
 
 
 def test_evaluate_folder_scores_each_image_at_its_own_size(workdirs, tmp_path):
-    from bts_jax import metrics, prediction_evaluation
 
     folder = tmp_path / "labelled"
     (folder / "images").mkdir(parents=True)
@@ -326,22 +321,22 @@ def test_evaluate_folder_scores_each_image_at_its_own_size(workdirs, tmp_path):
         for sub in ("images", "masks"):
             shutil.copy(os.path.join(data_lib.SAMPLE_DIR, sub, f"{image_id}.png"), folder / sub)
     run, _ = workdirs
-    found, labels = prediction_evaluation.evaluate_folder(run, folder)
+    found, labels = scoring.evaluate_folder(run, folder)
     assert [row["id"] for row in found.per_image] == ids
     assert labels == {i: 0 for i in ids}  # no metadata.csv: unknown type
     # Oracle: predict_masks at each image's own size, scored by hand with the evaluator.
-    config, model, variables = checkpointing.load_trained_model(run)
+    config, model, variables = workdir_lib.load_trained_model(run)
     images = [data_lib.load_grayscale(folder / "images" / f"{i}.png") for i in ids]
     truths = [(data_lib.load_grayscale(folder / "masks" / f"{i}.png") > 127) for i in ids]
     masks = inference.predict_masks(model, variables, images, config.data)
-    evaluator = metrics.SegmentationEvaluator(1)
+    evaluator = evaluation.SegmentationEvaluator(1)
     for mask, truth in zip(masks, truths, strict=True):
         pred, gt = mask[None].astype(np.int32), truth[None].astype(np.int32)
-        evaluator.update(metrics.confusion_matrix(pred, gt, 1), pred, gt)
+        evaluator.update(evaluation.confusion_matrix(pred, gt, 1), pred, gt)
     for key, value in evaluator.result().items():
         np.testing.assert_allclose(found.metrics[key], value, err_msg=key)
     assert found.per_image[2]["truth_pixels"] == int(truths[2].sum())  # at 256x256, not 32x32
-    json_path, csv_path = prediction_evaluation.write_prediction_evaluation(
+    json_path, csv_path = scoring.write_prediction_evaluation(
         found,
         [run],
         "folder",
@@ -354,4 +349,4 @@ def test_evaluate_folder_scores_each_image_at_its_own_size(workdirs, tmp_path):
     assert csv_path == str(tmp_path / "out" / "per_image_folder_plain.csv")
     assert os.path.isfile(csv_path)
     with pytest.raises(FileNotFoundError, match="nowhere"):
-        prediction_evaluation.evaluate_folder(run, tmp_path / "nowhere")
+        scoring.evaluate_folder(run, tmp_path / "nowhere")

@@ -12,8 +12,10 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from bts_jax import evaluation, report, stats
+from bts_jax import evaluation
 from bts_jax.configs import test as test_config
+from bts_jax.experiments import claims, report, results, stats, sweeps
+from bts_jax.workdir import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = [str(i) for i in range(101, 113)]  # 12 test images
@@ -43,7 +45,7 @@ def _write_cell(path, *, config, rng, shift, miou, bottom, status="done"):
     base = np.linspace(0.5, 0.9, len(IDS))
     dice = np.clip(base + shift + rng.normal(0, 0.01, len(IDS)), 0, 1)
     hd95 = 20.0 * (1.0 - dice) + rng.normal(0, 0.1, len(IDS))
-    with open(os.path.join(path, report.PER_IMAGE_FILE), "w", newline="") as f:
+    with open(os.path.join(path, results.PER_IMAGE_FILE), "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(evaluation.PER_IMAGE_COLUMNS)
         for i, (image_id, kind) in enumerate(zip(IDS, TYPES, strict=True)):
@@ -66,9 +68,9 @@ def _write_cell(path, *, config, rng, shift, miou, bottom, status="done"):
         "num_images": len(IDS),
         "step": 100,
     }
-    with open(os.path.join(path, report.EVAL_FILE), "w") as f:
+    with open(os.path.join(path, results.EVAL_FILE), "w") as f:
         json.dump(test, f)
-    with open(os.path.join(path, report.METRICS_FILE), "w") as f:
+    with open(os.path.join(path, layout.METRICS_JSONL), "w") as f:
         for epoch in range(1, 21):
             row = {
                 "epoch": epoch,
@@ -84,9 +86,9 @@ def _write_cell(path, *, config, rng, shift, miou, bottom, status="done"):
                     val_dice=0.5,
                 )
             f.write(json.dumps(row) + "\n")
-    with open(os.path.join(path, report.CONFIG_FILE), "w") as f:
+    with open(os.path.join(path, layout.CONFIG_FILE), "w") as f:
         json.dump(config, f)
-    with open(os.path.join(path, report.CELL_FILE), "w") as f:
+    with open(os.path.join(path, sweeps.CELL_FILE), "w") as f:
         json.dump({"status": status, "wall_s": 60.0}, f)
     return {**test, "image_dice": dice, "image_hd95": hd95}
 
@@ -113,7 +115,7 @@ def make_sweep(
     if paper_model:
         definition["paper_model"] = paper_model
     os.makedirs(root, exist_ok=True)
-    with open(os.path.join(root, report.SWEEP_FILE), "w") as f:
+    with open(os.path.join(root, sweeps.SWEEP_FILE), "w") as f:
         json.dump(definition, f)
     written = {}
     for v, (name, spec) in enumerate(specs.items()):
@@ -121,7 +123,7 @@ def make_sweep(
             for seed in seeds:
                 rng = np.random.default_rng([v, seed, 99 if fold is None else fold])
                 written[(name, seed, fold)] = _write_cell(
-                    report.cell_dir(str(root), name, seed, fold),
+                    sweeps.cell_dir(str(root), name, seed, fold),
                     config=_config(MODELS[name], split_method),
                     rng=rng,
                     shift=spec["dice"],
@@ -185,7 +187,7 @@ def test_tables_and_comparisons_match_numpy_and_scipy(tmp_path):
     )
     images_per_s = []
     for s in (0, 1, 2):
-        with open(os.path.join(report.cell_dir(str(tmp_path), "eca", s), "metrics.jsonl")) as f:
+        with open(os.path.join(sweeps.cell_dir(str(tmp_path), "eca", s), "metrics.jsonl")) as f:
             images_per_s += [json.loads(line)["train_images_per_s"] for line in f]
     assert float(rows["eca"]["train_images_per_s"]) == pytest.approx(np.median(images_per_s))
 
@@ -198,10 +200,10 @@ def test_claims_supported(tmp_path):
     specs = {"unet": SAME, "paper": {"dice": 0.1, "miou": 0.79, "bottom": 8}}
     make_sweep(tmp_path, specs)
     claims = _claims(_summary(tmp_path))
-    assert claims["a"]["verdict"] == report.SUPPORTED
-    assert claims["b"]["verdict"] == report.SUPPORTED  # HD95 lower and boundary IoU higher
-    assert claims["c"]["verdict"] == report.SUPPORTED and claims["c"]["bottom_epoch"] == 8
-    assert claims["d"]["verdict"] == report.SUPPORTED
+    assert claims["a"]["verdict"] == claims.SUPPORTED
+    assert claims["b"]["verdict"] == claims.SUPPORTED  # HD95 lower and boundary IoU higher
+    assert claims["c"]["verdict"] == claims.SUPPORTED and claims["c"]["bottom_epoch"] == 8
+    assert claims["d"]["verdict"] == claims.SUPPORTED
     assert "split by id blocks" in claims["d"]["details"]
 
 
@@ -209,10 +211,10 @@ def test_claims_not_supported(tmp_path):
     specs = {"unet": SAME, "paper": {"dice": -0.1, "miou": 0.6, "bottom": 15}}
     make_sweep(tmp_path, specs, split_method="random")
     claims = _claims(_summary(tmp_path))
-    assert claims["a"]["verdict"] == report.NOT_SUPPORTED  # significantly lower
-    assert claims["b"]["verdict"] == report.NOT_SUPPORTED
-    assert claims["c"]["verdict"] == report.NOT_SUPPORTED and claims["c"]["bottom_epoch"] == 15
-    assert claims["d"]["verdict"] == report.NOT_SUPPORTED
+    assert claims["a"]["verdict"] == claims.NOT_SUPPORTED  # significantly lower
+    assert claims["b"]["verdict"] == claims.NOT_SUPPORTED
+    assert claims["c"]["verdict"] == claims.NOT_SUPPORTED and claims["c"]["bottom_epoch"] == 15
+    assert claims["d"]["verdict"] == claims.NOT_SUPPORTED
     assert "per-slice random" in claims["d"]["details"]
 
 
@@ -220,40 +222,40 @@ def test_claims_not_significant_for_identical_models(tmp_path):
     make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
     # The same numbers for both: copy the baseline's files over the paper model's.
     for seed in (0, 1, 2):
-        for name in os.listdir(report.cell_dir(str(tmp_path), "unet", seed)):
-            src = os.path.join(report.cell_dir(str(tmp_path), "unet", seed), name)
-            dst = os.path.join(report.cell_dir(str(tmp_path), "paper", seed), name)
-            if name != report.CONFIG_FILE:
+        for name in os.listdir(sweeps.cell_dir(str(tmp_path), "unet", seed)):
+            src = os.path.join(sweeps.cell_dir(str(tmp_path), "unet", seed), name)
+            dst = os.path.join(sweeps.cell_dir(str(tmp_path), "paper", seed), name)
+            if name != layout.CONFIG_FILE:
                 with open(src) as f, open(dst, "w") as g:
                     g.write(f.read())
     summary = _summary(tmp_path)
     claims = _claims(summary)
-    assert claims["a"]["verdict"] == claims["b"]["verdict"] == report.NOT_SIGNIFICANT
+    assert claims["a"]["verdict"] == claims["b"]["verdict"] == claims.NOT_SIGNIFICANT
     for c in summary["comparisons"]:
         assert (c["pvalue"], c["effect"], c["estimate"]) == (1.0, 0.0, 0.0)
 
 
 def test_verdict_rules():
-    assert report.verdict_from_test(0.02, 0.01, higher_is_better=True) == report.SUPPORTED
-    assert report.verdict_from_test(0.02, 0.01, higher_is_better=False) == report.NOT_SUPPORTED
-    assert report.verdict_from_test(-1.0, 0.2, higher_is_better=False) == report.NOT_SIGNIFICANT
-    assert report.verdict_from_test(1.0, math.nan, higher_is_better=True) == report.NOT_SIGNIFICANT
-    s, n, x = report.SUPPORTED, report.NOT_SIGNIFICANT, report.NOT_SUPPORTED
-    assert report.combine_verdicts([s, s]) == s
-    assert report.combine_verdicts([s, n]) == n
-    assert report.combine_verdicts([s, x]) == x
-    assert report.combine_verdicts([]) == report.NO_DATA
+    assert claims.verdict_from_test(0.02, 0.01, higher_is_better=True) == claims.SUPPORTED
+    assert claims.verdict_from_test(0.02, 0.01, higher_is_better=False) == claims.NOT_SUPPORTED
+    assert claims.verdict_from_test(-1.0, 0.2, higher_is_better=False) == claims.NOT_SIGNIFICANT
+    assert claims.verdict_from_test(1.0, math.nan, higher_is_better=True) == claims.NOT_SIGNIFICANT
+    s, n, x = claims.SUPPORTED, claims.NOT_SIGNIFICANT, claims.NOT_SUPPORTED
+    assert claims.combine_verdicts([s, s]) == s
+    assert claims.combine_verdicts([s, n]) == n
+    assert claims.combine_verdicts([s, x]) == x
+    assert claims.combine_verdicts([]) == claims.NO_DATA
     # First epoch within 5% of the minimum, not the minimum itself.
-    assert report.loss_bottom_epoch([1, 2, 3, 4, 5], [1.0, 0.5, 0.31, 0.30, 0.305]) == 3
-    assert report.loss_bottom_epoch([], []) is None
+    assert claims.loss_bottom_epoch([1, 2, 3, 4, 5], [1.0, 0.5, 0.31, 0.30, 0.305]) == 3
+    assert claims.loss_bottom_epoch([], []) is None
 
 
 def test_missing_cells_are_listed_not_averaged(tmp_path):
     written = make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
-    os.remove(os.path.join(report.cell_dir(str(tmp_path), "paper", 1), report.CELL_FILE))
-    with open(os.path.join(report.cell_dir(str(tmp_path), "unet", 2), report.CELL_FILE), "w") as f:
+    os.remove(os.path.join(sweeps.cell_dir(str(tmp_path), "paper", 1), sweeps.CELL_FILE))
+    with open(os.path.join(sweeps.cell_dir(str(tmp_path), "unet", 2), sweeps.CELL_FILE), "w") as f:
         json.dump({"status": "running"}, f)
-    os.remove(os.path.join(report.cell_dir(str(tmp_path), "paper", 2), report.EVAL_FILE))
+    os.remove(os.path.join(sweeps.cell_dir(str(tmp_path), "paper", 2), results.EVAL_FILE))
     summary = _summary(tmp_path)
     missing = {(m["variant"], m["seed"]): m["reason"] for m in summary["missing"]}
     assert missing == {
@@ -275,7 +277,7 @@ def test_missing_cells_are_listed_not_averaged(tmp_path):
 
 def test_folds_average_per_seed(tmp_path):
     written = make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1), folds=(0, 1, 2))
-    assert os.path.isfile(tmp_path / "paper" / "fold_2" / "seed_1" / report.CELL_FILE)
+    assert os.path.isfile(tmp_path / "paper" / "fold_2" / "seed_1" / sweeps.CELL_FILE)
     summary = _summary(tmp_path)
     row = summary["variants"]["paper"]
     assert row["n_runs"] == 6 and row["n_seeds"] == 2
@@ -325,30 +327,30 @@ def test_model_stats_per_variant(tmp_path):
 
 def test_bad_sweep_files(tmp_path):
     with pytest.raises(FileNotFoundError, match="sweep.json"):
-        report.load_sweep(tmp_path)
+        sweeps.load_sweep(tmp_path)
     make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
-    with open(tmp_path / report.SWEEP_FILE) as f:
+    with open(tmp_path / sweeps.SWEEP_FILE) as f:
         definition = json.load(f)
     for change, message in [
         ({"baseline": "resnet"}, r"baseline='resnet' is not one of the variants"),
         ({"paper_model": "x"}, "paper_model='x'"),
         ({"seeds": []}, "'seeds' must be a non-empty list"),
     ]:
-        with open(tmp_path / report.SWEEP_FILE, "w") as f:
+        with open(tmp_path / sweeps.SWEEP_FILE, "w") as f:
             json.dump({**definition, **change}, f)
         with pytest.raises(ValueError, match=message):
-            report.load_sweep(tmp_path)
+            sweeps.load_sweep(tmp_path)
     del definition["variants"]
-    with open(tmp_path / report.SWEEP_FILE, "w") as f:
+    with open(tmp_path / sweeps.SWEEP_FILE, "w") as f:
         json.dump(definition, f)
     with pytest.raises(ValueError, match="no 'variants' field"):
-        report.load_sweep(tmp_path)
+        sweeps.load_sweep(tmp_path)
 
 
 def test_no_paper_model_gives_no_data_claims(tmp_path):
     make_sweep(tmp_path, {"unet": SAME, "eca": SAME}, paper_model=None)
     claims = _claims(_summary(tmp_path))
-    assert {c["verdict"] for c in claims.values()} == {report.NO_DATA}
+    assert {c["verdict"] for c in claims.values()} == {claims.NO_DATA}
 
 
 def test_cli_writes_the_report(tmp_path):

@@ -22,10 +22,13 @@ import numpy as np
 import pytest
 from helpers import read_text, tiny_config
 
-from bts_jax import checkpointing, run_guard, steps, train_lib
+from bts_jax import config_tools, sharding
 from bts_jax import data as data_lib
-from bts_jax import state as state_lib
-from bts_jax.config_checks import validate_config
+from bts_jax import train as train_lib
+from bts_jax import workdir as workdir_lib
+from bts_jax.train import seeds, steps
+from bts_jax.train import state as state_lib
+from bts_jax.train.config_checks import validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 3
@@ -44,11 +47,11 @@ def first_batches(config, n):
     "num_seeds,devices,shape", [(1, 8, (1, 8)), (2, 8, (2, 4)), (3, 8, (1, 8)), (4, 2, (2, 1))]
 )
 def test_seed_mesh_puts_the_largest_common_divisor_on_the_seed_axis(num_seeds, devices, shape):
-    mesh = state_lib.make_seed_mesh(num_seeds, jax.devices()[:devices])
+    mesh = sharding.make_seed_mesh(num_seeds, jax.devices()[:devices])
     assert mesh.axis_names == ("seed", "data")
     assert mesh.devices.shape == shape
-    assert state_lib.seed_axis_size(num_seeds, devices) == shape[0]
-    flat = state_lib.flat_mesh(mesh)
+    assert sharding.seed_axis_size(num_seeds, devices) == shape[0]
+    flat = sharding.flat_mesh(mesh)
     assert flat.axis_names == ("data",)
     assert list(flat.devices) == list(jax.devices()[:devices])
 
@@ -61,14 +64,14 @@ def test_seed_configs_are_the_single_runs_configs():
     assert config.seed == 5 and config.num_seeds == 3  # the run's own config is untouched
     single = tiny_config(seed=6)
     assert (
-        run_guard.diff_configs(
-            run_guard.flatten_config(single), run_guard.flatten_config(configs[1])
+        workdir_lib.diff_configs(
+            config_tools.flatten_config(single), config_tools.flatten_config(configs[1])
         )
         == []
     )
     one = tiny_config()
     assert train_lib.seed_configs(one) == [one]
-    assert checkpointing.seed_workdir("/runs/x", 6) == "/runs/x/seed_6"
+    assert workdir_lib.seed_workdir("/runs/x", 6) == "/runs/x/seed_6"
 
 
 @pytest.mark.parametrize(
@@ -111,9 +114,9 @@ def test_workdirs_from_before_num_seeds_resume_unchanged(tmp_path):
     saved = json.loads(config.to_json_best_effort())
     del saved["num_seeds"]
     (tmp_path / "config.json").write_text(json.dumps(saved))
-    assert run_guard.check_config(config, tmp_path, checkpoint_step=6) == []
-    with pytest.raises(run_guard.ConfigChangedError, match="num_seeds: 1 -> 2"):
-        run_guard.check_config(tiny_config(num_seeds=2), tmp_path, checkpoint_step=6)
+    assert workdir_lib.check_config(config, tmp_path, checkpoint_step=6) == []
+    with pytest.raises(workdir_lib.ConfigChangedError, match="num_seeds: 1 -> 2"):
+        workdir_lib.check_config(tiny_config(num_seeds=2), tmp_path, checkpoint_step=6)
 
 
 # ----------------------------------------------------------------------------- the step
@@ -121,7 +124,7 @@ def test_workdirs_from_before_num_seeds_resume_unchanged(tmp_path):
 
 def test_seed_states_initialise_exactly_like_single_runs_and_round_trip():
     config = tiny_config(seed=3, num_seeds=2)
-    mesh = state_lib.make_seed_mesh(2)
+    mesh = sharding.make_seed_mesh(2)
     run = train_lib.setup_run(config, mesh)
     stacked = state_lib.create_seed_train_states(config, run.model, run.optimizer, mesh)
     assert stacked.params["head"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("seed")
@@ -139,7 +142,7 @@ def _single_run_params(config, mesh):
     state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
     losses = []
     for batch in first_batches(config, NUM_STEPS):
-        state, step_metrics = run.train_fn(state, state_lib.make_global_batch(batch, mesh))
+        state, step_metrics = run.train_fn(state, sharding.make_global_batch(batch, mesh))
         losses.append(float(step_metrics["loss"]))
     return jax.device_get(state.params), jax.device_get(state.batch_stats), losses
 
@@ -150,25 +153,23 @@ def _single_run_params(config, mesh):
 def test_seed_k_of_a_k_seed_step_ends_like_the_single_run_of_its_seed(num_seeds, num_devices):
     devices = jax.devices()[:num_devices]
     config = tiny_config(seed=1, num_seeds=num_seeds)
-    run = train_lib.setup_run(config, state_lib.make_mesh(devices))
+    run = train_lib.setup_run(config, sharding.make_mesh(devices))
     assert run.mesh.devices.shape == (
-        state_lib.seed_axis_size(num_seeds, num_devices),
-        num_devices // state_lib.seed_axis_size(num_seeds, num_devices),
+        sharding.seed_axis_size(num_seeds, num_devices),
+        num_devices // sharding.seed_axis_size(num_seeds, num_devices),
     )
     state = state_lib.create_seed_train_states(config, run.model, run.optimizer, run.mesh)
     singles = train_lib.seed_configs(config)
     per_seed = [first_batches(single, NUM_STEPS) for single in singles]
     losses = []
     for step in range(NUM_STEPS):
-        batch = state_lib.make_seed_batch([batches[step] for batches in per_seed], run.mesh)
+        batch = sharding.make_seed_batch([batches[step] for batches in per_seed], run.mesh)
         state, step_metrics = run.train_fn(state, batch)
         assert step_metrics["loss"].shape == (num_seeds,)
         losses.append(jax.device_get(step_metrics["loss"]))
     seed_states = state_lib.unstack_train_state(state, run.eval_mesh)
     for k, single in enumerate(singles):
-        params, batch_stats, single_losses = _single_run_params(
-            single, state_lib.make_mesh(devices)
-        )
+        params, batch_stats, single_losses = _single_run_params(single, sharding.make_mesh(devices))
         np.testing.assert_allclose([loss[k] for loss in losses], single_losses, rtol=1e-5)
         chex.assert_trees_all_close(jax.device_get(seed_states[k].params), params, **TOLERANCE)
         chex.assert_trees_all_close(
@@ -199,7 +200,7 @@ class _CrashingInput(data_lib.InputPipeline):
 def _latest_params(config, workdir):
     run = train_lib.setup_run(config)
     target = state_lib.abstract_train_state(config, run.model, run.optimizer, run.eval_mesh)
-    return checkpointing.restore_train_state(workdir, target, "latest")
+    return workdir_lib.restore_train_state(workdir, target, "latest")
 
 
 RUN_OVERRIDES = {"seed": 4, "num_seeds": 2, "checkpoint.every_steps": 2}
@@ -214,7 +215,12 @@ def two_seed_run(tmp_path_factory):
     original = steps.train_step
     steps.train_step = traced
     try:
-        results = train_lib.train_and_evaluate(config, workdir, show_progress=False)
+        trained = train_lib.train_and_evaluate(config, workdir, show_progress=False)
+        results = [r.metrics for r in trained]
+        assert [(r.seed, r.workdir) for r in trained] == [
+            (s, os.path.join(os.path.abspath(workdir), f"seed_{s}"))
+            for s in range(config.seed, config.seed + config.num_seeds)
+        ]
     finally:
         steps.train_step = original
     return config, workdir, results
@@ -226,7 +232,8 @@ def test_each_seed_is_a_complete_workdir_of_its_own_single_run(two_seed_run, tmp
     assert sorted(os.listdir(workdir)) == [".lock", "seed_4", "seed_5"]
     single_config = tiny_config(seed=5, **{"checkpoint.every_steps": 2})
     single_dir = str(tmp_path / "single_seed_5")
-    single_result = train_lib.train_and_evaluate(single_config, single_dir, show_progress=False)
+    (single,) = train_lib.train_and_evaluate(single_config, single_dir, show_progress=False)
+    single_result = single.metrics
 
     seed_dir = os.path.join(workdir, "seed_5")
     assert sorted(os.listdir(seed_dir)) == sorted(os.listdir(single_dir))
@@ -247,10 +254,10 @@ def test_each_seed_is_a_complete_workdir_of_its_own_single_run(two_seed_run, tmp
         **TOLERANCE,
     )
     # Each seed's workdir is read like any other; the multi-seed folder points to them.
-    loaded, _, variables = checkpointing.load_trained_model(seed_dir)
+    loaded, _, variables = workdir_lib.load_trained_model(seed_dir)
     assert loaded.seed == 5 and loaded.num_seeds == 1 and "params" in variables
     with pytest.raises(FileNotFoundError, match="one workdir per seed.*seed_4"):
-        checkpointing.load_config(workdir)
+        workdir_lib.load_config(workdir)
 
 
 @pytest.mark.slow
@@ -266,7 +273,9 @@ def test_a_killed_k_seed_run_resumes_every_seed_exactly(two_seed_run, tmp_path):
         assert sorted(saves) == ["2", "4"]
     # As if killed between the seeds' saves of step 4: seed 5 last saved step 2.
     shutil.rmtree(os.path.join(workdir, "seed_5", "checkpoints", "4"))
-    results = train_lib.train_and_evaluate(config, workdir, show_progress=False)
+    results = [
+        r.metrics for r in train_lib.train_and_evaluate(config, workdir, show_progress=False)
+    ]
 
     assert [r["step"] for r in results] == [
         json.loads(read_text(reference_dir, f"seed_{s}", "eval_validation.json"))["step"]
@@ -296,9 +305,9 @@ def test_seeds_that_cannot_resume_together_are_refused(tmp_path):
     config = tiny_config(num_seeds=2)
     workdirs = [str(tmp_path / "seed_0"), str(tmp_path / "seed_1")]
     with pytest.raises(RuntimeError, match="Some seeds .* have checkpoints and others have none"):
-        train_lib._common_step(workdirs, [4, None])
-    assert train_lib._common_step(workdirs, [4, 2]) == 2
-    assert train_lib._common_step(workdirs, [None, None]) is None
+        seeds._common_step(workdirs, [4, None])
+    assert seeds._common_step(workdirs, [4, 2]) == 2
+    assert seeds._common_step(workdirs, [None, None]) is None
     assert train_lib.num_seeds_of(config) == 2
 
 

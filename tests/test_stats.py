@@ -1,4 +1,4 @@
-"""bts_jax.stats against scipy.stats and hand-computed numbers: small n, ties, zeros, equal runs."""
+"""experiments.stats against scipy.stats and numbers by hand: small n, ties, zeros, equal runs."""
 
 import math
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
-from bts_jax import stats
+from bts_jax.experiments import stats
 
 
 def test_mean_ci_matches_hand_computed_t_interval():

@@ -8,7 +8,8 @@ import sys
 import ml_collections
 import pytest
 
-from bts_jax import sweep, train_lib
+from bts_jax import train as train_lib
+from bts_jax.experiments import runner
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -50,9 +51,9 @@ def finished(tmp_path_factory):
     directory = str(tmp_path_factory.mktemp("sweep") / "tiny")
     first = CountingTrainer(crash_on="paper/seed_1")
     with pytest.raises(RuntimeError, match="simulated crash in paper/seed_1"):
-        sweep.run_sweep(tiny_sweep(), directory, repo_root=REPO, train_fn=first)
+        runner.run_sweep(tiny_sweep(), directory, repo_root=REPO, train_fn=first)
     second = CountingTrainer()
-    result = sweep.run_sweep(
+    result = runner.run_sweep(
         tiny_sweep(), directory, repo_root=REPO, train_fn=second, model_stats=False
     )
     return directory, first, second, result
@@ -100,13 +101,13 @@ def test_a_changed_definition_is_refused_naming_the_cell(finished):
     with pytest.raises(
         ValueError, match=r"existing cell paper/seed_0 .*optimizer.learning_rate: 0.0001 -> 0.5"
     ):
-        sweep.run_sweep(changed, directory, repo_root=REPO, train_fn=CountingTrainer())
+        runner.run_sweep(changed, directory, repo_root=REPO, train_fn=CountingTrainer())
 
 
 def test_a_second_run_trains_nothing(finished):
     directory, *_ = finished
     trainer = CountingTrainer()
-    result = sweep.run_sweep(
+    result = runner.run_sweep(
         tiny_sweep(), directory, repo_root=REPO, train_fn=trainer, write_report=False
     )
     assert trainer.cells == [] and result["trained"] == [] and len(result["skipped"]) == 4
@@ -115,17 +116,17 @@ def test_a_second_run_trains_nothing(finished):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"baseline": "resnet"}, r"sweep.baseline='resnet' is not one of"),
-        ({"paper_model": "gs"}, r"sweep.paper_model='gs'"),
-        ({"seeds": (0, 0)}, r"sweep.seeds has repeated entries"),
-        ({"seeds": ()}, r"sweep.seeds must be a non-empty list"),
-        ({"devices_per_run": 16}, r"sweep.devices_per_run=16 but only 8 device"),
-        ({"variants": {}}, r"sweep.variants must map at least one"),
+        ({"baseline": "resnet"}, r"runner.baseline='resnet' is not one of"),
+        ({"paper_model": "gs"}, r"runner.paper_model='gs'"),
+        ({"seeds": (0, 0)}, r"runner.seeds has repeated entries"),
+        ({"seeds": ()}, r"runner.seeds must be a non-empty list"),
+        ({"devices_per_run": 16}, r"runner.devices_per_run=16 but only 8 device"),
+        ({"variants": {}}, r"runner.variants must map at least one"),
         (
             {"overrides": {"model": {"widths": 3}}},
-            r"sweep.overrides: 'model.widths' is not a field",
+            r"runner.overrides: 'model.widths' is not a field",
         ),
-        ({"variants": {"unet": {"optimiser": {"lr": 1}}}}, r"sweep.variants.unet: 'optimiser.lr'"),
+        ({"variants": {"unet": {"optimiser": {"lr": 1}}}}, r"runner.variants.unet: 'optimiser.lr'"),
         ({"base_config": "configs/nope.py"}, r"Config file not found: .*configs/nope.py"),
     ],
 )
@@ -137,14 +138,14 @@ def test_bad_definitions_are_named(changes, message, tmp_path):
         else:
             config[key] = value
     with pytest.raises((ValueError, FileNotFoundError), match=message):
-        sweep.run_sweep(config, tmp_path / "bad", repo_root=REPO, train_fn=CountingTrainer())
+        runner.run_sweep(config, tmp_path / "bad", repo_root=REPO, train_fn=CountingTrainer())
 
 
 def test_sweep_script_rejects_a_missing_config_file(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            "sweep.py",
+            "runner.py",
             "--config",
             "configs/sweeps/nope.py",
             "--workdir",

@@ -17,9 +17,12 @@ import optax
 import pytest
 from helpers import read_text, tiny_config
 
-from bts_jax import checkpointing, evaluation, run_guard, steps, train_lib
 from bts_jax import data as data_lib
-from bts_jax import state as state_lib
+from bts_jax import evaluation, sharding
+from bts_jax import train as train_lib
+from bts_jax import workdir as workdir_lib
+from bts_jax.train import loop, optim, steps
+from bts_jax.train import state as state_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,12 +66,12 @@ def test_setup_run_rejects_bad_configs_naming_the_setting(overrides, message):
 
 def test_learning_rate_schedules():
     config = tiny_config(**{"optimizer.warmup_epochs": 1.0, "optimizer.learning_rate": 1e-3})
-    constant = state_lib.create_learning_rate_schedule(config.optimizer, 10, 100)
+    constant = optim.create_learning_rate_schedule(config.optimizer, 10, 100)
     assert float(constant(0)) == 0.0
     assert float(constant(5)) == pytest.approx(5e-4)
     assert float(constant(50)) == pytest.approx(1e-3)
     config.optimizer.schedule = "cosine"
-    cosine = state_lib.create_learning_rate_schedule(config.optimizer, 10, 100)
+    cosine = optim.create_learning_rate_schedule(config.optimizer, 10, 100)
     assert float(cosine(10)) == pytest.approx(1e-3)
     assert float(cosine(55)) == pytest.approx(5e-4, rel=1e-3)
     assert float(cosine(100)) == pytest.approx(0.0, abs=1e-9)
@@ -77,8 +80,8 @@ def test_learning_rate_schedules():
 def test_gradient_clipping_bounds_the_update():
     config = tiny_config(**{"optimizer.name": "adamw", "optimizer.grad_clip_norm": 1e-3})
     config.optimizer.learning_rate = 1.0
-    schedule = state_lib.create_learning_rate_schedule(config.optimizer, 1, 1)
-    optimizer = state_lib.create_optimizer(config.optimizer, schedule)
+    schedule = optim.create_learning_rate_schedule(config.optimizer, 1, 1)
+    optimizer = optim.create_optimizer(config.optimizer, schedule)
     params = {"w": jnp.ones(3)}
     state = optimizer.init(params)
     clipped, _ = optax.clip_by_global_norm(1e-3).update({"w": jnp.full(3, 100.0)}, None)
@@ -100,15 +103,15 @@ def _run_steps(config, mesh, batches):
     run = train_lib.setup_run(config, mesh)
     state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
     for batch in batches:
-        state, step_metrics = run.train_fn(state, state_lib.make_global_batch(batch, mesh))
+        state, step_metrics = run.train_fn(state, sharding.make_global_batch(batch, mesh))
     return state, jax.device_get(step_metrics)
 
 
 def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
     config, batches = two_batches
     assert jax.device_count() == 8
-    state8, metrics8 = _run_steps(config, state_lib.make_mesh(), batches)
-    state1, metrics1 = _run_steps(config, state_lib.make_mesh(jax.devices()[:1]), batches)
+    state8, metrics8 = _run_steps(config, sharding.make_mesh(), batches)
+    state1, metrics1 = _run_steps(config, sharding.make_mesh(jax.devices()[:1]), batches)
     assert state8.params["head"]["kernel"].sharding.is_fully_replicated
     assert int(state8.step) == int(state1.step) == 2
     chex.assert_trees_all_close(params_of(state8), params_of(state1), rtol=1e-4, atol=2e-6)
@@ -121,7 +124,7 @@ def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
 def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
     _, batches = two_batches
     config = tiny_config(dtype="bfloat16")
-    state, step_metrics = _run_steps(config, state_lib.make_mesh(), batches[:1])
+    state, step_metrics = _run_steps(config, sharding.make_mesh(), batches[:1])
     leaves = jax.tree_util.tree_leaves(
         jax.device_get((state.params, state.batch_stats, state.opt_state))
     )
@@ -133,7 +136,7 @@ def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
 def test_batch_statistics_are_those_of_the_global_batch(two_batches):
     """With 8 devices and 1 image each, per-device BatchNorm would give other statistics."""
     config, batches = two_batches
-    mesh = state_lib.make_mesh()
+    mesh = sharding.make_mesh()
     run = train_lib.setup_run(config, mesh)
     state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
     variables = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
@@ -141,7 +144,7 @@ def test_batch_statistics_are_those_of_the_global_batch(two_batches):
     _, expected = jax.jit(lambda v, x: run.model.apply(v, x, train=True, mutable=["batch_stats"]))(
         variables, jnp.asarray(batches[0]["image"])
     )
-    new_state, _ = run.train_fn(state, state_lib.make_global_batch(batches[0], mesh))
+    new_state, _ = run.train_fn(state, sharding.make_global_batch(batches[0], mesh))
     chex.assert_trees_all_close(
         jax.device_get(new_state.batch_stats), jax.device_get(expected["batch_stats"]), atol=1e-5
     )
@@ -149,7 +152,7 @@ def test_batch_statistics_are_those_of_the_global_batch(two_batches):
 
 def test_eval_counts_every_image_once_with_padding(two_batches):
     config, _ = two_batches
-    mesh = state_lib.make_mesh()
+    mesh = sharding.make_mesh()
     run = train_lib.setup_run(config, mesh)
     state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
     batches = data_lib.make_dataset(config, "validation", process_index=0, process_count=1)
@@ -200,7 +203,9 @@ def uninterrupted(tmp_path_factory):
     original = steps.train_step
     steps.train_step = traced
     try:
-        result = train_lib.train_and_evaluate(config, workdir)
+        (trained,) = train_lib.train_and_evaluate(config, workdir)
+        result = trained.metrics
+        assert (trained.seed, trained.workdir) == (config.seed, os.path.abspath(workdir))
     finally:
         steps.train_step = original
     return config, workdir, result
@@ -209,8 +214,8 @@ def uninterrupted(tmp_path_factory):
 def _final_params(config, workdir):
     run = train_lib.setup_run(config)
     target = state_lib.abstract_train_state(config, run.model, run.optimizer, run.mesh)
-    latest, _ = checkpointing.checkpoint_managers(workdir, config)
-    restored, meta = checkpointing.restore_checkpoint(latest, target)
+    latest, _ = workdir_lib.checkpoint_managers(workdir, config)
+    restored, meta = workdir_lib.restore_checkpoint(latest, target)
     latest.close()
     return restored, meta
 
@@ -345,7 +350,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
                 for k in ("image", "mask", "valid")
             }
         )
-    mesh = state_lib.make_mesh(jax.devices()[:4])
+    mesh = sharding.make_mesh(jax.devices()[:4])
     state, _ = _run_steps(config, mesh, global_batches)
     multi = dict(np.load(os.path.join(tmp_path, "params_0.npz")))
     flat = {
@@ -459,9 +464,10 @@ def test_due_events_is_the_loops_only_timing_rule():
 def test_run_reports_the_selected_checkpoint_on_the_held_out_test_split(tmp_path):
     config = tiny_config(**{"data.test_fraction": 0.15, "num_epochs": 1})
     workdir = tmp_path / "with_test"
-    result = train_lib.train_and_evaluate(
-        config, str(workdir), mesh=state_lib.make_mesh(jax.devices()[:1])
+    (trained,) = train_lib.train_and_evaluate(
+        config, str(workdir), mesh=sharding.make_mesh(jax.devices()[:1])
     )
+    result = trained.metrics
     split = json.loads(read_text(workdir, "data_split.json"))
     assert len(split["test"]) == 9 and not set(split["test"]) & set(split["train"])
 
@@ -506,9 +512,9 @@ def test_resuming_with_another_config_is_refused_before_set_up(
     config, reference_dir, _ = uninterrupted
     workdir = _copy_workdir(reference_dir, tmp_path)
     saved = read_text(workdir, "config.json")
-    monkeypatch.setattr(train_lib, "setup_run", _fail_if_set_up)
+    monkeypatch.setattr(loop, "setup_run", _fail_if_set_up)
     changed = tiny_config(num_epochs=2, **{"checkpoint.every_steps": 2, **overrides})
-    with pytest.raises(run_guard.ConfigChangedError, match="latest step 12") as raised:
+    with pytest.raises(workdir_lib.ConfigChangedError, match="latest step 12") as raised:
         train_lib.train_and_evaluate(changed, workdir)
     assert diff in str(raised.value)
     assert read_text(workdir, "config.json") == saved
@@ -520,9 +526,10 @@ def test_allowed_config_change_resumes_and_is_recorded_with_its_step(uninterrupt
     changed = tiny_config(num_epochs=2, **{"checkpoint.every_steps": 2})
     changed.optimizer.learning_rate = 1e-3
     # The run is finished: only the final evaluation runs again, now under the new config.
-    result = train_lib.train_and_evaluate(changed, workdir, allow_config_change=True)
+    (trained,) = train_lib.train_and_evaluate(changed, workdir, allow_config_change=True)
+    result = trained.metrics
     assert result["step"] == json.loads(read_text(reference_dir, "eval_validation.json"))["step"]
-    history = run_guard.read_config_history(workdir)
+    history = workdir_lib.read_config_history(workdir)
     assert [(row["step"], row["changed"]) for row in history] == [
         (0, []),
         (12, ["optimizer.learning_rate"]),
@@ -535,7 +542,7 @@ def test_raising_num_epochs_extends_a_run_with_the_schedule_rebuilt(tmp_path, ca
     """A finished cosine run is extended: the rate jumps from 0 back up to the new curve's value."""
     config = tiny_config(**{"optimizer.schedule": "cosine"})
     workdir = str(tmp_path / "extended")
-    mesh = state_lib.make_mesh(jax.devices()[:1])
+    mesh = sharding.make_mesh(jax.devices()[:1])
     train_lib.train_and_evaluate(config, workdir, mesh=mesh)
     first, _ = _final_params(config, workdir)
     config.num_epochs = 2
@@ -551,21 +558,21 @@ def test_raising_num_epochs_extends_a_run_with_the_schedule_rebuilt(tmp_path, ca
     before, after = jax.device_get(first.params), jax.device_get(extended.params)
     moved = jax.tree_util.tree_map(lambda a, b: bool(np.any(a != b)), before, after)
     assert all(jax.tree_util.tree_leaves(moved))
-    history = run_guard.read_config_history(workdir)
+    history = workdir_lib.read_config_history(workdir)
     assert [(row["step"], row["changed"]) for row in history] == [(0, []), (6, ["num_epochs"])]
 
 
 def test_second_run_on_a_workdir_in_use_stops_before_set_up(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_lib, "setup_run", _fail_if_set_up)
-    locked = pytest.raises(run_guard.WorkdirLockedError, match=f"process {os.getpid()} on host")
-    with run_guard.WorkdirLock(tmp_path), locked:
+    monkeypatch.setattr(loop, "setup_run", _fail_if_set_up)
+    locked = pytest.raises(workdir_lib.WorkdirLockedError, match=f"process {os.getpid()} on host")
+    with workdir_lib.WorkdirLock(tmp_path), locked:
         train_lib.train_and_evaluate(tiny_config(), str(tmp_path))
 
 
 def test_unwritable_workdir_fails_before_set_up_naming_the_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(train_lib, "setup_run", _fail_if_set_up)
+    monkeypatch.setattr(loop, "setup_run", _fail_if_set_up)
     (tmp_path / "file").write_text("")
-    with pytest.raises(run_guard.WorkdirNotWritableError, match=f"{tmp_path}/file is a file"):
+    with pytest.raises(workdir_lib.WorkdirNotWritableError, match=f"{tmp_path}/file is a file"):
         train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
 
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from bts_jax import inference
-from bts_jax import tta as tta_lib
+from bts_jax.inference import tta as tta_lib
 
 
 def _asymmetric(batch: int = 2, size: int = 5, channels: int = 1) -> np.ndarray:

@@ -84,7 +84,7 @@ def test_torch_loss_equals_bts_jax_loss():
     torch = pytest.importorskip("torch")
     import importlib
 
-    from bts_jax import losses
+    from bts_jax.train import losses
 
     torch_unet = importlib.import_module("benchmarks.torch_unet")
     logits = np.random.default_rng(0).standard_normal((2, 8, 8, 1)).astype(np.float32)

@@ -4,31 +4,25 @@ Importing this package hides the GPUs from TensorFlow, which only feeds the host
 (docs/design.md section 3).
 """
 
+from bts_jax.data.batching import local_batch_size, num_eval_batches, steps_per_epoch
 from bts_jax.data.cache import DataCache
-from bts_jax.data.pipeline import (
-    InputPipeline,
-    local_batch_size,
-    make_dataset,
-    num_eval_batches,
-    steps_per_epoch,
-)
-from bts_jax.data.preprocessing import (
+from bts_jax.data.images import (
     as_grayscale,
-    augment_pair,
     content_box,
-    equalize_histogram,
     load_grayscale,
     preprocess_image,
     read_image_file,
     restore_original_size,
 )
+from bts_jax.data.pipeline import InputPipeline, make_dataset
+from bts_jax.data.preprocessing import augment_pair, equalize_histogram
 from bts_jax.data.sources import SAMPLE_DIR, TUMOUR_TYPES, Example, get_examples
 from bts_jax.data.splits import (
     SPLIT_SETTINGS,
     SPLITS,
     get_split_ids,
     split_examples,
-    write_split_file,
+    split_record,
 )
 
 __all__ = [
@@ -54,5 +48,5 @@ __all__ = [
     "restore_original_size",
     "split_examples",
     "steps_per_epoch",
-    "write_split_file",
+    "split_record",
 ]

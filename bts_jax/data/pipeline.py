@@ -11,10 +11,9 @@ Determinism: a run is a function of ``config.seed`` only.
 - ``skip_batches`` cuts the epoch's order list, so a run resumed mid-epoch sees the very batches it
   would have seen, without decoding the skipped ones.
 
-Every host yields the same number of batches (collectives would hang otherwise): ``steps_per_epoch``
-is ``floor(min shard size / local batch)`` for training; evaluation yields ``ceil(split size /
-global batch)`` batches on every host, padded with ``valid=False`` entries so each image is counted
-exactly once.
+Every host yields the same number of batches (collectives would hang otherwise; see
+`bts_jax.data.batching`), evaluation batches padded with ``valid=False`` entries so each image is
+counted exactly once.
 
 One pipeline per run: `InputPipeline` builds the training ``tf.data`` graph once for all the
 run's remaining epochs (the epoch is a column of the index table, so each epoch's order and
@@ -25,109 +24,25 @@ busy cores.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from bts_jax.data._tf import tf
+from bts_jax.data.batching import (
+    check_process,
+    host_shard,
+    local_batch_size,
+    num_eval_batches,
+    train_steps,
+)
 from bts_jax.data.cache import DataCache, files_signature
 from bts_jax.data.preprocessing import augment_pair, decode_grayscale, preprocess_pair
 from bts_jax.data.sources import Example, get_examples, source_dir
 from bts_jax.data.splits import SPLITS, split_examples
 
 _AUGMENTATIONS = ("flip", "rot90", "affine", "brightness_contrast")
-
-
-def _check_process(process_index: int, process_count: int) -> None:
-    if process_count < 1 or not 0 <= process_index < process_count:
-        raise ValueError(f"process_index {process_index} is not in [0, {process_count}).")
-
-
-def local_batch_size(config: Any, split: str, process_count: int) -> int:
-    """The host-local batch of a split: the global batch divided evenly over the hosts.
-
-    Args:
-      config: the experiment config (``batch_size`` for "train", ``eval_batch_size`` otherwise).
-      split: a split name.
-      process_count: the number of hosts.
-
-    Returns:
-      ``global batch // process_count``.
-
-    Raises:
-      ValueError: unknown split, or a global batch the hosts cannot share evenly (names the field).
-    """
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
-    name = "config.batch_size" if split == "train" else "config.eval_batch_size"
-    batch = int(config.batch_size if split == "train" else config.eval_batch_size)
-    if batch <= 0 or batch % process_count:
-        raise ValueError(
-            f"{name}={batch} must be a positive multiple of the process count ({process_count}): "
-            f"each host loads {name} / process_count examples."
-        )
-    return batch // process_count
-
-
-def _host_shard(
-    examples: Sequence[Example], seed: int, process_index: int, process_count: int
-) -> np.ndarray:
-    """Positions (into the sorted split) of this host's examples; fixed for the whole run."""
-    order = np.random.default_rng([int(seed), 3]).permutation(len(examples))
-    return order[process_index::process_count]
-
-
-def _train_steps(n_train: int, global_batch: int, process_count: int) -> int:
-    local = global_batch // process_count
-    steps = (n_train // process_count) // local if local > 0 else 0
-    if steps == 0:
-        raise ValueError(
-            f"The training split has {n_train} examples, fewer than one batch per host "
-            f"(config.batch_size={global_batch} over {process_count} process(es)); lower "
-            "config.batch_size or use more data."
-        )
-    return steps
-
-
-def steps_per_epoch(config: Any, *, process_count: int) -> int:
-    """Training steps (batches) per epoch, the same on every host.
-
-    ``floor(min host shard size / (config.batch_size / process_count))``: every host stops when the
-    smallest shard runs out, so all hosts run the same number of steps.
-
-    Args:
-      config: the experiment config.
-      process_count: number of hosts.
-
-    Returns:
-      The number of steps (>= 1).
-
-    Raises:
-      ValueError: the training split has fewer examples than one batch.
-    """
-    n = len(split_examples(config, get_examples(config.data, validate=False))["train"])
-    return _train_steps(n, int(config.batch_size), process_count)
-
-
-def num_eval_batches(config: Any, split: str = "validation", *, num_examples: int | None = None):
-    """Batches yielded by an evaluation pass over ``split``, the same on every host.
-
-    ``ceil(split size / config.eval_batch_size)`` (the same for any process count: each host's shard
-    fits in that many host-local batches, and hosts that run out yield padding batches).
-
-    Args:
-      config: the experiment config.
-      split: an evaluation split ("validation", "test", or "train" without augmentation).
-      num_examples: the split's size when the caller knows it; listed from the source otherwise.
-
-    Returns:
-      The number of batches.
-    """
-    if num_examples is None:
-        num_examples = len(split_examples(config, get_examples(config.data, validate=False))[split])
-    return math.ceil(num_examples / int(config.eval_batch_size))
 
 
 def _encoded_pair(image: tf.Tensor, mask: tf.Tensor, from_files: bool):
@@ -200,7 +115,7 @@ class InputPipeline:
         process_count: int,
         cache: DataCache | None = None,
     ):
-        _check_process(process_index, process_count)
+        check_process(process_index, process_count)
         self.config = config
         self.process_index = int(process_index)
         self.process_count = int(process_count)
@@ -224,7 +139,7 @@ class InputPipeline:
     @property
     def steps_per_epoch(self) -> int:
         """Training steps per epoch on every host (see `steps_per_epoch`)."""
-        return _train_steps(
+        return train_steps(
             len(self.examples("train")), int(self.config.batch_size), self.process_count
         )
 
@@ -257,8 +172,8 @@ class InputPipeline:
         config = self.config
         local_batch = local_batch_size(config, "train", self.process_count)
         examples = self.examples("train")
-        steps = _train_steps(len(examples), int(config.batch_size), self.process_count)
-        shard = _host_shard(examples, config.seed, self.process_index, self.process_count)
+        steps = train_steps(len(examples), int(config.batch_size), self.process_count)
+        shard = host_shard(examples, config.seed, self.process_index, self.process_count)
         per_epoch = steps * local_batch
         orders, epoch_column = [np.zeros(0, np.int64)], [np.zeros(0, np.int64)]
         for epoch in epochs:
@@ -286,7 +201,7 @@ class InputPipeline:
         local_batch = local_batch_size(config, split, self.process_count)
         examples = self.examples(split)
         if split not in self._eval_datasets:
-            shard = _host_shard(examples, config.seed, self.process_index, self.process_count)
+            shard = host_shard(examples, config.seed, self.process_index, self.process_count)
             order = np.arange(len(shard))
             self._eval_datasets[split] = (
                 self._dataset(examples, shard, order, None, local_batch, train=False)

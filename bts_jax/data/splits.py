@@ -38,8 +38,6 @@ Configs written before the test split existed have no ``data.test_fraction``; it
 
 from __future__ import annotations
 
-import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -48,7 +46,6 @@ import numpy as np
 from bts_jax.data.sources import Example, get_examples, id_sort_key
 
 SPLITS = ("train", "validation", "test")
-SPLIT_FILE = "data_split.json"
 # The ``config.data`` fields that decide which images a split holds: two runs that differ in one of
 # them were validated or tested on different images (with ``subset_size`` > 0 or
 # ``split_method="random"``, ``config.seed`` decides too).
@@ -273,22 +270,18 @@ def get_split_ids(config: Any) -> dict[str, list[str]]:
     return {name: [e.id for e in exs] for name, exs in split_examples(config).items()}
 
 
-def write_split_file(config: Any, workdir: str | os.PathLike) -> str:
-    """Writes the splits' ids (and the settings that made them) to ``<workdir>/data_split.json``.
+def split_record(config: Any) -> dict[str, Any]:
+    """What ``data_split.json`` records of a run's split: its settings and the ids of each split.
 
-    The file lets a run be audited (which slices were validated and tested on) and repeated. Keys:
-    ``"settings"`` (``seed`` and the `SPLIT_SETTINGS` fields of ``config.data``), ``"train"``,
-    ``"validation"`` and ``"test"`` (lists of ids).
+    The record lets a run be audited (which slices were validated and tested on) and repeated.
 
     Args:
       config: the experiment config.
-      workdir: the run's folder (created if missing).
 
     Returns:
-      The path of the written file.
+      ``{"settings": {...}, "train": [ids], "validation": [ids], "test": [ids]}``; the settings
+      are ``seed`` and the `SPLIT_SETTINGS` fields of ``config.data``.
     """
-    os.makedirs(workdir, exist_ok=True)
-    path = os.path.join(os.fspath(workdir), SPLIT_FILE)
     data = config.data
     settings = {
         "seed": int(config.seed),
@@ -302,7 +295,4 @@ def write_split_file(config: Any, workdir: str | os.PathLike) -> str:
         "fold": int(data.fold),
         "subset_size": int(data.subset_size),
     }
-    content = {"settings": settings, **get_split_ids(config)}
-    with open(path, "w") as f:
-        json.dump(content, f, indent=1)
-    return path
+    return {"settings": settings, **get_split_ids(config)}

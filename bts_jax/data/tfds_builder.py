@@ -22,7 +22,7 @@ import tensorflow_datasets as tfds
 from etils import epath
 
 from bts_jax.data import sources
-from bts_jax.data.preprocessing import load_grayscale
+from bts_jax.data.images import load_grayscale
 
 _CITATION = """\
 @article{cheng2015enhanced,

@@ -1,1 +1,1 @@
-"""Ablation sweep definitions: base config, variants, seeds and folds (see bts_jax.sweep)."""
+"""Ablation sweep definitions: base config, variants, seeds, folds (bts_jax.experiments.sweeps)."""

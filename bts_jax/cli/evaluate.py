@@ -1,0 +1,112 @@
+"""Evaluates a trained workdir's checkpoint on a split: prints every metric and saves them as JSON.
+
+    python evaluate.py --workdir workdirs/quickstart
+    python evaluate.py --workdir workdirs/quickstart --split train --which latest
+    python evaluate.py --workdir workdirs/quickstart --tta --keep_largest
+    python evaluate.py --workdir workdirs/seed0,workdirs/seed1,workdirs/seed2
+    python evaluate.py --workdir workdirs/quickstart --data_dir /path/to/labelled_folder
+
+The config is the one the run saved (``<workdir>/config.json``), so the data source and split are
+those of training; the metrics go to ``<workdir>/eval_<split>.json``.
+
+With several workdirs (an ensemble: their probabilities are averaged), TTA, another threshold,
+post-processing or an --output_dir, the predictions of `bts_jax.inference` are scored instead, on
+the first workdir's split, at the model's input size and without a loss; they go to
+``<first workdir>/eval_<split>_<tag>.json`` and ``per_image_<split>_<tag>.csv`` (or into
+``--output_dir``), the tag naming the settings (e.g. ``ensemble3_tta-flips_largest``).
+
+With ``--data_dir``, any labelled folder in the Kaggle layout is scored instead, each image at its
+own size, with the same metrics: ``eval_folder_<tag>.json`` and ``per_image_folder_<tag>.csv``.
+"""
+
+import os
+
+from absl import flags
+
+from bts_jax.cli import flags as cli_flags
+from bts_jax.cli.startup import run_program
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the flags of ``evaluate.py``."""
+    cli_flags.define_prediction_flags()
+    flags.DEFINE_enum("split", "validation", ["validation", "test", "train"], "Split to evaluate.")
+    flags.DEFINE_string("output_dir", None, "Folder for the JSON/CSV of a settings evaluation.")
+    flags.DEFINE_string(
+        "data_dir",
+        None,
+        "Score on this labelled folder (images/, masks/, optional metadata.csv) at each image's "
+        "own size, instead of a split of the training data.",
+    )
+
+
+def print_metrics(result: dict, title: str) -> None:
+    """Prints ``title`` and every number of ``result``, counts as integers."""
+    numbers = {k: v for k, v in result.items() if isinstance(v, int | float)}
+    width = max(map(len, numbers))
+    print(title)
+    for key in sorted(numbers):
+        value = numbers[key]
+        shown = f"{int(value)}" if key == "step" or key.startswith("num_") else f"{value:.4f}"
+        print(f"  {key:<{width}}  {shown}")
+
+
+def main(argv: list[str]) -> None:
+    """Scores a checkpoint, an ensemble or prediction settings, on a split or a labelled folder."""
+    cli_flags.no_extra_arguments(argv)
+    settings = cli_flags.settings_from_flags()
+    workdirs = FLAGS.workdir
+
+    from bts_jax.inference import PredictionSettings, scoring, settings_tag
+
+    if FLAGS.data_dir:
+        found, labels = scoring.evaluate_folder(
+            workdirs, FLAGS.data_dir, which=FLAGS.which, settings=settings
+        )
+        split, title = (
+            "folder",
+            (
+                f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on "
+                f"{os.path.abspath(FLAGS.data_dir)} (each image at its own size):"
+            ),
+        )
+    elif len(workdirs) == 1 and settings == PredictionSettings() and not FLAGS.output_dir:
+        # One model's own decision: the evaluation of training, with the loss.
+        from bts_jax import train, workdir
+        from bts_jax.workdir import layout
+
+        (path,) = workdirs
+        config = workdir.load_config(path)
+        result = train.evaluate_checkpoint(config, path, FLAGS.split, which=FLAGS.which)
+        print_metrics(result, f"{FLAGS.which} checkpoint of {path} on {FLAGS.split}:")
+        print(f"Saved {os.path.join(os.path.abspath(path), layout.eval_file(FLAGS.split))}")
+        return
+    else:
+        found = scoring.evaluate_predictions(
+            workdirs, FLAGS.split, which=FLAGS.which, settings=settings
+        )
+        split, labels = FLAGS.split, None
+        title = (
+            f"{FLAGS.which} checkpoints of {', '.join(workdirs)} on {FLAGS.split} "
+            f"({settings_tag(len(workdirs), settings)}):"
+        )
+    json_path, _ = scoring.write_prediction_evaluation(
+        found,
+        workdirs,
+        split,
+        which=FLAGS.which,
+        settings=settings,
+        output_dir=FLAGS.output_dir,
+        labels=labels,
+    )
+    print_metrics(found.metrics, title)
+    suffix = " and its per_image CSV" if FLAGS.data_dir else ""
+    print(f"Saved {os.path.abspath(json_path)}{suffix}")
+
+
+def run() -> None:
+    """The ``evaluate.py`` program."""
+    define_flags()
+    run_program(main)

@@ -1,0 +1,72 @@
+"""A quiet start for the command-line programs, and clear errors instead of tracebacks.
+
+Before the first TensorFlow import, `quiet_start` sets ``TF_CPP_MIN_LOG_LEVEL`` so TensorFlow's C++
+INFO notices (CPU features, oneDNN) stay silent; after absl set up its handler,
+`quiet_library_logs` drops the routine INFO records of libraries (Orbax, TFDS, and JAX's search
+for a TPU backend on machines without one). `run_program` runs a program's ``main`` with absl and
+reports the errors a user can fix (a missing file, a bad setting, a workdir in use) as one line
+naming the problem, not a traceback; ``BTS_JAX_TRACEBACK=1`` shows the traceback as well.
+"""
+
+import logging
+import os
+import sys
+from collections.abc import Callable
+
+from absl import app
+from absl import logging as absl_logging
+
+# Libraries whose routine INFO records drown a run's own log (matched in the record's file path).
+NOISY_LIBRARIES = ("orbax", "tensorflow_datasets", "jax/_src/xla_bridge")
+
+# Errors that bts_jax raises for input a user can fix; each message names the file or setting.
+USER_ERRORS = (OSError, ValueError, RuntimeError, FloatingPointError, KeyError)
+
+
+def quiet_start() -> None:
+    """Silences TensorFlow's C++ INFO notices and Matplotlib's font-cache notice.
+
+    Call it before TensorFlow is imported (the entry points call it first). The variables are
+    only defaults: a user who sets them keeps their value.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # "Matplotlib is building the font cache" on a fresh install: a warning about nothing wrong.
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+
+
+class QuietLibraries(logging.Filter):
+    """Drops INFO-and-below records logged from the files of ``NOISY_LIBRARIES``."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        """Keeps warnings and errors, and every record of other code."""
+        noisy = any(name in record.pathname for name in NOISY_LIBRARIES)
+        return record.levelno > logging.INFO or not noisy
+
+
+def quiet_library_logs() -> None:
+    """Installs :class:`QuietLibraries` on absl's handler (call once, after absl set it up)."""
+    handler = absl_logging.get_absl_handler()
+    if not any(isinstance(f, QuietLibraries) for f in handler.filters):
+        handler.addFilter(QuietLibraries())
+
+
+def _with_clear_errors(main: Callable[[list[str]], object]) -> Callable[[list[str]], object]:
+    def run(argv: list[str]) -> object:
+        quiet_library_logs()
+        try:
+            return main(argv)
+        except USER_ERRORS as e:
+            if os.environ.get("BTS_JAX_TRACEBACK"):
+                raise
+            sys.exit(f"{type(e).__name__}: {e}")
+
+    return run
+
+
+def run_program(main: Callable[[list[str]], object]) -> None:
+    """Runs an entry point's ``main(argv)`` with absl, quietly and with clear errors.
+
+    Args:
+      main: the program; its flags are defined before this is called.
+    """
+    app.run(_with_clear_errors(main))

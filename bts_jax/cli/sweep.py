@@ -1,0 +1,56 @@
+"""Runs an ablation sweep (variants x seeds x folds), then writes its report.
+
+    python sweep.py --config configs/sweeps/paper_ablation.py \
+        --workdir workdirs/sweeps/paper_ablation
+    python sweep.py --config configs/sweeps/paper_ablation.py --workdir DIR \
+        --config.overrides.data.data_dir=/path/to/figshare_brain_tumor --config.seeds=0,1,2,3,4
+
+Run it again with the same arguments to continue after an interruption: finished cells are skipped
+and an interrupted cell resumes from its checkpoints. ``report.py DIR`` rewrites the report alone.
+"""
+
+import os
+
+from absl import flags
+from ml_collections import config_flags
+
+from bts_jax.cli import flags as cli_flags
+from bts_jax.cli.startup import run_program
+
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """Defines the flags of ``sweep.py``."""
+    config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/*.py).")
+    flags.DEFINE_string(
+        "workdir", None, "Sweep folder: one subfolder per cell, the report at the top."
+    )
+    flags.DEFINE_bool("report", True, "Write the report when the cells are done.")
+    flags.DEFINE_bool("model_stats", True, "Count parameters and GFLOPs per variant in the report.")
+    flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv: list[str]) -> None:
+    """Trains the sweep's unfinished cells, then writes its report."""
+    cli_flags.no_extra_arguments(argv)
+    from bts_jax import configs
+    from bts_jax.experiments import runner
+
+    result = runner.run_sweep(
+        FLAGS.config,
+        FLAGS.workdir,
+        # The folder that holds configs/: the repository root of a clone.
+        repo_root=os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__))),
+        write_report=FLAGS.report,
+        model_stats=FLAGS.model_stats,
+    )
+    print(f"Trained {len(result['trained'])} cell(s), skipped {len(result['skipped'])} done.")
+    if result["report"]:
+        print(f"Report: {os.path.abspath(result['report']['report'])}")
+
+
+def run() -> None:
+    """The ``sweep.py`` program."""
+    define_flags()
+    run_program(main)

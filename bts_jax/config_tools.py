@@ -1,0 +1,150 @@
+"""Config helpers shared by the run guard, the sweeps and inference: flat views and dotted fields.
+
+Experiment configs are nested ``ml_collections.ConfigDict`` s; ``config.json`` holds the same
+tree as JSON (tuples become lists). A flat view ``{"model.features": (16, 32), ...}`` is what a
+sweep's overrides and a config diff are written in; a dotted name ``"data.image_size"`` reads or
+sets one field.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.util
+import json
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flattens nested mappings into ``{"a.b.c": leaf}`` (tuples and lists are leaves).
+
+    Args:
+      tree: a nested dict or ConfigDict.
+      prefix: prepended to every key.
+
+    Returns:
+      The flat dict, keys in insertion order.
+    """
+    flat = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping | ml_collections.ConfigDict):
+            flat.update(flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def flatten_config(config: ml_collections.ConfigDict | Mapping[str, Any]) -> dict[str, Any]:
+    """A config as ``{dotted field: JSON value}`` (tuples as lists), as ``config.json`` holds it.
+
+    Args:
+      config: a ConfigDict, or the dict read from ``config.json``.
+
+    Returns:
+      The flat mapping, sorted by field.
+    """
+    if isinstance(config, ml_collections.ConfigDict):
+        config = json.loads(config.to_json_best_effort())
+    flat = flatten(config)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in sorted(flat.items())}
+
+
+def lists_to_tuples(value: Any) -> Any:
+    """JSON lists back into tuples (``config.json`` turned the config's tuples into lists).
+
+    Args:
+      value: a JSON value (nested dicts and lists).
+
+    Returns:
+      The same value with every list a tuple.
+    """
+    if isinstance(value, dict):
+        return {k: lists_to_tuples(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(lists_to_tuples(v) for v in value)
+    return value
+
+
+def get_field(config: ml_collections.ConfigDict | Mapping[str, Any], dotted: str) -> Any:
+    """The value of a dotted field, e.g. ``get_field(config, "data.image_size")``.
+
+    Args:
+      config: a nested config.
+      dotted: the field's path.
+
+    Returns:
+      Its value.
+
+    Raises:
+      KeyError: a part of the path does not exist.
+    """
+    value = config
+    for key in dotted.split("."):
+        value = value[key]
+    return value
+
+
+def apply_overrides(
+    config: ml_collections.ConfigDict, overrides: Mapping[str, Any], where: str
+) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with flat ``{"field.path": value}`` overrides applied.
+
+    Lists become tuples, as the configs write sequences.
+
+    Args:
+      config: the base experiment config.
+      overrides: flat field paths and values.
+      where: the setting the overrides come from, for error messages.
+
+    Returns:
+      The new config.
+
+    Raises:
+      ValueError: a field that the config does not have, or a value of another type (named).
+    """
+    config = copy.deepcopy(config)
+    for path, value in overrides.items():
+        *parents, leaf = path.split(".")
+        target = config
+        for part in parents:
+            if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
+                raise ValueError(f"{where}: {path!r} is not a field of the base config.")
+            target = target[part]
+        if leaf not in target:
+            raise ValueError(f"{where}: {path!r} is not a field of the base config.")
+        try:
+            target[leaf] = tuple(value) if isinstance(value, list) else value
+        except TypeError as e:
+            raise ValueError(f"{where}: {path}={value!r} has the wrong type: {e}") from None
+    return config
+
+
+def load_config_file(path: str | os.PathLike, repo_root: str | None = None) -> Any:
+    """Imports a config file and returns its ``get_config()``.
+
+    Args:
+      path: a ``configs/*.py`` file; relative paths are taken from ``repo_root`` when given.
+      repo_root: the folder relative paths are taken from (the repository root).
+
+    Returns:
+      What the file's ``get_config()`` returns.
+
+    Raises:
+      FileNotFoundError: the file does not exist (named).
+      ValueError: the file has no ``get_config``.
+    """
+    path = os.fspath(path)
+    if repo_root and not os.path.isabs(path):
+        path = os.path.join(repo_root, path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"Config file not found: {path}")
+    spec = importlib.util.spec_from_file_location(f"_bts_config_{abs(hash(path))}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ValueError(f"{path} has no get_config() function.")
+    return module.get_config()

@@ -1,0 +1,205 @@
+"""Evaluation over a whole split: split-level metrics from sums, per-image metrics where wanted.
+
+The confusion matrix and the loss sum come from the jitted eval step over the global batch, so they
+are the same on every host. Per-image metrics (Dice, IoU, HD95, boundary IoU) are computed on the
+host, each host for its own images only, and the per-image lists are then gathered once at the end,
+so no host computes HD95 for another host's images. `write_evaluation` writes what was found as
+``eval_<split>.json`` and ``per_image_<split>.csv``.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from bts_jax import jsonio
+from bts_jax.data.sources import TUMOUR_TYPES, id_sort_key
+from bts_jax.evaluation.confusion import metrics_from_confusion
+from bts_jax.evaluation.evaluator import PER_IMAGE_KEYS, SegmentationEvaluator
+from bts_jax.sharding import host_local, make_global_batch
+from bts_jax.workdir.layout import eval_file, per_image_file
+
+# Longest image id that can cross hosts (ids travel as fixed-width bytes).
+_MAX_ID_BYTES = 128
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """What `evaluate` found.
+
+    Attributes:
+      metrics: split-level metrics (see `evaluate`).
+      per_image: one dict per image (``id`` and `bts_jax.PER_IMAGE_KEYS`), sorted by id;
+        empty when per-image metrics were not asked for.
+      predictions: id -> uint8 (S, S) predicted class map at the model's input size, for the
+        ``keep_ids`` this host evaluated.
+    """
+
+    metrics: dict[str, float]
+    per_image: list[dict[str, str | float | int | bool]]
+    predictions: dict[str, np.ndarray]
+
+
+def _encode_ids(ids: list[str], capacity: int) -> np.ndarray:
+    encoded = np.zeros((capacity, _MAX_ID_BYTES), np.uint8)
+    for i, image_id in enumerate(ids):
+        raw = image_id.encode()
+        if len(raw) > _MAX_ID_BYTES:
+            raise ValueError(f"Image id {image_id!r} is longer than {_MAX_ID_BYTES} bytes.")
+        encoded[i, : len(raw)] = np.frombuffer(raw, np.uint8)
+    return encoded
+
+
+def _gather_per_image(
+    evaluator: SegmentationEvaluator, capacity: int
+) -> tuple[list[str], dict[str, list]]:
+    """Every host's per-image lists, on every host (one all-gather of fixed-size arrays)."""
+    n = len(evaluator.ids)
+    values = np.zeros((capacity, len(PER_IMAGE_KEYS)), np.float64)
+    for j, key in enumerate(PER_IMAGE_KEYS):
+        values[:n, j] = evaluator.per_image[key]
+    present = np.zeros(capacity, bool)
+    present[:n] = True
+    gathered = multihost_utils.process_allgather(
+        {"values": values, "present": present, "ids": _encode_ids(evaluator.ids, capacity)}
+    )
+    keep = np.asarray(gathered["present"]).reshape(-1)
+    rows = np.asarray(gathered["values"]).reshape(-1, values.shape[1])[keep]
+    id_bytes = np.asarray(gathered["ids"]).reshape(-1, _MAX_ID_BYTES)[keep]
+    ids = [bytes(b).rstrip(b"\0").decode() for b in id_bytes]
+    per_image = {}
+    for j, key in enumerate(PER_IMAGE_KEYS):
+        column = rows[:, j].tolist()
+        if key in ("truth_pixels", "pred_pixels"):
+            column = [int(v) for v in column]
+        elif key in ("gt_empty", "pred_empty"):
+            column = [bool(v) for v in column]
+        per_image[key] = column
+    return ids, per_image
+
+
+def evaluate(
+    eval_fn: Callable,
+    state: Any,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    mesh: Mesh,
+    *,
+    num_classes: int,
+    per_image: bool = True,
+    keep_ids: Collection[str] = (),
+) -> Evaluation:
+    """Evaluates ``state`` over a whole split: metrics from sums, never averages of ratios.
+
+    Args:
+      eval_fn: a compiled `bts_jax.train.steps.eval_step`; with ``per_image`` or ``keep_ids`` it
+        must return predictions (``make_eval_step(..., with_predictions=True)``).
+      state: the train state to evaluate.
+      batches: host-local eval batches (padded entries have ``valid=False``).
+      mesh: the device mesh.
+      num_classes: the model's output channels.
+      per_image: also compute per-image Dice, IoU, HD95 and boundary IoU (on the host).
+      keep_ids: ids whose predicted class maps to return (those this host evaluates).
+
+    Returns:
+      An `Evaluation`: ``loss`` (mean over images), ``num_images`` and the metrics of
+      `bts_jax.SegmentationEvaluator` (only the confusion-matrix ones without
+      ``per_image``).
+
+    Raises:
+      ValueError: the split produced no batches, or predictions were needed but not returned.
+    """
+    evaluator = SegmentationEvaluator(num_classes)
+    keep_ids = set(keep_ids)
+    kept: dict[str, np.ndarray] = {}
+    loss_sum = num_valid = 0.0
+    slots = num_batches = 0
+    for local_batch in batches:
+        out = eval_fn(state, make_global_batch(local_batch, mesh))
+        num_batches += 1
+        loss_sum += float(out["loss_sum"])
+        num_valid += float(out["num_valid"])
+        if not (per_image or keep_ids):
+            evaluator.update(out["confusion"])
+            continue
+        if "predictions" not in out:
+            raise ValueError("eval_fn returns no predictions: build it with_predictions=True.")
+        predictions = host_local(out["predictions"], mesh)
+        valid = np.asarray(local_batch["valid"], bool)
+        slots += len(valid)
+        if per_image:
+            evaluator.update(
+                out["confusion"], predictions, local_batch["mask"], valid, local_batch["id"]
+            )
+        else:
+            evaluator.update(out["confusion"])
+        for image_id, prediction, ok in zip(local_batch["id"], predictions, valid, strict=True):
+            if ok and str(image_id) in keep_ids:
+                kept[str(image_id)] = np.asarray(prediction, np.uint8)
+    if num_batches == 0:
+        raise ValueError("The evaluation split produced no batches.")
+    if per_image and jax.process_count() > 1:
+        # Every host gets every host's per-image results, so the metrics agree everywhere.
+        ids, lists = _gather_per_image(evaluator, slots)
+        evaluator.ids, evaluator.per_image = [], {key: [] for key in PER_IMAGE_KEYS}
+        evaluator.extend(ids, lists)
+    result = evaluator.result() if per_image else metrics_from_confusion(evaluator.confusion)
+    values = {key: float(value) for key, value in result.items()}
+    values["loss"] = loss_sum / max(num_valid, 1.0)
+    values["num_images"] = num_valid
+    rows = sorted(evaluator.per_image_rows(), key=lambda row: id_sort_key(str(row["id"])))
+    return Evaluation(metrics=values, per_image=rows if per_image else [], predictions=kept)
+
+
+# Columns of per_image_<split>.csv: the image, then the evaluator's per-image numbers (HD95 in
+# pixels and in millimetres); emptiness is implied by the pixel counts.
+PER_IMAGE_COLUMNS = (
+    "id",
+    "tumour_type",
+    *(key for key in PER_IMAGE_KEYS if key not in ("gt_empty", "pred_empty")),
+)
+
+
+def write_evaluation(
+    found: Evaluation, workdir: str | os.PathLike, split: str, labels: Mapping[str, int]
+) -> tuple[str, str | None]:
+    """Writes ``eval_<split>.json`` (metrics) and ``per_image_<split>.csv`` (one row per image).
+
+    Undefined values (NaN: e.g. HD95 with one mask empty, precision with nothing predicted) are
+    written as JSON ``null`` and as an empty CSV cell.
+
+    Args:
+      found: the result of `evaluate`.
+      workdir: the run's directory.
+      split: the split's name.
+      labels: id -> tumour type label (index into `bts_jax.data.TUMOUR_TYPES`).
+
+    Returns:
+      The two paths (the CSV's is None when there are no per-image rows).
+    """
+    workdir = os.fspath(workdir)
+    json_path = os.path.join(workdir, eval_file(split))
+    jsonio.write_json(json_path, found.metrics, indent=2, sort_keys=True)
+    if not found.per_image:
+        return json_path, None
+    csv_path = os.path.join(workdir, per_image_file(split))
+    with open(csv_path, "w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(PER_IMAGE_COLUMNS)
+        for row in found.per_image:
+            image_id = str(row["id"])
+            values = {**row, "tumour_type": TUMOUR_TYPES[labels.get(image_id, 0)]}
+            out.writerow(["" if _is_nan(values[c]) else values[c] for c in PER_IMAGE_COLUMNS])
+    return json_path, csv_path
+
+
+def _is_nan(value: Any) -> bool:
+    return isinstance(value, float) and math.isnan(value)

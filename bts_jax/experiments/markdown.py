@@ -1,0 +1,219 @@
+"""The text of a sweep report: ``report.md`` and ``summary.csv``."""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bts_jax.experiments.analysis import METRICS, SUMMARY_METRICS
+from bts_jax.experiments.results import MissingCell, Run, split_protocol
+from bts_jax.experiments.sweeps import SweepDefinition
+
+
+def fmt(value: float | None, digits: int = 4) -> str:
+    """``value`` with ``digits`` decimals, or "n/a" when it is missing or not finite."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    return f"{value:.{digits}f}"
+
+
+def fmt_p(p: float | None) -> str:
+    """A p-value with 4 decimals ("<0.0001" below), or "n/a"."""
+    if p is None or not math.isfinite(p):
+        return "n/a"
+    return "<0.0001" if p < 1e-4 else f"{p:.4f}"
+
+
+def protocol_sentence(protocol: Mapping[str, Any]) -> str:
+    """A data split protocol (`bts_jax.experiments.results.split_protocol`) in words."""
+    method = protocol["split_method"]
+    text = {
+        "blocked": "split by id blocks per tumour type (no patient leaks between splits)",
+        "kfold": "k-fold over id blocks per tumour type (no patient leaks between splits)",
+        "random": (
+            "the paper's per-slice random train/validation split, which leaks patients between "
+            "training and validation"
+        ),
+    }.get(method, f"split_method={method!r}")
+    test = protocol["test_fraction"] or 0.0
+    if test > 0:
+        text += f"; test = the fixed last {test:g} id block of each tumour type"
+    else:
+        text += "; no separate test split (test_fraction=0)"
+    if protocol.get("subset_size"):
+        text += f", within a {protocol['subset_size']}-pair subset"
+    return text
+
+
+def _cell_name(variant: str, seed: int, fold: int | None) -> str:
+    return f"{variant} seed {seed}" + ("" if fold is None else f" fold {fold}")
+
+
+def _summary_cell(summary: Mapping[str, float], digits: int) -> str:
+    if summary["n"] == 0:
+        return "n/a"
+    text = f"{fmt(summary['mean'], digits)} ± {fmt(summary['std'], digits)}"
+    if math.isfinite(summary["ci_low"]):
+        text += f" [{fmt(summary['ci_low'], digits)}, {fmt(summary['ci_high'], digits)}]"
+    return text
+
+
+def report_markdown(
+    sweep: SweepDefinition,
+    runs: Sequence[Run],
+    missing: Sequence[MissingCell],
+    variant_stats: Mapping[str, Mapping[str, Any]],
+    comparisons: Sequence[Mapping[str, Any]],
+    claims: Sequence[Mapping[str, Any]],
+    figures: Mapping[str, str],
+    alpha: float,
+) -> str:
+    """The text of ``report.md``.
+
+    Args:
+      sweep: the sweep's definition.
+      runs: its finished runs.
+      missing: its unfinished cells.
+      variant_stats: variant -> `bts_jax.experiments.analysis.summarize_variant` row (with
+        ``params`` and ``gflops``).
+      comparisons: `bts_jax.experiments.analysis.compare_with_baseline` rows.
+      claims: `bts_jax.experiments.claims.claim_verdicts`.
+      figures: title -> PNG path of each figure.
+      alpha: the significance level of the verdicts.
+
+    Returns:
+      The markdown.
+    """
+    lines = [f"# Sweep report: {sweep.name}", ""]
+    folds = "none" if sweep.folds is None else ", ".join(map(str, sweep.folds))
+    lines += [
+        f"- Base config: `{sweep.base_config}`; baseline: **{sweep.baseline}**; paper model: "
+        f"**{sweep.paper_model or 'not given'}**.",
+        f"- Seeds: {', '.join(map(str, sweep.seeds))}; folds: {folds}. "
+        f"{len(runs)} finished runs, {len(missing)} missing.",
+    ]
+    protocol = split_protocol(runs)
+    for p in protocol["protocols"]:
+        lines.append(
+            f"- Data split ({', '.join(f'{k}={v}' for k, v in p.items())}): {protocol_sentence(p)}."
+        )
+    if not protocol["consistent"]:
+        lines.append("- **Warning: the runs were split differently (see above).**")
+    if runs:
+        same = "the same images in every run"
+        if not protocol["same_test_images"]:
+            same = (
+                "**not the same images in every run** (e.g. a seed-drawn subset); per-image "
+                "comparisons pair images by id"
+            )
+        sizes = ", ".join(map(str, protocol["num_test_images"]))
+        lines.append(f"- Test images per run: {sizes}; {same}.")
+    lines.append("")
+
+    lines += [
+        "## Test metrics per variant",
+        "",
+        "Mean ± std [95% t interval] over seeds (a seed's value is the mean over its folds). "
+        "Parameters and GFLOPs per image at the run's image size; throughput: median training "
+        "images/s over epochs and runs.",
+        "",
+    ]
+    header = ["variant", "runs", "seeds"] + [m.label for m in SUMMARY_METRICS]
+    header += ["params", "GFLOPs", "train img/s"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for name, row in variant_stats.items():
+        cells = [name, str(row["n_runs"]), str(row["n_seeds"])]
+        cells += [_summary_cell(row["metrics"][m.key], m.digits) for m in SUMMARY_METRICS]
+        params = row.get("params")
+        cells += [
+            "n/a" if params is None else f"{params:,}",
+            "n/a" if row.get("gflops") is None else f"{row['gflops']:.3g}",
+            fmt(row["train_images_per_s"], 1),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+
+    tested = [c for c in comparisons if math.isfinite(c["pvalue"])]
+    lines += [
+        f"## Paired comparisons with {sweep.baseline}",
+        "",
+        f"{len(comparisons)} comparisons ({len(tested)} with a p-value); Holm's correction over "
+        f"all {len(tested)}. Difference = variant - {sweep.baseline}. Over seeds: paired t-test, "
+        "effect Cohen's d_z, t interval of the mean difference. Over images: Wilcoxon "
+        "signed-rank (zero differences split) on each image's value averaged over runs, effect "
+        "rank-biserial r, Hodges-Lehmann difference with a bootstrap interval. HD95 per image is "
+        "in pixels.",
+        "",
+    ]
+    header = ["variant", "metric", "over", "n", "difference [95% CI]", "effect", "p", "Holm p"]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for c in comparisons:
+        digits = METRICS[c["metric"]].digits
+        effect = "d_z" if c["effect_name"] == "cohens_dz" else "r"
+        better = "higher" if c["higher_is_better"] else "lower"
+        cells = [
+            c["variant"],
+            f"{METRICS[c['metric']].label} ({better} is better)",
+            c["over"],
+            str(c["n"]),
+            f"{fmt(c['estimate'], digits)} [{fmt(c['ci_low'], digits)}, "
+            f"{fmt(c['ci_high'], digits)}]",
+            f"{effect} = {fmt(c['effect'], 2)}",
+            fmt_p(c["pvalue"]),
+            fmt_p(c["pvalue_holm"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if not comparisons:
+        lines.append("| (no variant with finished runs besides the baseline) |" + " |" * 7)
+    lines.append("")
+
+    lines += [
+        "## Claims of the paper",
+        "",
+        f"Verdicts (a) and (b) from the seed-level tests at alpha = {alpha} (Holm-adjusted): "
+        "supported / not supported (significant the other way) / not significant.",
+        "",
+    ]
+    for claim in claims:
+        lines.append(
+            f"- ({claim['id']}) {claim['claim']} **{claim['verdict']}**: {claim['details']}"
+        )
+    lines.append("")
+
+    if missing:
+        lines += ["## Missing cells", "", "Not averaged:", ""]
+        for m in missing:
+            lines.append(f"- {_cell_name(m.variant, m.seed, m.fold)}: {m.reason} (`{m.path}`)")
+        lines.append("")
+
+    lines += ["## Figures", ""]
+    for title, path in figures.items():
+        lines += [f"![{title}]({os.path.basename(path)})", ""]
+    return "\n".join(lines)
+
+
+def write_summary_csv(path: str, variant_stats: Mapping[str, Mapping[str, Any]]) -> None:
+    """Writes ``summary.csv``: one row per variant, every summary statistic a column.
+
+    Args:
+      path: the file.
+      variant_stats: variant -> `bts_jax.experiments.analysis.summarize_variant` row.
+    """
+    fields = ["variant", "n_runs", "n_seeds"]
+    for m in SUMMARY_METRICS:
+        fields += [f"{m.key}_{s}" for s in ("mean", "std", "ci_low", "ci_high")]
+    fields += ["params", "gflops", "train_images_per_s", "wall_s"]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for name, row in variant_stats.items():
+            out = {"variant": name, "n_runs": row["n_runs"], "n_seeds": row["n_seeds"]}
+            for m in SUMMARY_METRICS:
+                for s in ("mean", "std", "ci_low", "ci_high"):
+                    out[f"{m.key}_{s}"] = row["metrics"][m.key][s]
+            for key in ("params", "gflops", "train_images_per_s", "wall_s"):
+                out[key] = row.get(key)
+            writer.writerow(out)

@@ -1,0 +1,179 @@
+"""A sweep's finished cells read back from its folder: configs, test metrics, per-image rows."""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bts_jax import jsonio
+from bts_jax.evaluation import PER_IMAGE_COLUMNS
+from bts_jax.experiments.sweeps import CELL_FILE, SweepDefinition, cell_dir, read_cell_status
+from bts_jax.workdir.layout import CONFIG_FILE, METRICS_JSONL, eval_file, per_image_file
+
+# The files of a finished cell that the report reads.
+EVAL_FILE = eval_file("test")
+PER_IMAGE_FILE = per_image_file("test")
+
+
+@dataclasses.dataclass(frozen=True)
+class Run:
+    """A finished cell: one (variant, seed, fold) training run and its test results.
+
+    Attributes:
+      variant: the variant's name.
+      seed: the run's seed.
+      fold: the run's fold, or None without folds.
+      path: the cell folder.
+      config: the run's full config (``config.json``).
+      test: test metrics (``eval_test.json``; null read as NaN).
+      per_image: column -> (num_images,) array of ``per_image_test.csv`` (``"id"`` and
+        ``"tumour_type"`` as strings, the others float, empty read as NaN).
+      history: the per-epoch records of ``metrics.jsonl``.
+      wall_s: the run's wall-clock seconds (``cell.json``).
+    """
+
+    variant: str
+    seed: int
+    fold: int | None
+    path: str
+    config: dict[str, Any]
+    test: dict[str, float]
+    per_image: dict[str, np.ndarray]
+    history: list[dict[str, Any]]
+    wall_s: float
+
+    @property
+    def key(self) -> tuple[int, int | None]:
+        """(seed, fold): what pairs runs of two variants."""
+        return (self.seed, self.fold)
+
+
+@dataclasses.dataclass(frozen=True)
+class MissingCell:
+    """A cell that is not (or not completely) finished.
+
+    Attributes:
+      variant: the variant's name.
+      seed: the cell's seed.
+      fold: the cell's fold, or None.
+      path: the cell folder.
+      reason: why it is not used, e.g. "no cell.json" or "status 'running'".
+    """
+
+    variant: str
+    seed: int
+    fold: int | None
+    path: str
+    reason: str
+
+
+def _float(value: Any) -> float:
+    return math.nan if value is None or value == "" else float(value)
+
+
+def read_per_image(path: str) -> dict[str, np.ndarray]:
+    """Reads a ``per_image_test.csv`` into columns.
+
+    Args:
+      path: the CSV file; header `bts_jax.evaluation.PER_IMAGE_COLUMNS` (extra columns are kept).
+
+    Returns:
+      column -> (num_images,) array: ``id`` and ``tumour_type`` as str, the others float64 with
+      empty, "nan" or missing values as NaN.
+
+    Raises:
+      ValueError: a required column is missing (the message names the file).
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        missing = [c for c in PER_IMAGE_COLUMNS if c not in (reader.fieldnames or ())]
+        if missing:
+            raise ValueError(f"{path} lacks the columns {missing}.")
+        rows = list(reader)
+    columns = {}
+    for name in reader.fieldnames:
+        values = [row[name] for row in rows]
+        if name in ("id", "tumour_type"):
+            columns[name] = np.array(values, dtype=str)
+        else:
+            columns[name] = np.array([_float(v) for v in values], dtype=np.float64)
+    return columns
+
+
+def _load_cell(path: str) -> tuple[dict[str, Any] | None, str]:
+    """The cell's files, or None and the reason it cannot be used."""
+    if not os.path.isdir(path):
+        return None, "no cell folder"
+    status = read_cell_status(path)
+    if status is None:
+        return None, f"no {CELL_FILE}"
+    if status.get("status") != "done":
+        return None, f"status {status.get('status')!r}"
+    for name in (CONFIG_FILE, EVAL_FILE, PER_IMAGE_FILE, METRICS_JSONL):
+        if not os.path.isfile(os.path.join(path, name)):
+            return None, f"done but {name} is missing"
+    config = jsonio.read_json(os.path.join(path, CONFIG_FILE))
+    evaluated = jsonio.read_json(os.path.join(path, EVAL_FILE))
+    test = {k: _float(v) for k, v in evaluated.items() if not isinstance(v, str)}
+    files = {
+        "config": config,
+        "test": test,
+        "per_image": read_per_image(os.path.join(path, PER_IMAGE_FILE)),
+        "history": jsonio.read_jsonl(os.path.join(path, METRICS_JSONL)),
+        "wall_s": _float(status.get("wall_s")),
+    }
+    return files, ""
+
+
+def load_runs(sweep: SweepDefinition, directory: str) -> tuple[list[Run], list[MissingCell]]:
+    """Loads every finished cell of a sweep and lists the others.
+
+    Args:
+      sweep: the loaded ``sweep.json``.
+      directory: the sweep folder.
+
+    Returns:
+      (runs, missing), both in (variant, fold, seed) order.
+    """
+    runs, missing = [], []
+    for variant in sweep.variants:
+        for fold in sweep.folds or (None,):
+            for seed in sweep.seeds:
+                path = cell_dir(directory, variant, seed, fold)
+                files, reason = _load_cell(path)
+                if files is None:
+                    missing.append(MissingCell(variant, seed, fold, path, reason))
+                else:
+                    runs.append(Run(variant, seed, fold, path, **files))
+    return runs, missing
+
+
+def split_protocol(runs: Sequence[Run]) -> dict[str, Any]:
+    """The data split the runs used (read from their config.json), and whether they agree."""
+    settings = set()
+    for run in runs:
+        data = run.config.get("data", {})
+        settings.add(
+            (
+                data.get("split_method"),
+                data.get("val_fraction"),
+                data.get("test_fraction", 0.0),
+                data.get("subset_size"),
+                data.get("split_gap"),
+            )
+        )
+    names = ("split_method", "val_fraction", "test_fraction", "subset_size", "split_gap")
+    protocols = [dict(zip(names, s, strict=True)) for s in sorted(settings, key=str)]
+    test_sets = {tuple(sorted(map(str, run.per_image["id"]))) for run in runs}
+    return {
+        "protocols": protocols,
+        "consistent": len(protocols) <= 1,
+        "same_test_images": len(test_sets) <= 1,
+        "num_test_images": sorted({len(s) for s in test_sets}),
+    }

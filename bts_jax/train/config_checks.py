@@ -1,0 +1,119 @@
+"""Checks an experiment config once, at set-up, before anything is compiled or read.
+
+Every error names the config field to change. The checks need the run's device and process
+counts, which only the caller (the trainer, holding the mesh) knows; the data layer and the models
+are then handed values that are known to fit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bts_jax import data as data_lib
+from bts_jax.models import build_model
+from bts_jax.sharding import seed_axis_size
+
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+
+
+def _check_seeds(config: Any, device_count: int, process_count: int) -> None:
+    num_seeds = config.get("num_seeds", 1)
+    if not isinstance(num_seeds, int) or num_seeds < 1:
+        raise ValueError(f"config.num_seeds={num_seeds!r} must be an integer >= 1.")
+    if num_seeds == 1:
+        return
+    if process_count > 1:
+        raise ValueError(
+            f"config.num_seeds={num_seeds} trains on one host only ({process_count} processes "
+            "here): set config.num_seeds=1 and run the seeds one after another (or as a sweep)."
+        )
+    seeds = seed_axis_size(num_seeds, device_count)
+    data_devices = device_count // seeds
+    batch = int(config.batch_size)
+    if batch < 1 or batch % data_devices:
+        raise ValueError(
+            f"config.batch_size={batch} (each seed's batch) must be a positive multiple of the "
+            f"{data_devices} data-parallel devices of each seed: with config.num_seeds={num_seeds} "
+            f"on {device_count} devices the seed axis has {seeds} (the largest divisor of "
+            f"num_seeds that divides the device count) and the data axis {data_devices}. Change "
+            "config.batch_size or config.num_seeds."
+        )
+    if int(config.checkpoint.max_to_keep) < 2:
+        raise ValueError(
+            f"config.checkpoint.max_to_keep={config.checkpoint.max_to_keep} must be >= 2 with "
+            f"config.num_seeds={num_seeds}: a run killed between its seeds' saves of one step "
+            "resumes every seed from the save before it."
+        )
+
+
+def _check_batches(config: Any, device_count: int, process_count: int) -> None:
+    for split, field in (("train", "batch_size"), ("validation", "eval_batch_size")):
+        value = int(config[field])
+        if split == "train" and config.get("num_seeds", 1) > 1:
+            # Checked against the seed mesh's data axis by _check_seeds.
+            data_lib.local_batch_size(config, split, process_count)
+            continue
+        if value < 1 or value % device_count:
+            raise ValueError(
+                f"config.{field}={value} must be a positive multiple of the number of devices: "
+                f"the device count ({device_count}) over all hosts, so that each device gets an "
+                "equal share of the global batch."
+            )
+        data_lib.local_batch_size(config, split, process_count)
+
+
+def _check_image_size(config: Any) -> None:
+    size = int(config.data.image_size)
+    stages = len(config.model.features)
+    factor = 2**stages
+    if size <= 0 or size % factor:
+        raise ValueError(
+            f"config.data.image_size={size} must be a multiple of {factor} (the U-Net pools "
+            f"{stages} times); set config.data.image_size to a multiple of {factor} such as "
+            f"{max(factor, round(size / factor) * factor)} instead of {size}."
+        )
+
+
+def _check_optimizer(optimizer: Any) -> None:
+    if optimizer.name not in OPTIMIZERS:
+        raise ValueError(f"config.optimizer.name={optimizer.name!r}; expected one of {OPTIMIZERS}.")
+    if optimizer.schedule not in SCHEDULES:
+        raise ValueError(
+            f"config.optimizer.schedule={optimizer.schedule!r}; expected one of {SCHEDULES}."
+        )
+    if optimizer.learning_rate <= 0:
+        raise ValueError(f"config.optimizer.learning_rate={optimizer.learning_rate} <= 0.")
+    for field in ("warmup_epochs", "grad_clip_norm", "weight_decay"):
+        if optimizer[field] < 0:
+            raise ValueError(f"config.optimizer.{field}={optimizer[field]} must be >= 0.")
+
+
+def validate_config(config: Any, *, device_count: int, process_count: int) -> None:
+    """Raises a ValueError naming the field when ``config`` cannot run on these devices.
+
+    Checks: the model section (names, placements, widths, dtype), the image size against the
+    number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the data axis of
+    the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against the device and
+    process counts, the number of epochs, and the optimiser.
+
+    Args:
+      config: an experiment config (``configs/default.py``'s fields).
+      device_count: devices over all hosts (``jax.device_count()`` or the mesh's size).
+      process_count: hosts (``jax.process_count()``).
+    """
+    build_model(config.model, dtype=config.dtype)
+    _check_image_size(config)
+    _check_seeds(config, device_count, process_count)
+    _check_batches(config, device_count, process_count)
+    if config.num_epochs < 1:
+        raise ValueError(f"config.num_epochs={config.num_epochs} must be >= 1.")
+    _check_optimizer(config.optimizer)
+    for field in ("log_every_steps", "eval_every_epochs"):
+        if int(config[field]) < 1:
+            raise ValueError(f"config.{field}={config[field]} must be >= 1.")
+    if int(config.checkpoint.every_steps) < 0:
+        raise ValueError(
+            f"config.checkpoint.every_steps={config.checkpoint.every_steps} must be >= 0 "
+            "(0 = at the end of every epoch)."
+        )

@@ -1,0 +1,193 @@
+"""The train state: everything a run needs to continue exactly where it stopped.
+
+The state is replicated over the run's ``("data",)`` mesh (`bts_jax.sharding`); it is initialised
+from ``config.seed`` (`create_train_state`), or restored into `abstract_train_state`, which
+computes nothing. Seeds trained together (`bts_jax.train.seeds`) stack their states along a
+leading seed axis: `create_seed_train_states`, `stack_train_states`, `unstack_train_state`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from bts_jax.sharding import SEED_AXIS
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a run needs to continue exactly where it stopped.
+
+    Attributes:
+      step: number of optimiser updates done, int32 scalar.
+      params: model parameters (float32).
+      batch_stats: BatchNorm running statistics (float32).
+      opt_state: optax state.
+      rng: raw key data (uint32) of the run's base key; the step folds in the step number, so
+        restoring it and the step restores every future random draw.
+    """
+
+    step: jax.Array
+    params: Any
+    batch_stats: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def state_initializer(image_size: int, model: nn.Module, optimizer: optax.GradientTransformation):
+    """The pure function ``rng -> TrainState`` at step 0 that every initialisation traces.
+
+    Args:
+      image_size: the input height and width the model is initialised at.
+      model: the segmentation model.
+      optimizer: the optax transformation whose state is initialised.
+
+    Returns:
+      ``init(rng)``: splits ``rng`` into the model's initialisation key and the run's key.
+    """
+
+    def init(rng):
+        init_rng, run_rng = jax.random.split(rng)
+        dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
+        variables = model.init(init_rng, dummy, train=False)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=optimizer.init(params),
+            rng=jax.random.key_data(run_rng),
+        )
+
+    return init
+
+
+def create_train_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """Initialises the train state from ``config.seed``, replicated over ``mesh``.
+
+    Args:
+      config: experiment config (``seed``, ``data.image_size``).
+      model: the segmentation model.
+      optimizer: the optax transformation whose state is initialised.
+      mesh: device mesh; the state is replicated on all its devices.
+
+    Returns:
+      A TrainState at step 0.
+    """
+    init = state_initializer(int(config.data.image_size), model, optimizer)
+    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(config.seed))
+
+
+def abstract_train_state(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """The shapes, dtypes and (replicated) shardings of the train state, computing nothing.
+
+    Restoring a checkpoint into this skips the initialisation's compilation.
+
+    Args:
+      config: experiment config.
+      model: the segmentation model.
+      optimizer: the optax transformation.
+      mesh: device mesh.
+
+    Returns:
+      A TrainState of ``jax.ShapeDtypeStruct`` leaves.
+    """
+    init = state_initializer(int(config.data.image_size), model, optimizer)
+    shapes = jax.eval_shape(init, jax.random.key(config.seed))
+    replicated = NamedSharding(mesh, P())
+    return jax.tree_util.tree_map(
+        lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=replicated), shapes
+    )
+
+
+def create_seed_train_states(
+    config: ml_collections.ConfigDict,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    mesh: Mesh,
+) -> TrainState:
+    """Initialises ``config.num_seeds`` states at once, seed k from ``config.seed + k``.
+
+    Seed k's slice equals `create_train_state` of a config with ``seed = config.seed + k``
+    exactly: the initialisation is the same function, vmapped over the seeds' keys.
+
+    Args:
+      config: experiment config (``seed``, ``num_seeds``, ``data.image_size``).
+      model: the segmentation model.
+      optimizer: the optax transformation whose state is initialised.
+      mesh: a `make_seed_mesh` mesh; the seed axis of the state is sharded over its "seed" axis.
+
+    Returns:
+      A TrainState whose every leaf has a leading seed axis of size ``config.num_seeds``.
+    """
+    init = state_initializer(int(config.data.image_size), model, optimizer)
+    # The raw key data of each seed's key, so the keys are exactly those of single runs.
+    keys = np.stack(
+        [
+            np.asarray(jax.random.key_data(jax.random.key(int(config.seed) + k)))
+            for k in range(int(config.num_seeds))
+        ]
+    )
+    seeded = NamedSharding(mesh, P(SEED_AXIS))
+    return jax.jit(
+        jax.vmap(lambda data: init(jax.random.wrap_key_data(data))), out_shardings=seeded
+    )(keys)
+
+
+def _stack(*states: TrainState) -> TrainState:
+    return jax.tree_util.tree_map(lambda *leaves: jnp.stack(leaves), *states)
+
+
+def _seed_slice(state: TrainState, k: int) -> TrainState:
+    return jax.tree_util.tree_map(lambda x: x[k], state)
+
+
+def _unstack(state: TrainState) -> tuple[TrainState, ...]:
+    num_seeds = jax.tree_util.tree_leaves(state)[0].shape[0]
+    return tuple(_seed_slice(state, k) for k in range(num_seeds))
+
+
+def stack_train_states(states: Sequence[TrainState], mesh: Mesh) -> TrainState:
+    """Stacks single-seed states (e.g. restored ones) into one with a leading seed axis.
+
+    Args:
+      states: K states of the same structure (any shardings over ``mesh``'s devices).
+      mesh: a `make_seed_mesh` mesh.
+
+    Returns:
+      The stacked TrainState, its seed axis sharded over the "seed" mesh axis.
+    """
+    return jax.jit(_stack, out_shardings=NamedSharding(mesh, P(SEED_AXIS)))(*states)
+
+
+def unstack_train_state(state: TrainState, mesh: Mesh) -> list[TrainState]:
+    """Splits a stacked state into its seeds' states, each replicated like a single run's.
+
+    Args:
+      state: a TrainState with a leading seed axis (from `create_seed_train_states` or a step).
+      mesh: the 1-D mesh of the same devices (`flat_mesh`).
+
+    Returns:
+      K TrainStates, seed order, replicated over ``mesh``.
+    """
+    return list(jax.jit(_unstack, out_shardings=NamedSharding(mesh, P()))(state))

@@ -1,0 +1,70 @@
+"""A run's folder: the one package that knows every file of a workdir and reads and writes it.
+
+`layout` names the files; `configs` keeps ``config.json`` and its guard; `lock` makes the folder
+writable and single-writer; `checkpoints` saves and restores Orbax checkpoints; `split_file` and
+`metrics_log` keep the split and the per-epoch metrics.
+"""
+
+from bts_jax.workdir.checkpoints import (
+    CHECKPOINT_CHOICES,
+    checkpoint_managers,
+    latest_saved_step,
+    load_trained_model,
+    resolve_checkpoint,
+    restore_checkpoint,
+    restore_train_state,
+    save_checkpoint,
+)
+from bts_jax.workdir.configs import (
+    SAFE_CHANGES,
+    ConfigChange,
+    ConfigChangedError,
+    check_config,
+    diff_configs,
+    load_config,
+    read_config_history,
+    read_saved_config,
+    record_config,
+    save_config,
+)
+from bts_jax.workdir.layout import seed_workdir, seed_workdirs_in
+from bts_jax.workdir.lock import (
+    WorkdirLock,
+    WorkdirLockedError,
+    WorkdirNotWritableError,
+    prepare_workdir,
+)
+from bts_jax.workdir.metrics_log import MetricLogger, read_metrics
+from bts_jax.workdir.split_file import read_split_file, recorded_split_ids, write_split_file
+
+__all__ = [
+    "CHECKPOINT_CHOICES",
+    "SAFE_CHANGES",
+    "ConfigChange",
+    "ConfigChangedError",
+    "MetricLogger",
+    "WorkdirLock",
+    "WorkdirLockedError",
+    "WorkdirNotWritableError",
+    "check_config",
+    "checkpoint_managers",
+    "diff_configs",
+    "latest_saved_step",
+    "load_config",
+    "load_trained_model",
+    "prepare_workdir",
+    "read_config_history",
+    "read_metrics",
+    "read_saved_config",
+    "read_split_file",
+    "record_config",
+    "recorded_split_ids",
+    "resolve_checkpoint",
+    "restore_checkpoint",
+    "restore_train_state",
+    "save_checkpoint",
+    "save_config",
+    "seed_workdir",
+    "seed_workdirs_in",
+    "write_split_file",
+]
