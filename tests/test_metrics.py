@@ -116,6 +116,8 @@ def test_sharded_loss_and_confusion_equal_single_device():
         jax.config.update("jax_num_cpu_devices", 4)
         from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
         assert jax.device_count() == 4
+        from bts_jax import evaluation
+        from bts_jax.train import losses
         rng = np.random.default_rng(0)
         logits = rng.normal(size=(8, 16, 16, 1)).astype(np.float32)
         labels = rng.integers(0, 2, size=(8, 16, 16)).astype(np.int32)

@@ -312,7 +312,6 @@ def test_postprocess_effect_benchmark(scripts):
 
 
 def test_evaluate_folder_scores_each_image_at_its_own_size(workdirs, tmp_path):
-
     folder = tmp_path / "labelled"
     (folder / "images").mkdir(parents=True)
     (folder / "masks").mkdir()

@@ -158,6 +158,7 @@ def test_read_only_workdir_fails_with_the_path_and_reason(tmp_path):
 
 _HOLD_LOCK = """
 import sys, time
+from bts_jax import workdir as workdir_lib
 lock = workdir_lib.WorkdirLock(sys.argv[1])
 lock.acquire()
 print("locked", flush=True)
