@@ -101,7 +101,7 @@ def check_unseen(workdir: str, heldout_ids: set[str]) -> None:
 def training_seconds(workdir: str) -> float | None:
     """Training wall time of a run, read from its files.
 
-    A ``train_wall_s`` (or ``wall_s``) value in the last row of ``evaluation.jsonl`` wins; otherwise
+    A ``train_wall_s`` (or ``wall_s``) value in the last row of ``metrics.jsonl`` wins; otherwise
     the time from writing ``config.json`` (the run's start, after imports) to the newest file of
     ``predictions/`` or ``eval_validation.json`` (its end).
 
@@ -111,7 +111,7 @@ def training_seconds(workdir: str) -> float | None:
     Returns:
       Seconds, or None when the files do not tell.
     """
-    rows_path = os.path.join(workdir, "evaluation.jsonl")
+    rows_path = os.path.join(workdir, layout.METRICS_JSONL)
     if os.path.isfile(rows_path):
         with open(rows_path) as f:
             rows = [json.loads(line) for line in f if line.strip()]

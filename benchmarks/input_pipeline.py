@@ -12,7 +12,8 @@ import os
 import time
 
 from bts_jax.configs import default
-from bts_jax.data import InputPipeline, images, preprocessing, sources
+from bts_jax.data import InputPipeline, preprocessing, sources
+from bts_jax.data import images as host_images
 
 _SHARED = os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "figshare_brain_tumor"
@@ -76,7 +77,7 @@ def main():
     import cv2
 
     images = [
-        images.load_grayscale(e.image)
+        host_images.load_grayscale(e.image)
         for e in sources.get_examples(config.data)[: args.equalize_images]
     ]
     start = time.perf_counter()

@@ -14,7 +14,8 @@ from PIL import Image
 
 from bts_jax import evaluation
 from bts_jax.configs import test as test_config
-from bts_jax.experiments import claims, report, results, stats, sweeps
+from bts_jax.experiments import claims as claims_lib
+from bts_jax.experiments import report, results, stats, sweeps
 from bts_jax.workdir import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,10 +201,10 @@ def test_claims_supported(tmp_path):
     specs = {"unet": SAME, "paper": {"dice": 0.1, "miou": 0.79, "bottom": 8}}
     make_sweep(tmp_path, specs)
     claims = _claims(_summary(tmp_path))
-    assert claims["a"]["verdict"] == claims.SUPPORTED
-    assert claims["b"]["verdict"] == claims.SUPPORTED  # HD95 lower and boundary IoU higher
-    assert claims["c"]["verdict"] == claims.SUPPORTED and claims["c"]["bottom_epoch"] == 8
-    assert claims["d"]["verdict"] == claims.SUPPORTED
+    assert claims["a"]["verdict"] == claims_lib.SUPPORTED
+    assert claims["b"]["verdict"] == claims_lib.SUPPORTED  # HD95 lower and boundary IoU higher
+    assert claims["c"]["verdict"] == claims_lib.SUPPORTED and claims["c"]["bottom_epoch"] == 8
+    assert claims["d"]["verdict"] == claims_lib.SUPPORTED
     assert "split by id blocks" in claims["d"]["details"]
 
 
@@ -211,10 +212,10 @@ def test_claims_not_supported(tmp_path):
     specs = {"unet": SAME, "paper": {"dice": -0.1, "miou": 0.6, "bottom": 15}}
     make_sweep(tmp_path, specs, split_method="random")
     claims = _claims(_summary(tmp_path))
-    assert claims["a"]["verdict"] == claims.NOT_SUPPORTED  # significantly lower
-    assert claims["b"]["verdict"] == claims.NOT_SUPPORTED
-    assert claims["c"]["verdict"] == claims.NOT_SUPPORTED and claims["c"]["bottom_epoch"] == 15
-    assert claims["d"]["verdict"] == claims.NOT_SUPPORTED
+    assert claims["a"]["verdict"] == claims_lib.NOT_SUPPORTED  # significantly lower
+    assert claims["b"]["verdict"] == claims_lib.NOT_SUPPORTED
+    assert claims["c"]["verdict"] == claims_lib.NOT_SUPPORTED and claims["c"]["bottom_epoch"] == 15
+    assert claims["d"]["verdict"] == claims_lib.NOT_SUPPORTED
     assert "per-slice random" in claims["d"]["details"]
 
 
@@ -230,24 +231,32 @@ def test_claims_not_significant_for_identical_models(tmp_path):
                     g.write(f.read())
     summary = _summary(tmp_path)
     claims = _claims(summary)
-    assert claims["a"]["verdict"] == claims["b"]["verdict"] == claims.NOT_SIGNIFICANT
+    assert claims["a"]["verdict"] == claims["b"]["verdict"] == claims_lib.NOT_SIGNIFICANT
     for c in summary["comparisons"]:
         assert (c["pvalue"], c["effect"], c["estimate"]) == (1.0, 0.0, 0.0)
 
 
 def test_verdict_rules():
-    assert claims.verdict_from_test(0.02, 0.01, higher_is_better=True) == claims.SUPPORTED
-    assert claims.verdict_from_test(0.02, 0.01, higher_is_better=False) == claims.NOT_SUPPORTED
-    assert claims.verdict_from_test(-1.0, 0.2, higher_is_better=False) == claims.NOT_SIGNIFICANT
-    assert claims.verdict_from_test(1.0, math.nan, higher_is_better=True) == claims.NOT_SIGNIFICANT
-    s, n, x = claims.SUPPORTED, claims.NOT_SIGNIFICANT, claims.NOT_SUPPORTED
-    assert claims.combine_verdicts([s, s]) == s
-    assert claims.combine_verdicts([s, n]) == n
-    assert claims.combine_verdicts([s, x]) == x
-    assert claims.combine_verdicts([]) == claims.NO_DATA
+    assert claims_lib.verdict_from_test(0.02, 0.01, higher_is_better=True) == claims_lib.SUPPORTED
+    assert (
+        claims_lib.verdict_from_test(0.02, 0.01, higher_is_better=False) == claims_lib.NOT_SUPPORTED
+    )
+    assert (
+        claims_lib.verdict_from_test(-1.0, 0.2, higher_is_better=False)
+        == claims_lib.NOT_SIGNIFICANT
+    )
+    assert (
+        claims_lib.verdict_from_test(1.0, math.nan, higher_is_better=True)
+        == claims_lib.NOT_SIGNIFICANT
+    )
+    s, n, x = claims_lib.SUPPORTED, claims_lib.NOT_SIGNIFICANT, claims_lib.NOT_SUPPORTED
+    assert claims_lib.combine_verdicts([s, s]) == s
+    assert claims_lib.combine_verdicts([s, n]) == n
+    assert claims_lib.combine_verdicts([s, x]) == x
+    assert claims_lib.combine_verdicts([]) == claims_lib.NO_DATA
     # First epoch within 5% of the minimum, not the minimum itself.
-    assert claims.loss_bottom_epoch([1, 2, 3, 4, 5], [1.0, 0.5, 0.31, 0.30, 0.305]) == 3
-    assert claims.loss_bottom_epoch([], []) is None
+    assert claims_lib.loss_bottom_epoch([1, 2, 3, 4, 5], [1.0, 0.5, 0.31, 0.30, 0.305]) == 3
+    assert claims_lib.loss_bottom_epoch([], []) is None
 
 
 def test_missing_cells_are_listed_not_averaged(tmp_path):
@@ -350,7 +359,7 @@ def test_bad_sweep_files(tmp_path):
 def test_no_paper_model_gives_no_data_claims(tmp_path):
     make_sweep(tmp_path, {"unet": SAME, "eca": SAME}, paper_model=None)
     claims = _claims(_summary(tmp_path))
-    assert {c["verdict"] for c in claims.values()} == {claims.NO_DATA}
+    assert {c["verdict"] for c in claims.values()} == {claims_lib.NO_DATA}
 
 
 def test_cli_writes_the_report(tmp_path):

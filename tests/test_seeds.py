@@ -305,9 +305,9 @@ def test_seeds_that_cannot_resume_together_are_refused(tmp_path):
     config = tiny_config(num_seeds=2)
     workdirs = [str(tmp_path / "seed_0"), str(tmp_path / "seed_1")]
     with pytest.raises(RuntimeError, match="Some seeds .* have checkpoints and others have none"):
-        seeds._common_step(workdirs, [4, None])
-    assert seeds._common_step(workdirs, [4, 2]) == 2
-    assert seeds._common_step(workdirs, [None, None]) is None
+        seeds.common_step(workdirs, [4, None])
+    assert seeds.common_step(workdirs, [4, 2]) == 2
+    assert seeds.common_step(workdirs, [None, None]) is None
     assert train_lib.num_seeds_of(config) == 2
 
 

@@ -116,17 +116,17 @@ def test_a_second_run_trains_nothing(finished):
 @pytest.mark.parametrize(
     "changes,message",
     [
-        ({"baseline": "resnet"}, r"runner.baseline='resnet' is not one of"),
-        ({"paper_model": "gs"}, r"runner.paper_model='gs'"),
-        ({"seeds": (0, 0)}, r"runner.seeds has repeated entries"),
-        ({"seeds": ()}, r"runner.seeds must be a non-empty list"),
-        ({"devices_per_run": 16}, r"runner.devices_per_run=16 but only 8 device"),
-        ({"variants": {}}, r"runner.variants must map at least one"),
+        ({"baseline": "resnet"}, r"sweep.baseline='resnet' is not one of"),
+        ({"paper_model": "gs"}, r"sweep.paper_model='gs'"),
+        ({"seeds": (0, 0)}, r"sweep.seeds has repeated entries"),
+        ({"seeds": ()}, r"sweep.seeds must be a non-empty list"),
+        ({"devices_per_run": 16}, r"sweep.devices_per_run=16 but only 8 device"),
+        ({"variants": {}}, r"sweep.variants must map at least one"),
         (
             {"overrides": {"model": {"widths": 3}}},
-            r"runner.overrides: 'model.widths' is not a field",
+            r"sweep.overrides: 'model.widths' is not a field",
         ),
-        ({"variants": {"unet": {"optimiser": {"lr": 1}}}}, r"runner.variants.unet: 'optimiser.lr'"),
+        ({"variants": {"unet": {"optimiser": {"lr": 1}}}}, r"sweep.variants.unet: 'optimiser.lr'"),
         ({"base_config": "configs/nope.py"}, r"Config file not found: .*configs/nope.py"),
     ],
 )
@@ -145,7 +145,7 @@ def test_sweep_script_rejects_a_missing_config_file(tmp_path):
     done = subprocess.run(
         [
             sys.executable,
-            "runner.py",
+            "sweep.py",
             "--config",
             "configs/sweeps/nope.py",
             "--workdir",
