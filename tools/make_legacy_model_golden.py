@@ -7,9 +7,10 @@ shapes (so their checkpoints restore) and the same outputs for the same variable
 They were made from commit 6129bd7 (before the registry); to remake them from that commit, copy
 this file into a checkout of it and run it there:
 
-  git worktree add /tmp/bts_6129bd7 6129bd7
+  mkdir /tmp/bts_6129bd7 && git archive 6129bd7 | tar -x -C /tmp/bts_6129bd7
   cp tools/make_legacy_model_golden.py /tmp/bts_6129bd7/tools/
-  cd /tmp/bts_6129bd7 && python tools/make_legacy_model_golden.py --out_dir <repo>/tests/data
+  cd /tmp/bts_6129bd7 && PYTHONPATH=. python tools/make_legacy_model_golden.py \
+      --out_dir <repo>/tests/data
 
 Files written:
 
@@ -17,7 +18,8 @@ Files written:
   at the config's own widths and at the tiny widths (4, 8, 16, 32), paths joined by ``/``.
 * ``legacy_outputs.npz``: for each case at the tiny widths, the input ``<case>/input``
   (2, 32, 32, 1), the eval-mode logits ``<case>/eval`` of ``model.init(key(1), ...)``'s
-  variables, and the train-mode logits ``<case>/train``.
+  variables, and the train-mode logits ``<case>/train``, each from one ``jax.jit``-compiled
+  call on CPU (as the test computes them).
 """
 
 import argparse
@@ -67,6 +69,7 @@ def variables_shapes(model, shape=(1, 32, 32, 1)) -> dict[str, dict[str, list[in
 
 
 def main():
+    """Writes both files to --out_dir."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out_dir", default=os.path.join("tests", "data"))
     args = parser.parse_args()
@@ -80,9 +83,10 @@ def main():
         x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
         variables = jax.jit(lambda x, m=model: m.init(jax.random.key(1), x, train=False))(x)
         outputs[f"{case}/input"] = np.asarray(x)
-        outputs[f"{case}/eval"] = np.asarray(model.apply(variables, x, train=False))
-        train_out, _ = model.apply(variables, x, train=True, mutable=["batch_stats"])
-        outputs[f"{case}/train"] = np.asarray(train_out)
+        evaluate = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False))
+        train = jax.jit(lambda v, x, m=model: m.apply(v, x, train=True, mutable=["batch_stats"]))
+        outputs[f"{case}/eval"] = np.asarray(evaluate(variables, x))
+        outputs[f"{case}/train"] = np.asarray(train(variables, x)[0])
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "legacy_param_trees.json"), "w") as f:
         json.dump(trees, f, indent=1, sort_keys=True)
