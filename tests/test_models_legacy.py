@@ -37,7 +37,8 @@ def test_parameter_trees_are_those_of_6129bd7(golden, case, widths):
     assert variables_shapes(case_model(case, tiny=widths == "tiny")) == trees[case][widths]
 
 
-@pytest.mark.parametrize("case", sorted(CASES))
+# Every block of the legacy switches, between them (the trees above cover every config).
+@pytest.mark.parametrize("case", ["paper", "skip_eca", "unet_baseline"])
 def test_outputs_for_the_same_variables_are_those_of_6129bd7(golden, case):
     _, outputs = golden
     model = case_model(case, tiny=True)

@@ -226,12 +226,11 @@ class UNet(nnx.Module):
           ValueError: naming the first variable that has no place, or the wrong shape, in the
             NNX model, or the NNX variables that ``variables`` leaves unset.
         """
-        first_conv = variables["params"]["enc_0"]["conv_0"]
-        kernel = first_conv.get("dense", first_conv)["conv"]["kernel"]
+        in_channels = _input_channels(variables["params"]["enc_0"]["conv_0"])
         fields = {f: getattr(model, f) for f in linen_unet.UNet.__dataclass_fields__}
         fields = {k: v for k, v in fields.items() if k not in ("parent", "name")}
         # Shapes only: every variable is set from ``variables`` next, so skip the initialisation.
-        nnx_model = nnx.eval_shape(lambda: cls(kernel.shape[2], rngs=nnx.Rngs(0), **fields))
+        nnx_model = nnx.eval_shape(lambda: cls(in_channels, rngs=nnx.Rngs(0), **fields))
         nnx_model._assign(variables)
         return nnx_model
 
@@ -263,6 +262,19 @@ class UNet(nnx.Module):
                 skip = skip_attention(skip, train=train)
             x = stage(jnp.concatenate([skip, x], axis=-1), train=train)
         return self.head(x)
+
+
+def _input_channels(first_conv: dict[str, Any]) -> int:
+    """The image channels, from the parameters of the first convolution layer of the zoo."""
+    for layer, axis in (("dense", 2), ("primary", 2), ("depthwise", 3)):  # gsconv, ghost, dsconv
+        if layer in first_conv:
+            return int(first_conv[layer]["conv"]["kernel"].shape[axis])
+    if "conv" in first_conv:  # double_conv
+        return int(first_conv["conv"]["kernel"].shape[2])
+    kernels = [leaf for leaf in jax.tree_util.tree_leaves(first_conv) if leaf.ndim == 4]
+    if not kernels:
+        raise ValueError("Cannot tell the input channels: enc_0/conv_0 holds no 4-D kernel.")
+    return int(kernels[0].shape[2])  # A user's layer: its first kernel, assumed dense (HWIO).
 
 
 def _nnx_path(linen_path: Sequence[str]) -> tuple:
