@@ -103,8 +103,10 @@ def test_scse_equals_segmentation_models_pytorch(golden):
     case = "scse_c64_r4"
     s = {k.split("/state/")[1]: v for k, v in golden.items() if k.startswith(f"{case}/state/")}
     params = {
-        "reduce": {"kernel": _dense(s["cSE.1.weight"]), "bias": s["cSE.1.bias"]},
-        "expand": {"kernel": _dense(s["cSE.3.weight"]), "bias": s["cSE.3.bias"]},
+        "channel": {
+            "reduce": {"kernel": _dense(s["cSE.1.weight"]), "bias": s["cSE.1.bias"]},
+            "expand": {"kernel": _dense(s["cSE.3.weight"]), "bias": s["cSE.3.bias"]},
+        },
         "spatial": {
             "kernel": np.transpose(s["sSE.0.weight"], (2, 3, 1, 0)),
             "bias": s["sSE.0.bias"],

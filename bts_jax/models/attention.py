@@ -190,15 +190,10 @@ class SCSE(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (B, H, W, C) to (B, H, W, C)."""
-        channels = x.shape[-1]
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        z = _spatial_mean(x).astype(self.dtype)
-        z = jax.nn.relu(
-            nn.Dense(squeeze_units(channels, self.reduction), name="reduce", **dtypes)(z)
-        )
-        channel_gate = jax.nn.sigmoid(nn.Dense(channels, name="expand", **dtypes)(z))
+        channel = SqueezeExcite(self.reduction, name="channel", **dtypes)(x)  # x * cSE(x)
         spatial_gate = jax.nn.sigmoid(nn.Conv(1, (1, 1), name="spatial", **dtypes)(x))
-        return x * channel_gate[:, None, None, :].astype(x.dtype) + x * spatial_gate.astype(x.dtype)
+        return channel + x * spatial_gate.astype(x.dtype)
 
 
 def _none(channels, *, name, dtype, param_dtype, options: BlockOptions):

@@ -132,29 +132,23 @@ def _gsconv(features, *, strides, name, dtype, param_dtype, options: BlockOption
     )
 
 
-def _dsconv(features, *, strides, name, dtype, param_dtype, options: BlockOptions):
-    return DepthwiseSeparableConv(
-        features,
-        strides=strides,
-        depthwise_impl=options.depthwise_impl,
-        name=name,
-        dtype=dtype,
-        param_dtype=param_dtype,
-    )
+def _with_depthwise_impl(cls):
+    """A factory for a layer whose only setting from ``options`` is ``depthwise_impl``."""
 
+    def factory(features, *, strides, name, dtype, param_dtype, options: BlockOptions):
+        return cls(
+            features,
+            strides=strides,
+            depthwise_impl=options.depthwise_impl,
+            name=name,
+            dtype=dtype,
+            param_dtype=param_dtype,
+        )
 
-def _ghost(features, *, strides, name, dtype, param_dtype, options: BlockOptions):
-    return GhostConv(
-        features,
-        strides=strides,
-        depthwise_impl=options.depthwise_impl,
-        name=name,
-        dtype=dtype,
-        param_dtype=param_dtype,
-    )
+    return factory
 
 
 register_conv("double_conv", _double_conv)
 register_conv("gsconv", _gsconv)
-register_conv("dsconv", _dsconv)
-register_conv("ghost", _ghost)
+register_conv("dsconv", _with_depthwise_impl(DepthwiseSeparableConv))
+register_conv("ghost", _with_depthwise_impl(GhostConv))
