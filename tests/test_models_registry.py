@@ -255,13 +255,16 @@ def test_a_class_without_strides_serves_stride_one_only():
 
 def test_nnx_unet_takes_zoo_and_user_blocks():
     fields = dict(
-        features=(4,), attention="encoder:se,decoder:coord,skip:cbam", conv="ghost,decoder:dsconv"
+        features=(4,),
+        attention="encoder:se,bottleneck:tests.user_blocks:ChannelGate,decoder:coord,skip:cbam",
+        conv="ghost,decoder:dsconv,encoder:tests.user_blocks:PlainConv",
     )
     linen = build_model(model_config(**fields))
     x = jax.random.normal(jax.random.key(0), (2, 4, 6, 1))
     variables = _random_like(jax.eval_shape(lambda: linen.init(jax.random.key(1), x, train=False)))
     model = bts_nnx.UNet.from_linen(linen, variables)
     assert model.encoder[0].eca is None and model.skip_attention[0] is not None
+    assert "logit" in nnx.state(model.bottleneck.block, nnx.Param)["attention"]
     expected = jax.jit(lambda v, x: linen.apply(v, x, train=False))(variables, x)
     np.testing.assert_allclose(
         nnx.jit(lambda m, x: m(x, train=False))(model, x), expected, rtol=1e-6, atol=1e-6
