@@ -36,6 +36,17 @@ def _spatial_mean(x: jax.Array) -> jax.Array:
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
 
 
+def _batch_norm(train: bool, name: str, **dtypes) -> nn.BatchNorm:
+    """BatchNorm with the U-Net's settings (docs/design.md section 1) over all but the last axis."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BATCH_NORM_MOMENTUM,
+        epsilon=BATCH_NORM_EPSILON,
+        name=name,
+        **dtypes,
+    )
+
+
 class NoAttention(nn.Module):
     """The identity: ``attention="none"``."""
 
@@ -116,13 +127,7 @@ class CBAM(nn.Module):
         a = nn.Conv(
             1, (k, k), padding=((k // 2,) * 2,) * 2, use_bias=False, name="spatial_conv", **dtypes
         )(maps.astype(self.dtype))
-        a = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BATCH_NORM_MOMENTUM,
-            epsilon=BATCH_NORM_EPSILON,
-            name="spatial_bn",
-            **dtypes,
-        )(a)
+        a = _batch_norm(train, "spatial_bn", **dtypes)(a)
         return x * jax.nn.sigmoid(a).astype(x.dtype)
 
 
@@ -157,13 +162,7 @@ class CoordinateAttention(nn.Module):
         z = jnp.concatenate([x32.mean(axis=2), x32.mean(axis=1)], axis=1)  # (B, H + W, C)
         hidden = max(self.min_hidden, channels // self.reduction)
         z = nn.Dense(hidden, name="reduce", **dtypes)(z.astype(self.dtype))
-        z = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BATCH_NORM_MOMENTUM,
-            epsilon=BATCH_NORM_EPSILON,
-            name="bn",
-            **dtypes,
-        )(z)
+        z = _batch_norm(train, "bn", **dtypes)(z)
         z = jax.nn.hard_swish(z)
         gate_h = jax.nn.sigmoid(nn.Dense(channels, name="attend_h", **dtypes)(z[:, :height]))
         gate_w = jax.nn.sigmoid(nn.Dense(channels, name="attend_w", **dtypes)(z[:, height:]))
