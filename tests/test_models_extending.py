@@ -3,7 +3,7 @@
 Python blocks run in order in one namespace, in a temporary folder on the Python path; a block
 starting ``# file: PATH`` is written there instead (``(continued)`` appends). Each ``train.py``
 command is parsed by the same flag parser as ``train.py`` and its model built; the ``sweep.py``
-command runs, at tiny sizes (widths 4-8, 32x32, one epoch, one seed), through
+command runs, at tiny sizes (one stage of width 4, 32x32, one epoch, one seed), through
 `bts_jax.sweep.run_sweep`, as ``sweep.py`` does.
 """
 
@@ -95,7 +95,7 @@ def run_sweep_command(argv, folder):
     definition = sweep.load_python_config(folder / options["--config"])
     definition.base_config = "configs/test.py"
     definition.overrides.update(
-        {"num_epochs": 1, "num_predictions": 1, "model": {"features": (4, 8)}}
+        {"num_epochs": 1, "num_predictions": 1, "model": {"features": (4,)}}
     )
     definition.seeds = (0,)
     workdir = folder / options["--workdir"]

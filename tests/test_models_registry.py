@@ -288,7 +288,7 @@ def test_train_py_trains_zoo_blocks_named_on_the_command_line(tmp_path):
             f"--workdir={workdir}",
             "--config.num_epochs=1",
             "--config.num_predictions=1",
-            "--config.model.features=4,8",
+            "--config.model.features=4",  # one stage: every group, the smallest program
             "--config.model.attention=cbam,skip:se",
             "--config.model.conv=ghost",
         ],

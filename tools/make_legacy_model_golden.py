@@ -9,6 +9,7 @@ this file into a checkout of it and run it there:
 
   mkdir /tmp/bts_6129bd7 && git archive 6129bd7 | tar -x -C /tmp/bts_6129bd7
   cp tools/make_legacy_model_golden.py /tmp/bts_6129bd7/tools/
+  ln -s ../configs /tmp/bts_6129bd7/bts_jax/configs  # that commit's configs, not an install's
   cd /tmp/bts_6129bd7 && PYTHONPATH=. python tools/make_legacy_model_golden.py \
       --out_dir <repo>/tests/data
 
@@ -16,10 +17,10 @@ Files written:
 
 * ``legacy_param_trees.json``: for each case, ``{"params": {path: shape}, "batch_stats": ...}``
   at the config's own widths and at the tiny widths (4, 8, 16, 32), paths joined by ``/``.
-* ``legacy_outputs.npz``: for each case at the tiny widths, the input ``<case>/input``
-  (2, 32, 32, 1), the eval-mode logits ``<case>/eval`` of ``model.init(key(1), ...)``'s
-  variables, and the train-mode logits ``<case>/train``, each from one ``jax.jit``-compiled
-  call on CPU (as the test computes them).
+* ``legacy_outputs.npz``: for each case with two stages of widths (4, 8) (small programs, quick
+  to compile in the test), the input ``<case>/input`` (2, 16, 16, 1), the eval-mode logits
+  ``<case>/eval`` of ``model.init(key(1), ...)``'s variables, and the train-mode logits
+  ``<case>/train``, each from one ``jax.jit``-compiled call on CPU (as the test computes them).
 """
 
 import argparse
@@ -34,6 +35,8 @@ import numpy as np
 from bts_jax.models import build_model
 
 TINY = (4, 8, 16, 32)
+OUTPUT_WIDTHS = (4, 8)
+OUTPUT_INPUT_SHAPE = (2, 16, 16, 1)
 # The configs whose checkpoints must keep restoring, plus ECA on the skip tensors (not in a config
 # file, but a documented switch) mixed with GSConv in the decoder only.
 CASES = {
@@ -79,8 +82,8 @@ def main():
             "config_widths": variables_shapes(case_model(case, tiny=False)),
             "tiny": variables_shapes(case_model(case, tiny=True)),
         }
-        model = case_model(case, tiny=True)
-        x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+        model = case_model(case, tiny=True).clone(features=OUTPUT_WIDTHS)
+        x = jax.random.normal(jax.random.key(0), OUTPUT_INPUT_SHAPE)
         variables = jax.jit(lambda x, m=model: m.init(jax.random.key(1), x, train=False))(x)
         outputs[f"{case}/input"] = np.asarray(x)
         evaluate = jax.jit(lambda v, x, m=model: m.apply(v, x, train=False))
