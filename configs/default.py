@@ -31,12 +31,22 @@ def get_config() -> ml_collections.ConfigDict:
     # Comma-separated subsets (so the command line can set them): "" means nowhere.
     config.model.gsconv_in = "encoder,bottleneck,decoder"
     config.model.eca_in = "encoder,bottleneck,decoder"
+    # Blocks by name (docs/extending.md, docs/design.md section 9). "" = as gsconv_in / eca_in
+    # say. A name sets encoder, bottleneck and decoder ("se"); "group:name" pairs set one group
+    # each ("encoder:se,decoder:eca"; attention also has the group "skip"); where they name a
+    # group they win over gsconv_in / eca_in. A name is registered (conv: double_conv | gsconv |
+    # dsconv | ghost; attention: none | eca | se | cbam | coord | scse) or an import path
+    # "package.module:Class".
+    config.model.conv = ""
+    config.model.attention = ""
     config.model.gsconv_act = "mish"  # "mish" | "silu" | "relu"
     config.model.gsconv_shuffle = "interleave"  # "interleave" | "legacy" | "none"
     # GSConv's depthwise 5x5: "auto" ("dense" on CPU, "grouped" elsewhere) | "grouped" | "dense".
     # The same function either way; "dense" is ~1.7x faster on XLA:CPU (docs/performance.md).
     config.model.depthwise_impl = "auto"
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
+    # Squeeze-excite MLPs (se, cbam, scse): C -> max(C // r, min(C, 8)) -> C.
+    config.model.se_reduction = 16
 
     config.data = ml_collections.ConfigDict()
     # "sample" | "sample_128" (bundled, see bts_jax/data/sample*/README.md) | "folder" | "tfds"

@@ -16,7 +16,12 @@ COMMANDS = {
         "--steps=2",
         "--warmup=1",
     ],
-    "model_stats": ["benchmarks/model_stats.py", "--image_size=32", "--configs=test"],
+    "model_stats": [
+        "benchmarks/model_stats.py",
+        "--image_size=32",
+        "--configs=test",
+        "--zoo_config=test",
+    ],
     "seeds_throughput": [
         "benchmarks/seeds_throughput.py",
         "--config",

@@ -50,8 +50,14 @@ def parse_dtype(name: str, setting: str = "config.dtype") -> jnp.dtype:
 def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float32") -> UNet:
     """Builds the segmentation model described by ``config.model``.
 
+    Every block the config names (``gsconv_in``, ``eca_in``, ``conv``, ``attention``) is built
+    once here on a tiny abstract input, so an unknown name, an import path that fails or a block
+    that breaks its shape contract is reported now, naming its config field.
+
     Args:
       model_config: the ``model`` field of an experiment config (see ``configs/default.py``).
+        Fields added after a config was written (``conv``, ``attention``, ``se_reduction``,
+        ``depthwise_impl``) take the values that keep its old meaning.
       dtype: computation dtype name, ``"float32"`` or ``"bfloat16"``; parameters stay float32.
 
     Returns:
@@ -71,20 +77,23 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
         upsample=model_config.upsample,
         gsconv_in=gsconv_in,
         eca_in=eca_in,
+        conv=model_config.get("conv", ""),
+        attention=model_config.get("attention", ""),
         gsconv_act=model_config.gsconv_act,
         gsconv_shuffle=model_config.gsconv_shuffle,
         # Configs written before the field existed computed depthwise convolutions "auto"matically.
         depthwise_impl=model_config.get("depthwise_impl", "auto"),
         eca_kernel_size=int(model_config.eca_kernel_size) or None,
+        se_reduction=int(model_config.get("se_reduction", 16)),
         dtype=parse_dtype(dtype),
         param_dtype=jnp.float32,
     )
     # Surface bad switch values now, with the config's names, rather than at the first trace.
     try:
-        model._check_fields()
-    except ValueError as error:
+        model.check_blocks()
+    except (ValueError, TypeError) as error:
         # UNet's fields carry the config's names, so the message can point at the config.
-        raise ValueError(str(error).replace("UNet.", "config.model.")) from None
+        raise type(error)(str(error).replace("UNet.", "config.model.")) from error.__cause__
     return model
 
 

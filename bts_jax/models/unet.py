@@ -1,4 +1,9 @@
-"""U-Net (Ronneberger et al. 2015, with BatchNorm, "same" padding) and its GSConv/ECA variants."""
+"""U-Net (Ronneberger et al. 2015, with BatchNorm, "same" padding) with blocks chosen by name.
+
+The paper's variants are GSConv and ECA in some stage groups (``gsconv_in``, ``eca_in``); any
+registered or importable block can take their place (``conv``, ``attention``; docs/design.md
+section 9, docs/extending.md).
+"""
 
 from collections.abc import Sequence
 
@@ -6,14 +11,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bts_jax.models.layers import (
-    DEPTHWISE_IMPLS,
-    ECA,
-    SHUFFLE_MODES,
-    ConvBNAct,
-    GSConv,
-    get_activation,
-)
+from bts_jax.models import attention as _attention  # noqa: F401  (registers the zoo)
+from bts_jax.models import convs as _convs  # noqa: F401  (registers the zoo)
+from bts_jax.models import registry
+from bts_jax.models.layers import DEPTHWISE_IMPLS, SHUFFLE_MODES, get_activation
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
 GSCONV_PLACES = frozenset({"encoder", "bottleneck", "decoder"})
@@ -31,50 +32,44 @@ def _check_places(value: Sequence[str], allowed: frozenset[str], field: str) -> 
     return frozenset(value)
 
 
+def attention_module_name(attention: str) -> str:
+    """A stage's attention submodule name: ``eca`` (as before the registry) or ``attention``."""
+    return "eca" if attention == "eca" else "attention"
+
+
 class ConvBlock(nn.Module):
-    """The U-Net double convolution: two 3x3 convolutions, optionally GSConv, then optional ECA.
+    """A U-Net stage: two convolution layers of one kind, then an optional attention block.
+
+    Parameter paths: ``conv_0``, ``conv_1``, and ``eca`` (ECA) or ``attention`` (any other).
 
     Attributes:
       features: output channels of both convolutions.
-      use_gsconv: replace both ConvBNAct(3x3, ReLU) by GSConv.
-      use_eca: apply ECA to the block's output.
-      gsconv_act: GSConv activation.
-      gsconv_shuffle: GSConv channel shuffle mode.
-      depthwise_impl: how GSConv's depthwise convolution is computed (``DEPTHWISE_IMPLS``).
-      eca_kernel_size: ECA kernel size, ``None`` for the adaptive rule.
+      conv: the convolution's registry name or import path (``double_conv``: ConvBNAct 3x3 + ReLU).
+      attention: the attention's registry name or import path (``none``: no block).
+      options: settings of the built-in blocks.
       dtype: computation dtype.
       param_dtype: parameter dtype.
     """
 
     features: int
-    use_gsconv: bool = False
-    use_eca: bool = False
-    gsconv_act: str = "mish"
-    gsconv_shuffle: str = "interleave"
-    depthwise_impl: str = "auto"
-    eca_kernel_size: int | None = None
+    conv: str = "double_conv"
+    attention: str = "none"
+    options: registry.BlockOptions = registry.BlockOptions()
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Maps (B, H, W, C_in) to (B, H, W, features)."""
-        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype, options=self.options)
+        make_conv = registry.resolve("conv", self.conv, "ConvBlock.conv")
         for i in range(2):
-            if self.use_gsconv:
-                conv = GSConv(
-                    self.features,
-                    act=self.gsconv_act,
-                    shuffle=self.gsconv_shuffle,
-                    depthwise_impl=self.depthwise_impl,
-                    name=f"conv_{i}",
-                    **dtypes,
-                )
-            else:
-                conv = ConvBNAct(self.features, 3, act="relu", name=f"conv_{i}", **dtypes)
-            x = conv(x, train=train)
-        if self.use_eca:
-            x = ECA(self.eca_kernel_size, name="eca", **dtypes)(x)
+            conv = make_conv(self.features, strides=1, name=f"conv_{i}", **common)
+            x = registry.call_block(conv, x, train)
+        if self.attention != "none":
+            make = registry.resolve("attention", self.attention, "ConvBlock.attention")
+            block = make(self.features, name=attention_module_name(self.attention), **common)
+            x = registry.call_block(block, x, train)
         return x
 
 
@@ -108,10 +103,12 @@ class Upsample(nn.Module):
 
 
 class UNet(nn.Module):
-    """U-Net with switchable GSConv and ECA (docs/design.md section 2); defaults: the baseline.
+    """U-Net with its stages' blocks chosen by name (docs/design.md sections 2 and 9).
 
-    Parameter paths are stable across ablations: ``enc_{i}``, ``bottleneck``, ``up_{i}``,
-    ``dec_{i}``, ``skip_eca_{i}``, ``head`` (decoder index i counts from the deepest stage).
+    Defaults: the baseline (``double_conv``, no attention). Parameter paths are stable across
+    ablations: ``enc_{i}``, ``bottleneck``, ``up_{i}``, ``dec_{i}``, ``skip_eca_{i}`` (or
+    ``skip_attention_{i}``), ``head`` (decoder index i counts from the deepest stage); inside a
+    stage ``conv_0``, ``conv_1`` and ``eca`` (or ``attention``).
 
     Attributes:
       features: encoder widths, one per stage; the bottleneck has twice the last width.
@@ -121,11 +118,17 @@ class UNet(nn.Module):
         {"encoder", "bottleneck", "decoder"}.
       eca_in: where ECA is applied: a subset of {"encoder", "bottleneck", "decoder", "skip"}
         ("skip" reweights each skip tensor before concatenation).
+      conv: convolution per group by name, overriding ``gsconv_in`` where it names a group:
+        ``""`` (as ``gsconv_in`` says), a name for encoder, bottleneck and decoder
+        (``"dsconv"``), or ``group:name`` pairs (``"encoder:ghost,decoder:gsconv"``); a name is
+        registered (``registry.conv_names()``) or an import path ``package.module:Class``.
+      attention: attention per group, likewise over ``eca_in`` (groups include ``skip``).
       gsconv_act: activation inside GSConv.
       gsconv_shuffle: GSConv channel shuffle mode.
-      depthwise_impl: how GSConv's depthwise convolutions are computed: ``"auto"`` (``"dense"`` on
-        CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"dense"``; the same function either way.
+      depthwise_impl: how depthwise convolutions are computed: ``"auto"`` (``"dense"`` on CPU,
+        ``"grouped"`` elsewhere), ``"grouped"`` or ``"dense"``; the same function either way.
       eca_kernel_size: ECA kernel size for every ECA, ``None`` for the adaptive rule.
+      se_reduction: reduction ratio of the squeeze-excite MLPs (``se``, ``cbam``, ``scse``).
       dtype: computation dtype (float32 or bfloat16).
       param_dtype: parameter dtype.
     """
@@ -135,10 +138,13 @@ class UNet(nn.Module):
     upsample: str = "transpose"
     gsconv_in: Sequence[str] = ()
     eca_in: Sequence[str] = ()
+    conv: str = ""
+    attention: str = ""
     gsconv_act: str = "mish"
     gsconv_shuffle: str = "interleave"
     depthwise_impl: str = "auto"
     eca_kernel_size: int | None = None
+    se_reduction: int = 16
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -146,6 +152,17 @@ class UNet(nn.Module):
     def downsampling_factor(self) -> int:
         """Input H and W must be multiples of this (2 ** number of stages)."""
         return 2 ** len(self.features)
+
+    @property
+    def block_options(self) -> registry.BlockOptions:
+        """The settings of the built-in blocks."""
+        return registry.BlockOptions(
+            gsconv_act=self.gsconv_act,
+            gsconv_shuffle=self.gsconv_shuffle,
+            depthwise_impl=self.depthwise_impl,
+            eca_kernel_size=self.eca_kernel_size,
+            se_reduction=self.se_reduction,
+        )
 
     def check_input_shape(self, shape: Sequence[int]) -> None:
         """Raises a ValueError naming the problem if ``shape`` is not a valid (B, H, W, C) input."""
@@ -160,7 +177,18 @@ class UNet(nn.Module):
                 "images (config.data.image_size) to a multiple."
             )
 
-    def _check_fields(self) -> tuple[frozenset[str], frozenset[str]]:
+    def group_widths(self) -> dict[str, tuple[int, int]]:
+        """(input, output) channels of the first stage of each group (encoder input: 1)."""
+        last = int(self.features[-1])
+        return {
+            "encoder": (1, int(self.features[0])),
+            "bottleneck": (last, 2 * last),
+            "decoder": (2 * last, last),
+            "skip": (last, last),
+        }
+
+    def _check_fields(self) -> dict[str, dict[str, str]]:
+        """Validates the fields and returns each group's blocks (see `registry.stage_blocks`)."""
         if not self.features or any(int(f) < 1 for f in self.features):
             raise ValueError(f"UNet.features must be positive widths, got {self.features}.")
         if self.num_classes < 1:
@@ -175,14 +203,48 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet.depthwise_impl={self.depthwise_impl!r}; expected one of {DEPTHWISE_IMPLS}."
             )
-        gsconv_in = _check_places(self.gsconv_in, GSCONV_PLACES, "gsconv_in")
-        eca_in = _check_places(self.eca_in, ECA_PLACES, "eca_in")
-        if gsconv_in:
+        if self.se_reduction < 1:
+            raise ValueError(f"UNet.se_reduction must be >= 1, got {self.se_reduction}.")
+        legacy = {
+            "gsconv_in": _check_places(self.gsconv_in, GSCONV_PLACES, "gsconv_in"),
+            "eca_in": _check_places(self.eca_in, ECA_PLACES, "eca_in"),
+        }
+        blocks = registry.stage_blocks(self.conv, self.attention, legacy)
+        for kind, groups in blocks.items():
+            for name in set(groups.values()):
+                registry.resolve(kind, name, f"UNet.{kind}")  # Unknown names, failed imports.
+        gsconv_groups = [g for g, name in blocks["conv"].items() if name == "gsconv"]
+        if gsconv_groups:
             get_activation(self.gsconv_act)
-            odd = [f for f in (*self.features, 2 * self.features[-1]) if f % 2]
+            widths = {"encoder": self.features, "decoder": self.features}
+            widths["bottleneck"] = (2 * self.features[-1],)
+            odd = sorted({int(f) for g in gsconv_groups for f in widths[g] if f % 2})
             if odd:
                 raise ValueError(f"GSConv needs even widths; UNet.features has odd widths {odd}.")
-        return gsconv_in, eca_in
+        return blocks
+
+    @nn.nowrap
+    def check_blocks(self) -> None:
+        """Builds every stage group's blocks once on a tiny abstract input (no computation).
+
+        Raises:
+          ValueError: naming ``UNet.conv`` or ``UNet.attention`` and the block that cannot be
+            built or does not keep its shape contract (see `registry.check_block`).
+        """
+        blocks = self._check_fields()
+        widths = self.group_widths()
+        common = dict(dtype=self.dtype, param_dtype=self.param_dtype, options=self.block_options)
+        for kind, groups in blocks.items():
+            for group, name in groups.items():
+                c_in, c_out = widths[group]
+                registry.check_block(
+                    kind,
+                    name,
+                    where=f"UNet.{kind} ({group})",
+                    in_channels=c_out if kind == "attention" else c_in,
+                    features=c_out,
+                    **common,
+                )
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -195,24 +257,18 @@ class UNet(nn.Module):
         Returns:
           Logits of shape (B, H, W, num_classes) in ``dtype``.
         """
-        gsconv_in, eca_in = self._check_fields()
+        blocks = self._check_fields()
         self.check_input_shape(x.shape)
-        common = dict(
-            gsconv_act=self.gsconv_act,
-            gsconv_shuffle=self.gsconv_shuffle,
-            depthwise_impl=self.depthwise_impl,
-            eca_kernel_size=self.eca_kernel_size,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )
+        dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-        def block(features: int, place: str, name: str) -> ConvBlock:
+        def block(features: int, group: str, name: str) -> ConvBlock:
             return ConvBlock(
                 features,
-                use_gsconv=place in gsconv_in,
-                use_eca=place in eca_in,
+                conv=blocks["conv"][group],
+                attention=blocks["attention"][group],
+                options=self.block_options,
                 name=name,
-                **common,
+                **dtypes,
             )
 
         x = x.astype(self.dtype)
@@ -223,28 +279,15 @@ class UNet(nn.Module):
             x = nn.max_pool(x, (2, 2), strides=(2, 2))
         x = block(2 * self.features[-1], "bottleneck", "bottleneck")(x, train=train)
 
+        skip_attention = blocks["attention"]["skip"]
         for i, (features, skip) in enumerate(zip(self.features[::-1], skips[::-1], strict=True)):
-            x = Upsample(
-                features,
-                self.upsample,
-                dtype=self.dtype,
-                param_dtype=self.param_dtype,
-                name=f"up_{i}",
-            )(x)
-            if "skip" in eca_in:
-                skip = ECA(
-                    self.eca_kernel_size,
-                    dtype=self.dtype,
-                    param_dtype=self.param_dtype,
-                    name=f"skip_eca_{i}",
-                )(skip)
+            x = Upsample(features, self.upsample, name=f"up_{i}", **dtypes)(x)
+            if skip_attention != "none":
+                make = registry.resolve("attention", skip_attention, "UNet.attention")
+                name = f"skip_{attention_module_name(skip_attention)}_{i}"
+                module = make(features, name=name, options=self.block_options, **dtypes)
+                skip = registry.call_block(module, skip, train)
             x = jnp.concatenate([skip, x], axis=-1)
             x = block(features, "decoder", f"dec_{i}")(x, train=train)
 
-        return nn.Conv(
-            self.num_classes,
-            (1, 1),
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="head",
-        )(x)
+        return nn.Conv(self.num_classes, (1, 1), name="head", **dtypes)(x)

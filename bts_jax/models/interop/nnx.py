@@ -5,11 +5,13 @@ checkpoints and the milesial importer use it. :class:`UNet` here lays the same b
 attributes that a user can read, replace or extend in place:
 
 * ``encoder[i]``, ``bottleneck``, ``decoder[i]``: a :class:`Stage` whose ``block`` is the double
-  convolution (Linen ``ConvBlock`` without ECA, bridged) and whose ``eca`` is the ECA (bridged
-  Linen ``ECA``) or ``None``. Assign any NNX module mapping (B, H, W, C) to (B, H, W, C) to
-  ``eca`` to swap it, or a module with ``__call__(x, *, train)`` to ``block``.
+  convolution (Linen ``ConvBlock`` without ECA, bridged; any other attention of the zoo stays
+  inside it) and whose ``eca`` is the ECA (bridged Linen ``ECA``) or ``None``. Assign any NNX
+  module mapping (B, H, W, C) to (B, H, W, C) to ``eca`` to swap it, or a module with
+  ``__call__(x, *, train)`` to ``block``.
 * ``up[i]``: the bridged Linen ``Upsample``; ``skip_eca[i]``: ECA on the skip tensor or ``None``;
-  ``head``: an ``nnx.Conv`` 1x1 with bias.
+  ``skip_attention[i]``: another attention on the skip tensor (``attention="skip:..."``) or
+  ``None``; ``head``: an ``nnx.Conv`` 1x1 with bias.
 
 Decoder index i counts from the deepest stage, as in the Linen module. With the same weights
 (:meth:`UNet.from_linen`) both compute the same outputs and gradients;
@@ -26,8 +28,8 @@ from flax import linen as nn
 from flax import nnx
 from flax.nnx import bridge
 
+from bts_jax.models import registry
 from bts_jax.models import unet as linen_unet
-from bts_jax.models.layers import ECA
 
 _COLLECTIONS = {nnx.Param: "params", nnx.BatchStat: "batch_stats"}
 
@@ -40,6 +42,16 @@ class LinenBlock(bridge.ToNNX):
 
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Applies the wrapped module to (B, H, W, C_in); the output shape is the module's."""
+        return super().__call__(x, train=train, mutable=["batch_stats"] if train else False)
+
+
+class LinenAttention(bridge.ToNNX):
+    """A Linen attention block as an NNX module, called with ``train`` where it takes it."""
+
+    def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+        """Maps (B, H, W, C) to (B, H, W, C); BatchNorm statistics update in place if training."""
+        if not registry.takes_train(self.to_nnx__module):
+            return super().__call__(x)
         return super().__call__(x, train=train, mutable=["batch_stats"] if train else False)
 
 
@@ -76,6 +88,7 @@ class UNet(nnx.Module):
       bottleneck: the :class:`Stage` of width ``2 * features[-1]``.
       up: the upsampling modules, deepest first.
       skip_eca: ECA on each skip tensor (``eca_in`` has "skip") or ``None``, deepest first.
+      skip_attention: another attention on each skip tensor or ``None``, deepest first.
       decoder: the decoder :class:`Stage`, deepest first.
       head: the 1x1 convolution to ``num_classes`` logits.
     """
@@ -91,9 +104,9 @@ class UNet(nnx.Module):
           in_channels: channels of the input images (1 for grayscale MRI, 3 for RGB).
           rngs: random streams; the ``params`` (or ``default``) stream seeds the weights.
           **unet_fields: the fields of the Linen :class:`bts_jax.models.UNet` (``features``,
-            ``num_classes``, ``upsample``, ``gsconv_in``, ``eca_in``, ``gsconv_act``,
-            ``gsconv_shuffle``, ``depthwise_impl``, ``eca_kernel_size``, ``dtype``,
-            ``param_dtype``).
+            ``num_classes``, ``upsample``, ``gsconv_in``, ``eca_in``, ``conv``, ``attention``,
+            ``gsconv_act``, ``gsconv_shuffle``, ``depthwise_impl``, ``eca_kernel_size``,
+            ``se_reduction``, ``dtype``, ``param_dtype``).
 
         Raises:
           ValueError: for an invalid field value, as the Linen UNet does.
@@ -108,20 +121,14 @@ class UNet(nnx.Module):
 
     def _build(self, config: linen_unet.UNet, in_channels: int) -> None:
         """Creates the submodules with abstract variables (shapes only)."""
-        gsconv_in, eca_in = config._check_fields()  # Same validation and messages as Linen.
+        blocks = config._check_fields()  # Same validation and messages as Linen.
         self.features = tuple(int(f) for f in config.features)
         self.dtype = config.dtype
         dtypes = dict(dtype=config.dtype, param_dtype=config.param_dtype)
-        block_fields = dict(
-            gsconv_act=config.gsconv_act,
-            gsconv_shuffle=config.gsconv_shuffle,
-            depthwise_impl=config.depthwise_impl,
-            **dtypes,
-        )
+        options = config.block_options
 
-        def bridged(module: nn.Module, channels: int, **kwargs: Any) -> bridge.ToNNX:
+        def bridged(module: nn.Module, channels: int, wrapper=bridge.ToNNX, **kwargs: Any):
             def init() -> bridge.ToNNX:
-                wrapper = LinenBlock if "train" in kwargs else bridge.ToNNX
                 bridged_module = wrapper(module, rngs=nnx.Rngs(0))
                 # Parameter shapes depend only on the channel count: a 1x1 image will do.
                 bridge.lazy_init(bridged_module, jnp.zeros((1, 1, 1, channels)), **kwargs)
@@ -132,13 +139,25 @@ class UNet(nnx.Module):
 
             return nnx.eval_shape(init)
 
-        def eca(channels: int) -> bridge.ToNNX:
-            return bridged(ECA(config.eca_kernel_size, **dtypes), channels)
+        def attention(name: str, channels: int) -> LinenAttention:
+            make = registry.resolve("attention", name, "UNet.attention")
+            module = make(channels, name=None, options=options, **dtypes)
+            return bridged(module, channels, LinenAttention, train=False)
 
-        def stage(c_in: int, features: int, place: str) -> Stage:
-            block = linen_unet.ConvBlock(features, use_gsconv=place in gsconv_in, **block_fields)
+        def stage(c_in: int, features: int, group: str) -> Stage:
+            # ECA is the Stage's own slot; any other attention stays inside the bridged block,
+            # where its Linen path (``enc_0/attention/...``) is.
+            eca = blocks["attention"][group] == "eca"
+            block = linen_unet.ConvBlock(
+                features,
+                conv=blocks["conv"][group],
+                attention="none" if eca else blocks["attention"][group],
+                options=options,
+                **dtypes,
+            )
             return Stage(
-                bridged(block, c_in, train=False), eca(features) if place in eca_in else None
+                bridged(block, c_in, LinenBlock, train=False),
+                attention("eca", features) if eca else None,
             )
 
         widths = [*self.features, 2 * self.features[-1]]
@@ -149,13 +168,17 @@ class UNet(nnx.Module):
             ]
         )
         self.bottleneck = stage(widths[-2], widths[-1], "bottleneck")
-        ups, skip_ecas, decoder = [], [], []
+        ups, skip_ecas, skip_attentions, decoder = [], [], [], []
+        skip = blocks["attention"]["skip"]
         for c_in, features in zip(widths[:0:-1], widths[-2::-1], strict=True):
             ups.append(bridged(linen_unet.Upsample(features, config.upsample, **dtypes), c_in))
-            skip_ecas.append(eca(features) if "skip" in eca_in else None)
+            skip_ecas.append(attention(skip, features) if skip == "eca" else None)
+            other = skip not in ("eca", "none")
+            skip_attentions.append(attention(skip, features) if other else None)
             decoder.append(stage(2 * features, features, "decoder"))
         self.up = nnx.List(ups)
         self.skip_eca = nnx.List(skip_ecas)
+        self.skip_attention = nnx.List(skip_attentions)
         self.decoder = nnx.List(decoder)
         self.head = nnx.eval_shape(
             lambda: nnx.Conv(widths[0], config.num_classes, (1, 1), rngs=nnx.Rngs(0), **dtypes)
@@ -203,12 +226,11 @@ class UNet(nnx.Module):
           ValueError: naming the first variable that has no place, or the wrong shape, in the
             NNX model, or the NNX variables that ``variables`` leaves unset.
         """
-        first_conv = variables["params"]["enc_0"]["conv_0"]
-        kernel = first_conv.get("dense", first_conv)["conv"]["kernel"]
+        in_channels = _input_channels(variables["params"]["enc_0"]["conv_0"])
         fields = {f: getattr(model, f) for f in linen_unet.UNet.__dataclass_fields__}
         fields = {k: v for k, v in fields.items() if k not in ("parent", "name")}
         # Shapes only: every variable is set from ``variables`` next, so skip the initialisation.
-        nnx_model = nnx.eval_shape(lambda: cls(kernel.shape[2], rngs=nnx.Rngs(0), **fields))
+        nnx_model = nnx.eval_shape(lambda: cls(in_channels, rngs=nnx.Rngs(0), **fields))
         nnx_model._assign(variables)
         return nnx_model
 
@@ -230,14 +252,29 @@ class UNet(nnx.Module):
             skips.append(x)
             x = nnx.max_pool(x, (2, 2), strides=(2, 2))
         x = self.bottleneck(x, train=train)
-        for up, skip_eca, stage, skip in zip(
-            self.up, self.skip_eca, self.decoder, skips[::-1], strict=True
+        for up, skip_eca, skip_attention, stage, skip in zip(
+            self.up, self.skip_eca, self.skip_attention, self.decoder, skips[::-1], strict=True
         ):
             x = up(x)
             if skip_eca is not None:
                 skip = skip_eca(skip)
+            if skip_attention is not None:
+                skip = skip_attention(skip, train=train)
             x = stage(jnp.concatenate([skip, x], axis=-1), train=train)
         return self.head(x)
+
+
+def _input_channels(first_conv: dict[str, Any]) -> int:
+    """The image channels, from the parameters of the first convolution layer of the zoo."""
+    for layer, axis in (("dense", 2), ("primary", 2), ("depthwise", 3)):  # gsconv, ghost, dsconv
+        if layer in first_conv:
+            return int(first_conv[layer]["conv"]["kernel"].shape[axis])
+    if "conv" in first_conv:  # double_conv
+        return int(first_conv["conv"]["kernel"].shape[2])
+    kernels = [leaf for leaf in jax.tree_util.tree_leaves(first_conv) if leaf.ndim == 4]
+    if not kernels:
+        raise ValueError("Cannot tell the input channels: enc_0/conv_0 holds no 4-D kernel.")
+    return int(kernels[0].shape[2])  # A user's layer: its first kernel, assumed dense (HWIO).
 
 
 def _nnx_path(linen_path: Sequence[str]) -> tuple:
@@ -245,10 +282,10 @@ def _nnx_path(linen_path: Sequence[str]) -> tuple:
     top, rest = linen_path[0], tuple(linen_path[1:])
     if top == "head":
         return ("head", *rest)
-    match = re.fullmatch(r"(enc|dec|up|skip_eca)_(\d+)", top)
+    match = re.fullmatch(r"(enc|dec|up|skip_eca|skip_attention)_(\d+)", top)
     if top == "bottleneck":
         stage = ("bottleneck",)
-    elif match and match.group(1) in ("up", "skip_eca"):
+    elif match and match.group(1) in ("up", "skip_eca", "skip_attention"):
         return (match.group(1), int(match.group(2)), *rest)
     elif match:
         stage = ("encoder" if match.group(1) == "enc" else "decoder", int(match.group(2)))
@@ -265,7 +302,7 @@ def _linen_path(path: Sequence[Any]) -> tuple[str, ...]:
         name, part, rest = f"{'enc' if top == 'encoder' else 'dec'}_{path[1]}", path[2], path[3:]
     elif top == "bottleneck":
         name, part, rest = "bottleneck", path[1], path[2:]
-    elif top in ("up", "skip_eca"):
+    elif top in ("up", "skip_eca", "skip_attention"):
         return (f"{top}_{path[1]}", *map(str, path[2:]))
     else:
         return tuple(map(str, path))
