@@ -4,7 +4,7 @@ Python blocks run in order in one namespace, in a temporary folder on the Python
 starting ``# file: PATH`` is written there instead (``(continued)`` appends). Each ``train.py``
 command is parsed by the same flag parser as ``train.py`` and its model built; the ``sweep.py``
 command runs, at tiny sizes (one stage of width 4, 32x32, one epoch, one seed), through
-`bts_jax.sweep.run_sweep`, as ``sweep.py`` does.
+`bts_jax.experiments.runner.run_sweep`, as ``sweep.py`` does.
 """
 
 import os
@@ -16,7 +16,8 @@ import pytest
 from absl import flags
 from ml_collections import config_flags
 
-from bts_jax import sweep
+from bts_jax.config_tools import load_config_file
+from bts_jax.experiments import runner, sweeps
 from bts_jax.models import build_model, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -92,14 +93,14 @@ def run_sweep_command(argv, folder):
     """Runs ``python sweep.py --config F --workdir W`` at tiny sizes; checks the report."""
     assert argv[:2] == ["python", "sweep.py"], argv
     options = dict(zip(argv[2::2], argv[3::2], strict=True))
-    definition = sweep.load_python_config(folder / options["--config"])
+    definition = load_config_file(folder / options["--config"])
     definition.base_config = "configs/test.py"
     definition.overrides.update(
         {"num_epochs": 1, "num_predictions": 1, "model": {"features": (4,)}}
     )
     definition.seeds = (0,)
     workdir = folder / options["--workdir"]
-    result = sweep.run_sweep(definition, workdir, repo_root=REPO)
+    result = runner.run_sweep(definition, workdir, repo_root=REPO)
     assert sorted(result["trained"]) == ["eca/seed_0", "pixel_gate/seed_0"]
     with open(workdir / "report.md") as f:
         report = f.read()
@@ -109,11 +110,11 @@ def run_sweep_command(argv, folder):
 
 def test_attention_zoo_sweep_builds_every_variant():
     path = os.path.join(REPO, "configs", "sweeps", "attention_zoo.py")
-    definition = sweep.parse_sweep(sweep.load_python_config(path))
+    definition = sweeps.parse_sweep(load_config_file(path))
     assert set(definition.variants) == set(registry.attention_names())
-    base = sweep.load_python_config(definition.base_config, REPO)
-    for cell in sweep.expand_cells(definition, "unused")[:: len(definition.seeds)]:
-        config = sweep.cell_config(definition, base, cell)
+    base = load_config_file(definition.base_config, REPO)
+    for cell in sweeps.expand_cells(definition, "unused")[:: len(definition.seeds)]:
+        config = sweeps.cell_config(definition, base, cell)
         assert (config.data.image_size, config.model.features) == (96, (16, 32, 64, 128))
         blocks = build_model(config.model)._check_fields()
         assert set(blocks["conv"].values()) == {"double_conv"}

@@ -112,6 +112,18 @@ def test_a_workdir_without_checkpoints_takes_any_config(tmp_path):
     assert len(history) == 1 and history[0]["config"]["optimizer"]["learning_rate"] == 1e-3
 
 
+def test_workdirs_from_before_the_block_registry_resume_unchanged(tmp_path):
+    config = test_config.get_config()
+    saved = json.loads(config.to_json_best_effort())
+    for field in ("conv", "attention", "se_reduction"):
+        del saved["model"][field]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert workdir_lib.check_config(config, tmp_path, checkpoint_step=6) == []
+    config.model.attention = "se"
+    with pytest.raises(workdir_lib.ConfigChangedError, match="model.attention: '' -> 'se'"):
+        workdir_lib.check_config(config, tmp_path, checkpoint_step=6)
+
+
 def test_non_finite_config_values_are_refused(tmp_path):
     config = test_config.get_config()
     config.optimizer.learning_rate = float("nan")

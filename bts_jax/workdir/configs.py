@@ -50,7 +50,13 @@ _MISSING = "<absent>"
 
 # Fields added to the config after workdirs were first written, with the value that a config.json
 # without them implies, so such a workdir resumes (and its sweep cell compares) unchanged.
-IMPLIED_FIELDS: dict[str, Any] = {"num_seeds": 1}
+IMPLIED_FIELDS: dict[str, Any] = {
+    "num_seeds": 1,
+    # The block registry (docs/design.md section 9): "" leaves the blocks to gsconv_in / eca_in.
+    "model.conv": "",
+    "model.attention": "",
+    "model.se_reduction": 16,
+}
 
 
 class ConfigChangedError(ValueError):
