@@ -123,12 +123,74 @@ def apply_overrides(
     return config
 
 
+def configs_dir() -> str:
+    """The packaged configs' folder: ``configs/`` of a clone, ``bts_jax/configs`` installed."""
+    from bts_jax import configs
+
+    return os.path.dirname(os.path.abspath(configs.__file__))
+
+
+def config_presets(kind: str = "experiment") -> list[str]:
+    """The names of the packaged configs: ``quickstart``, ``default``... (``paper_ablation``...).
+
+    Args:
+      kind: "experiment" (``configs/*.py``) or "sweep" (``configs/sweeps/*.py``).
+
+    Returns:
+      The names, sorted.
+    """
+    folder = configs_dir() if kind == "experiment" else os.path.join(configs_dir(), "sweeps")
+    return sorted(
+        name[: -len(".py")]
+        for name in os.listdir(folder)
+        if name.endswith(".py") and not name.startswith("_")
+    )
+
+
+def resolve_config_file(value: str | os.PathLike, kind: str = "experiment") -> str:
+    """The config file a ``--config`` value names: a path, or the name of a packaged config.
+
+    A value is, in this order: a file that exists (relative to the working directory); a path
+    like ``configs/quickstart.py`` or ``configs/sweeps/paper_ablation.py``, taken from the folder
+    that holds the packaged configs, so the repository's paths work from anywhere and after
+    ``pip install``; or a preset name such as ``quickstart`` (``sweeps/paper_ablation``, or for
+    ``kind="sweep"`` just ``paper_ablation``).
+
+    Args:
+      value: what the user wrote.
+      kind: "experiment" or "sweep": where bare names are looked up first.
+
+    Returns:
+      The absolute path of the config file.
+
+    Raises:
+      FileNotFoundError: nothing matches; the message lists the presets.
+    """
+    value = os.fspath(value)
+    if os.path.isfile(value):
+        return os.path.abspath(value)
+    root = configs_dir()
+    name = value[: -len(".py")] if value.endswith(".py") else value
+    candidates = [os.path.join(os.path.dirname(root), value)]
+    if kind == "sweep":
+        candidates.append(os.path.join(root, "sweeps", f"{name}.py"))
+    candidates.append(os.path.join(root, f"{name}.py"))
+    for candidate in candidates:
+        if os.path.isfile(candidate):
+            return os.path.abspath(candidate)
+    raise FileNotFoundError(
+        f"Config file not found: {value} (neither a file nor a packaged config; presets: "
+        f"{', '.join(config_presets(kind))})."
+    )
+
+
 def load_config_file(path: str | os.PathLike, repo_root: str | None = None) -> Any:
     """Imports a config file and returns its ``get_config()``.
 
     Args:
-      path: a ``configs/*.py`` file; relative paths are taken from ``repo_root`` when given.
-      repo_root: the folder relative paths are taken from (the repository root).
+      path: a config file or preset name (see `resolve_config_file`); relative paths are taken
+        from ``repo_root`` first when given.
+      repo_root: a folder relative paths are tried in first.
 
     Returns:
       What the file's ``get_config()`` returns.
@@ -138,10 +200,9 @@ def load_config_file(path: str | os.PathLike, repo_root: str | None = None) -> A
       ValueError: the file has no ``get_config``.
     """
     path = os.fspath(path)
-    if repo_root and not os.path.isabs(path):
+    if repo_root and not os.path.isabs(path) and os.path.isfile(os.path.join(repo_root, path)):
         path = os.path.join(repo_root, path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"Config file not found: {path}")
+    path = resolve_config_file(path)
     spec = importlib.util.spec_from_file_location(f"_bts_config_{abs(hash(path))}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

@@ -6,6 +6,7 @@ can be imported into one process (the tests do) without defining a flag twice.
 
 from __future__ import annotations
 
+import os
 from typing import TYPE_CHECKING
 
 from absl import app, flags
@@ -92,6 +93,40 @@ def settings_from_flags() -> PredictionSettings:
         keep_largest=FLAGS.keep_largest,
         min_size=FLAGS.min_size,
     )
+
+
+def resolve_config_argument(argv: list[str], kind: str = "experiment") -> list[str]:
+    """``argv`` with the value of ``--config`` replaced by the config file it names.
+
+    ``--config quickstart`` (a packaged preset), ``--config configs/quickstart.py`` (from any
+    working directory) and ``--config my_config.py`` all become a file path, which
+    ml_collections then loads; a ``:argument`` suffix (``--config=file.py:arg``) is kept.
+
+    Args:
+      argv: the command line (``sys.argv``).
+      kind: "experiment" or "sweep" (`bts_jax.config_tools.resolve_config_file`).
+
+    Returns:
+      The command line to parse.
+
+    Raises:
+      FileNotFoundError: the value names no file and no preset (the presets are listed).
+    """
+    from bts_jax.config_tools import resolve_config_file
+
+    def resolved(value: str) -> str:
+        path, colon, argument = value, "", ""
+        if ":" in value and not os.path.exists(value):
+            path, colon, argument = value.rpartition(":")
+        return resolve_config_file(path, kind) + colon + argument
+
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--config="):
+            out[i] = "--config=" + resolved(arg.split("=", 1)[1])
+        elif arg == "--config" and i + 1 < len(out):
+            out[i + 1] = resolved(out[i + 1])
+    return out
 
 
 def no_extra_arguments(argv: list[str]) -> None:

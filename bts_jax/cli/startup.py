@@ -63,10 +63,20 @@ def _with_clear_errors(main: Callable[[list[str]], object]) -> Callable[[list[st
     return run
 
 
-def run_program(main: Callable[[list[str]], object]) -> None:
+def run_program(
+    main: Callable[[list[str]], object], argv_filter: Callable[[list[str]], list[str]] | None = None
+) -> None:
     """Runs an entry point's ``main(argv)`` with absl, quietly and with clear errors.
 
     Args:
       main: the program; its flags are defined before this is called.
+      argv_filter: rewrites the command line before absl parses it (e.g. resolves a config
+        preset); its errors are reported like the program's.
     """
-    app.run(_with_clear_errors(main))
+    argv = sys.argv
+    if argv_filter is not None:
+        try:
+            argv = argv_filter(argv)
+        except USER_ERRORS as e:
+            sys.exit(f"{type(e).__name__}: {e}")
+    app.run(_with_clear_errors(main), argv=argv)

@@ -22,7 +22,11 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of ``sweep.py``."""
-    config_flags.DEFINE_config_file("config", None, "Sweep config file (configs/sweeps/*.py).")
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Sweep config: a file, or the name of a packaged one (paper_ablation, attention_zoo...).",
+    )
     flags.DEFINE_string(
         "workdir", None, "Sweep folder: one subfolder per cell, the report at the top."
     )
@@ -34,14 +38,11 @@ def define_flags() -> None:
 def main(argv: list[str]) -> None:
     """Trains the sweep's unfinished cells, then writes its report."""
     cli_flags.no_extra_arguments(argv)
-    from bts_jax import configs
     from bts_jax.experiments import runner
 
     result = runner.run_sweep(
         FLAGS.config,
         FLAGS.workdir,
-        # The folder that holds configs/: the repository root of a clone.
-        repo_root=os.path.dirname(os.path.dirname(os.path.abspath(configs.__file__))),
         write_report=FLAGS.report,
         model_stats=FLAGS.model_stats,
     )
@@ -51,6 +52,6 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """The ``sweep.py`` program."""
+    """The ``sweep.py`` program (``bts-sweep`` once installed)."""
     define_flags()
-    run_program(main)
+    run_program(main, lambda argv: cli_flags.resolve_config_argument(argv, "sweep"))

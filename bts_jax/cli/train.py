@@ -28,7 +28,12 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of ``train.py``."""
-    config_flags.DEFINE_config_file("config", None, "Experiment config file.", lock_config=True)
+    config_flags.DEFINE_config_file(
+        "config",
+        None,
+        "Experiment config: a file, or the name of a packaged one (quickstart, default, test...).",
+        lock_config=True,
+    )
     flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and plots.")
     flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host runs).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
@@ -75,6 +80,6 @@ def main(argv: list[str]) -> None:
 
 
 def run() -> None:
-    """The ``train.py`` program."""
+    """The ``train.py`` program (``bts-train`` once installed)."""
     define_flags()
-    run_program(main)
+    run_program(main, lambda argv: cli_flags.resolve_config_argument(argv, "experiment"))

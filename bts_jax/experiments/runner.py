@@ -109,7 +109,7 @@ def run_sweep(
     sweep: ml_collections.ConfigDict,
     directory: str | os.PathLike,
     *,
-    repo_root: str,
+    repo_root: str | None = None,
     train_fn: TrainFn | None = None,
     write_report: bool = True,
     model_stats: bool = True,
@@ -119,7 +119,8 @@ def run_sweep(
     Args:
       sweep: the sweep config (see `parse_sweep`).
       directory: the sweep folder (created if needed).
-      repo_root: the folder holding ``configs/`` (for ``sweep.base_config``).
+      repo_root: a folder ``sweep.base_config`` is looked up in first; it is otherwise a config
+        file or preset name (`bts_jax.config_tools.resolve_config_file`).
       train_fn: trains one cell; default `bts_jax.train.train_and_evaluate` (tests wrap it).
       write_report: write ``report.md`` and friends at the end.
       model_stats: count parameters and GFLOPs per variant in the report.

@@ -1,0 +1,116 @@
+"""Installed, not cloned: the wheel in a fresh environment, every command from an empty folder."""
+
+import glob
+import os
+import subprocess
+import sys
+import sysconfig
+
+import pytest
+
+# Building and installing a wheel, then training in a new process: the slow tier.
+pytestmark = pytest.mark.slow
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+COMMANDS = ("bts-train", "bts-evaluate", "bts-predict", "bts-export")
+COMMANDS += ("bts-sweep", "bts-report", "bts-compare")
+
+
+def _run(args, cwd, env, timeout=600):
+    done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, f"{args}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
+    return done.stdout
+
+
+@pytest.fixture(scope="module")
+def installed(tmp_path_factory):
+    """A fresh virtual environment with the wheel of this checkout installed, offline.
+
+    The dependencies are the ones already installed for the tests: their site-packages folder is
+    put on the new environment's path, after its own, so only bts_jax comes from the wheel.
+    """
+    root = tmp_path_factory.mktemp("install")
+    dist = root / "dist"
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
+        + ["--wheel-dir", str(dist), REPO],
+        cwd=root,
+        env=os.environ,
+    )
+    (wheel,) = glob.glob(str(dist / "bts_jax-*.whl"))
+    venv = root / "venv"
+    _run([sys.executable, "-m", "venv", "--without-pip", str(venv)], cwd=root, env=os.environ)
+    python = venv / "bin" / "python"
+    site = _run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        cwd=root,
+        env=os.environ,
+    ).strip()
+    with open(os.path.join(site, "test_dependencies.pth"), "w") as f:
+        f.write(sysconfig.get_paths()["purelib"] + "\n")
+    _run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "--no-deps"]
+        + ["--no-index", wheel],
+        cwd=root,
+        env=os.environ,
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PATH": f"{venv / 'bin'}:{os.environ['PATH']}"}
+    env.pop("PYTHONPATH", None)
+    return venv, site, env
+
+
+def test_the_wheel_holds_the_package_and_its_configs_but_no_checkout(installed):
+    venv, site, _ = installed
+    package = os.path.join(site, "bts_jax")
+    for name in ("configs/quickstart.py", "configs/sweeps/paper_ablation.py", "cli/train.py"):
+        assert os.path.isfile(os.path.join(package, name)), name
+    assert os.path.isdir(os.path.join(package, "data", "sample_128", "images"))
+    assert not os.path.exists(os.path.join(site, "configs")), "configs/ must live in bts_jax"
+    for command in COMMANDS:
+        assert os.access(venv / "bin" / command, os.X_OK), command
+
+
+def test_every_command_runs_from_an_empty_folder(installed, tmp_path):
+    venv, site, env = installed
+    cwd = tmp_path / "somewhere"
+    cwd.mkdir()
+    out = _run(
+        ["bts-train", "--config", "test", "--workdir", "run", "--config.num_epochs=1"], cwd, env
+    )
+    assert "Validation (best checkpoint" in out
+    run = cwd / "run"
+    for name in ("config.json", "data_split.json", "metrics.jsonl", "eval_validation.json"):
+        assert (run / name).is_file(), name
+    assert os.listdir(run / "predictions")
+    # Nothing is written into the installed package.
+    assert not glob.glob(os.path.join(site, "bts_jax", "**", "run"), recursive=True)
+
+    out = _run(["bts-evaluate", "--workdir", "run"], cwd, env)
+    assert "best checkpoint of run on validation" in out
+    sample = os.path.join(site, "bts_jax", "data", "sample", "images")
+    out = _run(
+        ["bts-predict", "--workdir", "run", "--inputs", sample, "--output_dir", "masks"], cwd, env
+    )
+    assert "Wrote 60 masks and 60 overlays" in out
+    assert len(glob.glob(str(cwd / "masks" / "*_mask.png"))) == 60
+    out = _run(["bts-export", "--workdir", "run", "--output", "exported"], cwd, env)
+    for name in ("model.jax_export", "preprocessing.json", "saved_model"):
+        assert (cwd / "exported" / name).exists(), name
+    out = _run(
+        [
+            "bts-compare",
+            "--workdir_a",
+            "run",
+            "--workdir_b",
+            "run",
+            "--output",
+            "c.png",
+            "--num_images",
+            "2",
+        ],
+        cwd,
+        env,
+    )
+    assert (cwd / "c.png").is_file()
+    for command in ("bts-sweep", "bts-report"):
+        assert "USAGE" in _run([command, "--help"], cwd, env).upper()
