@@ -27,51 +27,15 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import ml_collections
 import numpy as np
 
-from bts_jax import evaluation
-from bts_jax.data import load_grayscale, sources, splits
-from bts_jax.data.formats import MASK_THRESHOLD
-from bts_jax.inference import predict_masks
-from bts_jax.workdir import layout, load_trained_model, read_split_file
+from bts_jax.data import sources, splits
+from bts_jax.inference.scoring import evaluate_examples
+from bts_jax.workdir import layout, read_split_file
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_DATA_DIR = os.path.join(REPO, "..", "shared", "data", "figshare_brain_tumor")
 DEFAULT_HELDOUT_FRACTION = 0.15  # the same default as tools/make_sample_128.py
-
-
-def heldout_examples(data_dir: str, heldout_fraction: float) -> list[sources.Example]:
-    """The held-out slices: per tumour type the last ids of ``data_dir``, minus bundled ids.
-
-    Args:
-      data_dir: a folder in the Kaggle layout with ``metadata.csv`` (tumour types).
-      heldout_fraction: share of each type's last ids.
-
-    Returns:
-      The examples, sorted by id.
-
-    Raises:
-      ValueError: the folder has no tumour types (the blocks are per type).
-    """
-    examples = sources.list_folder(data_dir, "--data_dir")
-    if all(e.label == sources.UNKNOWN_LABEL for e in examples):
-        raise ValueError(f"{data_dir} has no metadata.csv with tumour types (label column).")
-    config = ml_collections.ConfigDict(
-        {
-            "seed": 0,
-            "data": {
-                "split_method": "blocked",
-                "val_fraction": heldout_fraction,
-                "split_gap": 0,
-                "num_folds": 5,
-                "fold": 0,
-                "subset_size": 0,
-            },
-        }
-    )
-    bundled = {e.id for folder in sources.SAMPLE_DIRS.values() for e in sources.list_folder(folder)}
-    return [e for e in splits.split_examples(config, examples)["validation"] if e.id not in bundled]
 
 
 def check_unseen(workdir: str, heldout_ids: set[str]) -> None:
@@ -140,25 +104,15 @@ def score(
       batch_size: images per forward pass.
 
     Returns:
-      ``(result, per_image_dice)``: `evaluation.SegmentationEvaluator.result` plus
-      ``pred_empty_share``; the Dice of each example, in order.
+      ``(result, per_image_dice)``: `bts_jax.inference.scoring.evaluate_examples`' metrics plus
+      ``pred_empty_share``; the Dice of each example, in id order.
     """
-    config, model, variables = load_trained_model(workdir)
-    num_classes = int(config.model.num_classes)
-    evaluator = evaluation.SegmentationEvaluator(num_classes)
-    # Chunks bound host memory; predict_masks batches inside each chunk.
-    for start in range(0, len(examples), 64):
-        chunk = examples[start : start + 64]
-        images = [load_grayscale(e.image) for e in chunk]
-        predictions = predict_masks(model, variables, images, config.data, batch_size=batch_size)
-        for example, prediction in zip(chunk, predictions, strict=True):
-            truth = (load_grayscale(example.mask) > MASK_THRESHOLD).astype(np.uint8)
-            # Each slice at its own size: the confusion counts on the host, with the device rules.
-            confusion = evaluation.confusion_matrix(prediction[None], truth[None], num_classes)
-            evaluator.update(confusion, prediction[None], truth[None])
-    result = evaluator.result()
-    result["pred_empty_share"] = float(np.mean(evaluator.per_image["pred_empty"]))
-    return result, list(evaluator.per_image["dice"])
+    found = evaluate_examples(workdir, examples, batch_size=batch_size)
+    result = dict(found.metrics)
+    result["pred_empty_share"] = float(
+        np.mean([row["pred_pixels"] == 0 for row in found.per_image])
+    )
+    return result, [row["dice"] for row in found.per_image]
 
 
 def main(argv=None) -> int:
@@ -171,7 +125,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
 
-    examples = heldout_examples(args.data_dir, args.heldout_fraction)
+    examples = splits.heldout_block(args.data_dir, args.heldout_fraction)
     check_unseen(args.workdir, {e.id for e in examples})
     if args.max_images > 0:
         # Evenly spaced, so a short run still covers every tumour type.

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from benchmarks import heldout_quickstart
-from bts_jax.data import sources
+from bts_jax.data import sources, splits
 
 SHARED = os.path.join(
     os.path.dirname(__file__), "..", "..", "shared", "data", "figshare_brain_tumor"
@@ -18,7 +18,7 @@ needs_shared = pytest.mark.skipif(
 
 @needs_shared
 def test_heldout_slices_are_the_last_ids_of_each_type_and_in_no_bundle():
-    heldout = heldout_quickstart.heldout_examples(SHARED, 0.15)
+    heldout = splits.heldout_block(SHARED, 0.15)
     assert len(heldout) >= 300
     bundled = {e.id for folder in sources.SAMPLE_DIRS.values() for e in sources.list_folder(folder)}
     assert not {e.id for e in heldout} & bundled
@@ -39,7 +39,7 @@ def test_heldout_examples_needs_tumour_types(tmp_path):
         os.makedirs(tmp_path / sub)
         (tmp_path / sub / "1.png").write_bytes(b"")
     with pytest.raises(ValueError, match="metadata.csv"):
-        heldout_quickstart.heldout_examples(str(tmp_path), 0.15)
+        splits.heldout_block(str(tmp_path), 0.15)
 
 
 def test_check_unseen_refuses_a_run_that_saw_a_heldout_id(tmp_path, capsys):

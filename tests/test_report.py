@@ -13,9 +13,10 @@ import scipy.stats
 from PIL import Image
 
 from bts_jax import evaluation
+from bts_jax import workdir as workdir_lib
 from bts_jax.configs import test as test_config
+from bts_jax.experiments import cells, power, report, results, stats, sweeps
 from bts_jax.experiments import claims as claims_lib
-from bts_jax.experiments import report, results, stats, sweeps
 from bts_jax.workdir import layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -378,3 +379,103 @@ def test_cli_writes_the_report(tmp_path):
         [sys.executable, "report.py"], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert usage.returncode != 0 and "Usage: python report.py DIR" in usage.stderr
+
+
+def test_power_columns_and_seeds_for_a_hundredth(tmp_path):
+    written = make_sweep(
+        tmp_path, {"unet": SAME, "paper": {"dice": 0.02, "miou": 0.72, "bottom": 8}}
+    )
+    summary = _summary(tmp_path)
+    by_key = {(c["variant"], c["metric"], c["over"]): c for c in summary["comparisons"]}
+    row = by_key[("paper", "dice", "seeds")]
+    a = [written[("unet", s, None)]["dice"] for s in (0, 1, 2)]
+    b = [written[("paper", s, None)]["dice"] for s in (0, 1, 2)]
+    level = 0.05 / summary["num_comparisons"]
+    assert row["power_alpha"] == pytest.approx(level)
+    assert row["detectable"] == pytest.approx(power.detectable_difference(a, b, level))
+    assert row["seeds_needed"] == power.pairs_needed(a, b, 0.01, level)
+    assert by_key[("paper", "hd95_mm", "seeds")]["seeds_needed"] is None  # not a 0-1 metric
+    assert by_key[("paper", "dice", "images")]["detectable"] > 0
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "| detectable | seeds for 0.01 |" in text and "**Power.**" in text
+
+
+def test_dice_per_tumour_type_pools_each_types_pixels(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    summary = _summary(tmp_path)
+    per_seed = []
+    for seed in (0, 1):
+        table = results.read_per_image(
+            os.path.join(sweeps.cell_dir(str(tmp_path), "paper", seed), results.PER_IMAGE_FILE)
+        )
+        kind = table["tumour_type"] == "2"
+        pixels = (table["truth_pixels"] + table["pred_pixels"])[kind]
+        per_seed.append((table["dice"][kind] * pixels).sum() / pixels.sum())
+    got = summary["variants"]["paper"]["types"]["2"]
+    assert got["mean"] == pytest.approx(np.mean(per_seed))
+    assert got["std"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert "## Test Dice per tumour type" in (tmp_path / report.REPORT_FILE).read_text()
+
+
+def _environment(jax_version="0.10.2", test_hash="abc"):
+    return {
+        "step": 0,
+        "python": "3.11.7",
+        "versions": {"jax": jax_version, "numpy": "2.4.6"},
+        "devices": {"kinds": ["cpu:cpu"], "count": 1},
+        "xla_flags": "",
+        "code": {"git_commit": "0123456789abcdef", "git_dirty": False},
+        "data": {
+            "source": {"examples": 60, "bytes": 10, "sha256": "s" * 64},
+            "test": {"examples": 9, "bytes": 5, "sha256": test_hash * 21 + "x"},
+        },
+    }
+
+
+def test_environments_are_listed_and_differences_warned(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    for variant in ("unet", "paper"):
+        for seed in (0, 1):
+            cell = sweeps.cell_dir(str(tmp_path), variant, seed)
+            other = variant == "paper" and seed == 1
+            record = _environment(jax_version="0.10.3" if other else "0.10.2")
+            workdir_lib.write_environment(cell, record)
+    summary = _summary(tmp_path)
+    environments = summary["provenance"]["environments"]
+    assert sorted(len(e["runs"]) for e in environments) == [1, 3]
+    (warning,) = summary["provenance"]["warnings"]
+    assert "paper/seed_1" in warning and "versions.jax: 0.10.2 vs 0.10.3" in warning
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "**Warning: the cells ran in different environments.**" in text
+    assert "Reproducibility: not checked" in text
+    # A rerun's finding is shown as recorded.
+    record = {
+        "cell": "unet/seed_0",
+        "identical": True,
+        "compared": ["metrics.jsonl"],
+        "differences": [],
+    }
+    (tmp_path / cells.REPRODUCIBILITY_FILE).write_text(json.dumps(record))
+    _summary(tmp_path)
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "cell unet/seed_0 trained again from scratch gave bit-identical metrics.jsonl" in text
+
+
+def test_a_sweep_with_a_test_folder_reads_each_cells_external_test_files(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    definition = json.loads((tmp_path / sweeps.SWEEP_FILE).read_text())
+    definition.update(test_folder="/data/figshare", test_heldout_fraction=0.15)
+    (tmp_path / sweeps.SWEEP_FILE).write_text(json.dumps(definition))
+    assert _summary(tmp_path)["finished"] == []  # no cell has been scored on the folder yet
+    for variant in ("unet", "paper"):
+        for seed in (0, 1):
+            cell = sweeps.cell_dir(str(tmp_path), variant, seed)
+            for name in (results.EVAL_FILE, results.PER_IMAGE_FILE):
+                os.rename(
+                    os.path.join(cell, name),
+                    os.path.join(cell, name.replace("test", "external_test")),
+                )
+    summary = _summary(tmp_path)
+    assert len(summary["finished"]) == 4 and summary["missing"] == []
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "**Test set**: the external folder `/data/figshare`: the last 0.15 of each" in text

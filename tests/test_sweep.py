@@ -9,7 +9,8 @@ import ml_collections
 import pytest
 
 from bts_jax import train as train_lib
-from bts_jax.experiments import runner
+from bts_jax import workdir as workdir_lib
+from bts_jax.experiments import runner, sweeps
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -157,3 +158,154 @@ def test_sweep_script_rejects_a_missing_config_file(tmp_path):
         timeout=120,
     )
     assert done.returncode != 0 and "nope.py" in done.stderr
+
+
+# ----------------------------------------------------------------------------- cluster, folders
+
+
+def test_list_shows_each_cell_with_its_index_and_state(finished, tmp_path):
+    directory, *_ = finished
+    lines = runner.list_cells(tiny_sweep(), directory)
+    # The order of expand_cells: variants as the config lists them (a ConfigDict sorts them).
+    assert [line.split()[:3] for line in lines] == [
+        ["0", "paper/seed_0", "done"],
+        ["1", "paper/seed_1", "done"],
+        ["2", "unet/seed_0", "done"],
+        ["3", "unet/seed_1", "done"],
+    ]
+    fresh = runner.list_cells(tiny_sweep(), tmp_path / "fresh")
+    assert all(line.endswith("new") for line in fresh)
+
+
+def test_a_cell_held_by_a_live_process_is_listed_as_running(finished, tmp_path):
+    directory, *_ = finished
+    cell = os.path.join(directory, "paper", "seed_0")
+    with workdir_lib.WorkdirLock(cell):
+        (line, *_) = runner.list_cells(tiny_sweep(), directory)
+        assert f"running (process {os.getpid()}" in line
+        # A sweep asked for that cell leaves it to its holder instead of failing.
+        status = os.path.join(cell, "cell.json")
+        os.rename(status, status + ".hidden")
+        try:
+            result = runner.run_sweep(
+                tiny_sweep(), directory, train_fn=CountingTrainer(), write_report=False, cells=[0]
+            )
+        finally:
+            os.rename(status + ".hidden", status)
+    assert result["busy"] == ["paper/seed_0"] and result["trained"] == []
+
+
+def test_cell_indices_out_of_range_are_named(finished):
+    directory, *_ = finished
+    with pytest.raises(ValueError, match=r"Cell index \[7\] out of range: the sweep has cells 0-3"):
+        runner.run_sweep(tiny_sweep(), directory, train_fn=CountingTrainer(), cells=[7])
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"test_heldout_fraction": 0.15}, r"sweep.test_heldout_fraction=0.15 .*sweep.test_folder"),
+        ({"test_folder": 3}, r"sweep.test_folder=3 must be a folder path"),
+        ({"variant_seeds": {"vgg": (0,)}}, r"sweep.variant_seeds names \['vgg'\]"),
+        ({"variant_seeds": {"unet": ()}}, r"sweep.variant_seeds.unet must be a non-empty list"),
+    ],
+)
+def test_bad_test_folders_and_variant_seeds_are_named(changes, message):
+    with pytest.raises(ValueError, match=message):
+        sweeps.parse_sweep(tiny_sweep(**changes))
+
+
+def test_variant_seeds_give_a_variant_its_own_cells():
+    definition = sweeps.parse_sweep(tiny_sweep(variant_seeds={"paper": (0, 5)}))
+    names = [cell.name for cell in sweeps.expand_cells(definition, "/sweep")]
+    assert names == ["paper/seed_0", "paper/seed_5", "unet/seed_0", "unet/seed_1"]
+    assert definition.to_json()["variant_seeds"] == {"paper": [0, 5]}
+
+
+@pytest.mark.slow
+def test_a_test_folder_scores_every_cell_and_a_rerun_is_bit_identical(tmp_path):
+    sample = os.path.join(REPO, "bts_jax", "data", "sample")
+    sweep = tiny_sweep(seeds=(0,), paper_model="", test_folder=sample)
+    # (ConfigDict.update merges mappings: the variants are replaced, not updated.)
+    sweep.variants = {"unet": {"model": {"gsconv_in": "", "eca_in": ""}}}
+    sweep.devices_per_run = 0
+    directory = str(tmp_path / "scored")
+    runner.run_sweep(sweep, directory, model_stats=False)
+    cell = os.path.join(directory, "unet", "seed_0")
+    with open(os.path.join(cell, "eval_external_test.json")) as f:
+        scored = json.load(f)
+    assert scored["num_images"] == 60 and scored["test_folder"] == os.path.abspath(sample)
+    with open(os.path.join(directory, "summary.json")) as f:
+        summary = json.load(f)
+    assert summary["sweep"]["test_folder"] == sample and len(summary["finished"]) == 1
+    record = runner.reproduce_cell(sweep, directory, 0)
+    assert record["identical"], record["differences"]
+    assert "best checkpoint: params and batch_stats" in record["compared"]
+    assert "eval_external_test.json" in record["compared"]
+    with open(os.path.join(directory, "reproducibility.json")) as f:
+        assert json.load(f)["identical"] is True
+
+
+TWO_CELLS = """
+import ml_collections
+
+
+def get_config():
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "two_cells"
+    sweep.base_config = "configs/test.py"
+    sweep.overrides = {"data": {"test_fraction": 0.15}, "num_epochs": 1, "num_predictions": 1}
+    sweep.variants = {
+        "unet": {"model": {"gsconv_in": "", "eca_in": ""}},
+        "paper": {"model": {"gsconv_in": "encoder,bottleneck,decoder"}},
+    }
+    sweep.baseline = "unet"
+    sweep.paper_model = "paper"
+    sweep.seeds = (0,)
+    sweep.folds = ()
+    sweep.devices_per_run = 0
+    return sweep
+"""
+
+
+@pytest.mark.slow
+def test_two_processes_run_cells_concurrently_and_report_like_a_sequential_run(tmp_path):
+    definition = tmp_path / "two_cells.py"
+    definition.write_text(TWO_CELLS)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+    def sweep(workdir, *flags):
+        command = [sys.executable, "sweep.py", f"--config={definition}", f"--workdir={workdir}"]
+        return subprocess.Popen(
+            [*command, "--nomodel_stats", *flags],
+            cwd=REPO,
+            env=env,
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+        )
+
+    concurrent = [sweep(tmp_path / "pair", "--cell", str(k)) for k in (0, 1)]
+    sequential = sweep(tmp_path / "one")
+    for proc in (*concurrent, sequential):
+        output, _ = proc.communicate(timeout=900)
+        assert proc.returncode == 0, output[-3000:]
+    assert not os.path.exists(tmp_path / "pair" / "report.md")  # --cell leaves it to report.py
+    done = subprocess.run(
+        [sys.executable, "report.py", str(tmp_path / "pair"), "--nomodel_stats"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    def numbers(folder):
+        with open(folder / "summary.json") as f:
+            summary = json.load(f)
+        for row in summary["variants"].values():
+            row.pop("train_images_per_s"), row.pop("wall_s")
+        return summary["variants"], summary["comparisons"], summary["claims"]
+
+    assert numbers(tmp_path / "pair") == numbers(tmp_path / "one")

@@ -283,6 +283,9 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp
     )
     assert [row["epoch"] for row in resumed_meta["history"]] == [1, 2]
     assert resumed_meta["history"][-1]["val_miou"] == reference_meta["history"][-1]["val_miou"]
+    # Killed mid-epoch 2 (step 9), the resumed run still writes that epoch's train_loss over all
+    # its steps: metrics.jsonl equals the uninterrupted run's but for the measured throughput.
+    assert _rows_without_throughput(workdir) == _rows_without_throughput(reference_dir)
 
 
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -576,6 +579,11 @@ def test_unwritable_workdir_fails_before_set_up_naming_the_path(tmp_path, monkey
         train_lib.train_and_evaluate(tiny_config(), str(tmp_path / "file" / "run"))
 
 
+def _rows_without_throughput(workdir):
+    rows = [json.loads(line) for line in read_text(workdir, "metrics.jsonl").splitlines()]
+    return [{k: v for k, v in row.items() if k != "train_images_per_s"} for row in rows]
+
+
 def _json_files(workdir):
     for root, _, names in os.walk(workdir):
         for name in names:
@@ -665,6 +673,9 @@ def test_killed_at_any_moment_the_resumed_run_ends_like_the_uninterrupted_one(
         return [{k: row[k] for k in keys} for row in history]
 
     assert replayable(resumed_meta["history"]) == replayable(reference_meta["history"])
+    # Killed mid-epoch (step 4 of 6) and resumed: every epoch's train_loss is the uninterrupted
+    # run's too, since a save carries the losses of its epoch so far.
+    assert _rows_without_throughput(workdir) == _rows_without_throughput(reference_dir)
     assert sorted(os.listdir(os.path.join(workdir, "predictions"))) == sorted(
         os.listdir(os.path.join(reference_dir, "predictions"))
     )

@@ -32,6 +32,19 @@ def define_flags() -> None:
     )
     flags.DEFINE_bool("report", True, "Write the report when the cells are done.")
     flags.DEFINE_bool("model_stats", True, "Count parameters and GFLOPs per variant in the report.")
+    flags.DEFINE_bool("list", False, "Print the cells with their index and state, run nothing.")
+    flags.DEFINE_list(
+        "cell",
+        None,
+        "Run only these cells (indices of --list), e.g. a job array's $SLURM_ARRAY_TASK_ID; the "
+        "report is then left to report.py DIR.",
+    )
+    flags.DEFINE_integer(
+        "reproduce",
+        None,
+        "Train finished cell K again from scratch and say whether the rerun is bit-identical "
+        "(DIR/reproducibility.json, shown in the report).",
+    )
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -40,13 +53,26 @@ def main(argv: list[str]) -> None:
     cli_flags.no_extra_arguments(argv)
     from bts_jax.experiments import runner
 
+    if FLAGS.list:
+        print("\n".join(runner.list_cells(FLAGS.config, FLAGS.workdir)))
+        return
+    if FLAGS.reproduce is not None:
+        record = runner.reproduce_cell(FLAGS.config, FLAGS.workdir, FLAGS.reproduce)
+        verdict = "bit-identical" if record["identical"] else "DIFFERENT"
+        print(f"Cell {record['cell']} trained again: {verdict}.")
+        for line in record["differences"]:
+            print(f"  {line}")
+        return
+    cells = None if FLAGS.cell is None else [int(i) for i in FLAGS.cell]
     result = runner.run_sweep(
         FLAGS.config,
         FLAGS.workdir,
-        write_report=FLAGS.report,
+        write_report=FLAGS.report and cells is None,
         model_stats=FLAGS.model_stats,
+        cells=cells,
     )
-    print(f"Trained {len(result['trained'])} cell(s), skipped {len(result['skipped'])} done.")
+    busy = f", left {len(result['busy'])} to other processes" if result["busy"] else ""
+    print(f"Trained {len(result['trained'])} cell(s), skipped {len(result['skipped'])} done{busy}.")
     if result["report"]:
         print(f"Report: {os.path.abspath(result['report']['report'])}")
 

@@ -122,6 +122,10 @@ class InputPipeline:
         self.cache = DataCache() if cache is None else cache
         self._eval_datasets: dict[str, tf.data.Dataset | None] = {}
 
+    def source_examples(self) -> list[Example]:
+        """Every example of the validated source, before any split (sorted by id)."""
+        return list(get_examples(self.config.data, validate=True, cache=self.cache))
+
     def examples(self, split: str) -> list[Example]:
         """The split's examples of a validated source (each file checked once per cache).
 
@@ -196,10 +200,16 @@ class InputPipeline:
 
         Returns:
           An iterator of host-local batches; padding entries have ``valid=False``.
+
+        Raises:
+          ValueError: the split holds no image; the message gives every split's size and the
+            settings that made them.
         """
         config = self.config
         local_batch = local_batch_size(config, split, self.process_count)
         examples = self.examples(split)
+        if not examples:
+            raise ValueError(self._empty_split_message(split))
         if split not in self._eval_datasets:
             shard = host_shard(examples, config.seed, self.process_index, self.process_count)
             order = np.arange(len(shard))
@@ -221,6 +231,18 @@ class InputPipeline:
                 yield _padding_batch(local_batch, size)
 
         return batches()
+
+    def _empty_split_message(self, split: str) -> str:
+        sizes = ", ".join(f"{name} {len(self.examples(name))}" for name in SPLITS)
+        data = self.config.data
+        return (
+            f"Nothing to evaluate: the {split} split holds 0 of the "
+            f"{len(self.source_examples())} images of config.data.source={data.source!r} "
+            f"({sizes}; config.data.val_fraction={data.val_fraction}, "
+            f"config.data.test_fraction={data.get('test_fraction', 0.0)}, "
+            f"config.eval_batch_size={self.config.eval_batch_size}). Evaluate another split, or "
+            "split the data so that this one holds images."
+        )
 
     def _dataset(
         self,

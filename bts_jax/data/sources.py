@@ -180,8 +180,9 @@ def list_folder(data_dir: str, setting: str = "config.data.data_dir") -> list[Ex
 
 
 def _warn(message: str) -> None:
-    logging.warning(message)
-    warnings.warn(message, stacklevel=3)
+    # One channel (a Python warning, not also a log record), issued from this line: Python shows
+    # a warning once per text and location, so a folder listed several times warns once.
+    warnings.warn(message, stacklevel=1)
 
 
 @dataclasses.dataclass(frozen=True)

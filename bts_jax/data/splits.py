@@ -41,9 +41,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import ml_collections
 import numpy as np
 
-from bts_jax.data.sources import Example, get_examples, id_sort_key
+from bts_jax.data.sources import (
+    SAMPLE_DIRS,
+    UNKNOWN_LABEL,
+    Example,
+    get_examples,
+    id_sort_key,
+    list_folder,
+)
 
 SPLITS = ("train", "validation", "test")
 # The ``config.data`` fields that decide which images a split holds: two runs that differ in one of
@@ -296,3 +304,44 @@ def split_record(config: Any) -> dict[str, Any]:
         "subset_size": int(data.subset_size),
     }
     return {"settings": settings, **get_split_ids(config)}
+
+
+def heldout_block(data_dir: str, fraction: float) -> list[Example]:
+    """Patients that no bundled sample holds: per tumour type, the last ids of a labelled folder.
+
+    The last ``fraction`` of each tumour type's ids in ascending order (the blocked split's
+    validation block), minus every id of a bundled sample (`bts_jax.data.sources.SAMPLE_DIRS`).
+    ``tools/make_sample_128.py`` bundles only ids before those blocks, so a model trained on the
+    bundled samples never saw these patients (consecutive ids are mostly slices of one patient).
+
+    Args:
+      data_dir: a folder in the Kaggle layout with ``metadata.csv`` (tumour types).
+      fraction: share of each type's last ids, in (0, 1).
+
+    Returns:
+      The examples, sorted by id.
+
+    Raises:
+      ValueError: a fraction outside (0, 1), or a folder without tumour types (the blocks are
+        per type); both named.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"The held-out fraction {fraction} must lie in (0, 1).")
+    examples = list_folder(data_dir, "the held-out folder")
+    if all(e.label == UNKNOWN_LABEL for e in examples):
+        raise ValueError(f"{data_dir} has no metadata.csv with tumour types (label column).")
+    config = ml_collections.ConfigDict(
+        {
+            "seed": 0,
+            "data": {
+                "split_method": "blocked",
+                "val_fraction": fraction,
+                "split_gap": 0,
+                "num_folds": 5,
+                "fold": 0,
+                "subset_size": 0,
+            },
+        }
+    )
+    bundled = {e.id for folder in SAMPLE_DIRS.values() for e in list_folder(folder)}
+    return [e for e in split_examples(config, examples)["validation"] if e.id not in bundled]

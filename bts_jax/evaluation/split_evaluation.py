@@ -145,7 +145,10 @@ def evaluate(
             if ok and str(image_id) in keep_ids:
                 kept[str(image_id)] = np.asarray(prediction, np.uint8)
     if num_batches == 0:
-        raise ValueError("The evaluation split produced no batches.")
+        raise ValueError(
+            "The evaluation produced no batches: the batches given were empty (an evaluation "
+            "split with no image?)."
+        )
     if per_image and jax.process_count() > 1:
         # Every host gets every host's per-image results, so the metrics agree everywhere.
         ids, lists = _gather_per_image(evaluator, slots)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from bts_jax.experiments import stats
+from bts_jax.experiments import power, stats
 from bts_jax.experiments.results import Run
 
 
@@ -58,6 +58,9 @@ SEED_COMPARISON_METRICS = ("miou", "dice", "hd95_mm", "boundary_iou")
 
 
 IMAGE_COMPARISON_METRICS = ("dice", "hd95_px")
+# The difference whose cost in seeds the report states, for the metrics on a 0-1 scale.
+TARGET_DIFFERENCE = 0.01
+UNIT_SCALE_METRICS = ("dice", "miou", "boundary_iou", "iou_tumour")
 
 
 def _finite_mean(values: Iterable[float]) -> float:
@@ -155,6 +158,7 @@ def compare_with_baseline(
     *,
     confidence: float = 0.95,
     seed: int = 0,
+    alpha: float = 0.05,
 ) -> list[dict[str, Any]]:
     """Paired comparisons of every other variant with the baseline, Holm-adjusted together.
 
@@ -163,19 +167,27 @@ def compare_with_baseline(
     Wilcoxon signed-rank test over the test images both tested (`image_values`). Only runs whose
     (seed, fold) finished in both variants are used. Differences are variant - baseline.
 
+    Each comparison also states its power (`bts_jax.experiments.power`): the smallest difference
+    it would detect with probability 0.8 at Holm's strictest level ``alpha / m`` (m tests; the
+    k-th ranked is tested at ``alpha / (m - k + 1)``, so this bound holds for every rank), and,
+    for the metrics on a 0-1 scale over seeds, the seeds a difference of `TARGET_DIFFERENCE`
+    would need.
+
     Args:
       runs_by_variant: variant -> its finished runs (variants without runs are skipped).
       baseline: the reference variant.
       confidence: the intervals' confidence level.
       seed: seed of the Wilcoxon bootstrap intervals.
+      alpha: the family's significance level (for the power figures).
 
     Returns:
       One dict per comparison: ``variant``, ``metric``, ``over`` ("seeds" or "images"),
-      ``higher_is_better``, the `stats.PairedComparison` fields, and ``pvalue_holm`` (adjusted
-      over every comparison in the list that has a p-value).
+      ``higher_is_better``, the `stats.PairedComparison` fields, ``pvalue_holm`` (adjusted
+      over every comparison in the list that has a p-value), ``detectable`` (the difference
+      detectable with power 0.8) and ``seeds_needed`` (for `TARGET_DIFFERENCE`, or None).
     """
     base_runs = runs_by_variant.get(baseline, ())
-    rows = []
+    rows, pairs = [], []
     for variant, runs in runs_by_variant.items():
         if variant == baseline or not runs or not base_runs:
             continue
@@ -188,6 +200,7 @@ def compare_with_baseline(
                 [a[s] for s in seeds], [b[s] for s in seeds], confidence=confidence
             )
             rows.append(_comparison_row(variant, metric, "seeds", result))
+            pairs.append(([a[s] for s in seeds], [b[s] for s in seeds]))
         for column in IMAGE_COMPARISON_METRICS:
             a = image_values(base_runs, column, keys)
             b = image_values(runs, column, keys)
@@ -196,9 +209,17 @@ def compare_with_baseline(
                 [a[i] for i in ids], [b[i] for i in ids], confidence=confidence, seed=seed
             )
             rows.append(_comparison_row(variant, column, "images", result))
+            pairs.append(([a[i] for i in ids], [b[i] for i in ids]))
     adjusted = stats.holm([row["pvalue"] for row in rows])
-    for row, p in zip(rows, adjusted, strict=True):
+    level = alpha / max(1, sum(math.isfinite(row["pvalue"]) for row in rows))
+    for row, p, (a, b) in zip(rows, adjusted, pairs, strict=True):
         row["pvalue_holm"] = float(p)
+        row["detectable"] = power.detectable_difference(a, b, level)
+        unit_scale = row["over"] == "seeds" and row["metric"] in UNIT_SCALE_METRICS
+        row["seeds_needed"] = (
+            power.pairs_needed(a, b, TARGET_DIFFERENCE, level) if unit_scale else None
+        )
+        row["power_alpha"] = level
     return rows
 
 
@@ -238,3 +259,42 @@ def mean_curve(
         np.array([v.min() for v in values]),
         np.array([v.max() for v in values]),
     )
+
+
+def type_values(runs: Sequence[Run], keys: set | None = None) -> dict[str, dict[int, float]]:
+    """Per tumour type, one value per seed: the Dice of the type's test pixels, pooled.
+
+    A type's Dice over a run's images is ``sum(Dice_i * (P_i + T_i)) / sum(P_i + T_i)`` over its
+    images (P, T: predicted and true tumour pixels), which is ``2 TP / (P + T)`` pooled over them:
+    the split-level Dice restricted to the type. A seed's value is the mean over its folds.
+
+    Args:
+      runs: runs of one variant.
+      keys: if given, only runs whose (seed, fold) is in it.
+
+    Returns:
+      tumour type -> {seed: value}, types in order of first appearance.
+    """
+    by_type: dict[str, dict[int, list[float]]] = {}
+    for run in runs:
+        if keys is not None and run.key not in keys:
+            continue
+        table = run.per_image
+        pixels = table["truth_pixels"] + table["pred_pixels"]
+        for kind in dict.fromkeys(map(str, table["tumour_type"])):
+            chosen = (table["tumour_type"] == kind) & (pixels > 0)
+            total = pixels[chosen].sum()
+            value = float((table["dice"][chosen] * pixels[chosen]).sum() / total) if total else 1.0
+            by_type.setdefault(kind, {}).setdefault(run.seed, []).append(value)
+    return {
+        kind: {seed: _finite_mean(values) for seed, values in sorted(seeds.items())}
+        for kind, seeds in by_type.items()
+    }
+
+
+def summarize_types(runs: Sequence[Run], confidence: float = 0.95) -> dict[str, dict[str, Any]]:
+    """Per tumour type, the `type_values` over seeds: mean, std and interval (`stats.mean_ci`)."""
+    return {
+        kind: dataclasses.asdict(stats.mean_ci(list(values.values()), confidence))
+        for kind, values in type_values(runs).items()
+    }

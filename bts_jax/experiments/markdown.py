@@ -70,6 +70,8 @@ def report_markdown(
     claims: Sequence[Mapping[str, Any]],
     figures: Mapping[str, str],
     alpha: float,
+    provenance: Mapping[str, Any] | None = None,
+    reproducibility: Mapping[str, Any] | None = None,
 ) -> str:
     """The text of ``report.md``.
 
@@ -78,21 +80,41 @@ def report_markdown(
       runs: its finished runs.
       missing: its unfinished cells.
       variant_stats: variant -> `bts_jax.experiments.analysis.summarize_variant` row (with
-        ``params`` and ``gflops``).
+        ``params``, ``gflops`` and ``types``, `bts_jax.experiments.analysis.summarize_types`).
       comparisons: `bts_jax.experiments.analysis.compare_with_baseline` rows.
       claims: `bts_jax.experiments.claims.claim_verdicts`.
       figures: title -> PNG path of each figure.
       alpha: the significance level of the verdicts.
+      provenance: `bts_jax.experiments.provenance.environments` of the runs.
+      reproducibility: the sweep's ``reproducibility.json`` (`bts_jax.experiments.cells`).
 
     Returns:
       The markdown.
     """
+    lines = _header(sweep, runs, missing)
+    lines += _variant_table(variant_stats)
+    lines += _type_table(variant_stats)
+    lines += _comparison_table(sweep, comparisons)
+    lines += _claim_lines(claims, alpha)
+    lines += _provenance_lines(provenance, reproducibility)
+    if missing:
+        lines += ["## Missing cells", "", "Not averaged:", ""]
+        for m in missing:
+            lines.append(f"- {_cell_name(m.variant, m.seed, m.fold)}: {m.reason} (`{m.path}`)")
+        lines.append("")
+    lines += ["## Figures", ""]
+    for title, path in figures.items():
+        lines += [f"![{title}]({os.path.basename(path)})", ""]
+    return "\n".join(lines)
+
+
+def _header(sweep: SweepDefinition, runs: Sequence[Run], missing: Sequence[MissingCell]):
     lines = [f"# Sweep report: {sweep.name}", ""]
     folds = "none" if sweep.folds is None else ", ".join(map(str, sweep.folds))
     lines += [
         f"- Base config: `{sweep.base_config}`; baseline: **{sweep.baseline}**; paper model: "
         f"**{sweep.paper_model or 'not given'}**.",
-        f"- Seeds: {', '.join(map(str, sweep.seeds))}; folds: {folds}. "
+        f"- Seeds: {', '.join(map(str, sweep.seeds))}{_own_seeds(sweep)}; folds: {folds}. "
         f"{len(runs)} finished runs, {len(missing)} missing.",
     ]
     protocol = split_protocol(runs)
@@ -102,6 +124,17 @@ def report_markdown(
         )
     if not protocol["consistent"]:
         lines.append("- **Warning: the runs were split differently (see above).**")
+    if sweep.test_folder:
+        block = (
+            f"the last {sweep.test_heldout_fraction:g} of each tumour type's ids, minus the "
+            "bundled samples' ids (patients no cell trained or selected on), "
+            if sweep.test_heldout_fraction
+            else ""
+        )
+        lines.append(
+            f"- **Test set**: the external folder `{sweep.test_folder}`: {block}each image scored "
+            "at its own size (`eval_external_test.json` of each cell)."
+        )
     if runs:
         same = "the same images in every run"
         if not protocol["same_test_images"]:
@@ -111,9 +144,16 @@ def report_markdown(
             )
         sizes = ", ".join(map(str, protocol["num_test_images"]))
         lines.append(f"- Test images per run: {sizes}; {same}.")
-    lines.append("")
+    return lines + [""]
 
-    lines += [
+
+def _own_seeds(sweep: SweepDefinition) -> str:
+    own = [f"{name}: {', '.join(map(str, seeds))}" for name, seeds in sweep.variant_seeds.items()]
+    return f" ({'; '.join(own)})" if own else ""
+
+
+def _variant_table(variant_stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    lines = [
         "## Test metrics per variant",
         "",
         "Mean ± std [95% t interval] over seeds (a seed's value is the mean over its folds). "
@@ -134,10 +174,35 @@ def report_markdown(
             fmt(row["train_images_per_s"], 1),
         ]
         lines.append("| " + " | ".join(cells) + " |")
-    lines.append("")
+    return lines + [""]
 
+
+def _type_table(variant_stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    kinds = list(dict.fromkeys(k for row in variant_stats.values() for k in row.get("types", {})))
+    if not kinds:
+        return []
+    lines = [
+        "## Test Dice per tumour type",
+        "",
+        "Each type's Dice over its test pixels (pooled over its images), mean ± std over seeds.",
+        "",
+        "| variant | " + " | ".join(kinds) + " |",
+        "|---|" + "---|" * len(kinds),
+    ]
+    for name, row in variant_stats.items():
+        types = row.get("types", {})
+        cells = [
+            f"{fmt(types[k]['mean'], 3)} ± {fmt(types[k]['std'], 3)}" if k in types else "n/a"
+            for k in kinds
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
+def _comparison_table(sweep: SweepDefinition, comparisons: Sequence[Mapping[str, Any]]):
     tested = [c for c in comparisons if math.isfinite(c["pvalue"])]
-    lines += [
+    level = comparisons[0].get("power_alpha") if comparisons else None
+    lines = [
         f"## Paired comparisons with {sweep.baseline}",
         "",
         f"{len(comparisons)} comparisons ({len(tested)} with a p-value); Holm's correction over "
@@ -147,13 +212,22 @@ def report_markdown(
         "rank-biserial r, Hodges-Lehmann difference with a bootstrap interval. HD95 per image is "
         "in pixels.",
         "",
+        f"**Power.** *Detectable* is the smallest difference the comparison would find with "
+        f"probability 0.8 at Holm's strictest level (alpha / {len(tested) or 1} = "
+        f"{fmt(level, 4)}), from the spread of its paired differences (statsmodels' noncentral "
+        "t; the t-test's figure for the Wilcoxon rows): a *not significant* row means no "
+        "difference larger than that. *Seeds for 0.01* is how many seeds a difference of 0.01 "
+        "would need at that spread.",
+        "",
     ]
     header = ["variant", "metric", "over", "n", "difference [95% CI]", "effect", "p", "Holm p"]
+    header += ["detectable", "seeds for 0.01"]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for c in comparisons:
         digits = METRICS[c["metric"]].digits
         effect = "d_z" if c["effect_name"] == "cohens_dz" else "r"
         better = "higher" if c["higher_is_better"] else "lower"
+        needed = c.get("seeds_needed")
         cells = [
             c["variant"],
             f"{METRICS[c['metric']].label} ({better} is better)",
@@ -164,13 +238,17 @@ def report_markdown(
             f"{effect} = {fmt(c['effect'], 2)}",
             fmt_p(c["pvalue"]),
             fmt_p(c["pvalue_holm"]),
+            fmt(c.get("detectable"), digits),
+            "" if needed is None else fmt(needed, 0),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     if not comparisons:
-        lines.append("| (no variant with finished runs besides the baseline) |" + " |" * 7)
-    lines.append("")
+        lines.append("| (no variant with finished runs besides the baseline) |" + " |" * 9)
+    return lines + [""]
 
-    lines += [
+
+def _claim_lines(claims: Sequence[Mapping[str, Any]], alpha: float) -> list[str]:
+    lines = [
         "## Claims of the paper",
         "",
         f"Verdicts (a) and (b) from the seed-level tests at alpha = {alpha} (Holm-adjusted): "
@@ -181,18 +259,35 @@ def report_markdown(
         lines.append(
             f"- ({claim['id']}) {claim['claim']} **{claim['verdict']}**: {claim['details']}"
         )
-    lines.append("")
+    return lines + [""]
 
-    if missing:
-        lines += ["## Missing cells", "", "Not averaged:", ""]
-        for m in missing:
-            lines.append(f"- {_cell_name(m.variant, m.seed, m.fold)}: {m.reason} (`{m.path}`)")
-        lines.append("")
 
-    lines += ["## Figures", ""]
-    for title, path in figures.items():
-        lines += [f"![{title}]({os.path.basename(path)})", ""]
-    return "\n".join(lines)
+def _provenance_lines(
+    provenance: Mapping[str, Any] | None, reproducibility: Mapping[str, Any] | None
+) -> list[str]:
+    lines = ["## Provenance", ""]
+    if provenance:
+        for env in provenance["environments"]:
+            lines.append(f"- {len(env['runs'])} run(s): {env['description']}.")
+        if provenance["missing"]:
+            lines.append(f"- No environment.json: {', '.join(provenance['missing'])}.")
+        for warning in provenance["warnings"]:
+            lines.append(f"- **Warning: the cells ran in different environments.** {warning}.")
+    if reproducibility is None:
+        lines.append(
+            "- Reproducibility: not checked (`sweep.py --reproduce K` trains a cell again)."
+        )
+    elif reproducibility["identical"]:
+        lines.append(
+            f"- Reproducibility: cell {reproducibility['cell']} trained again from scratch gave "
+            f"bit-identical {', '.join(reproducibility['compared'])}."
+        )
+    else:
+        lines.append(
+            f"- Reproducibility: cell {reproducibility['cell']} trained again from scratch "
+            f"differs: {'; '.join(reproducibility['differences'])}."
+        )
+    return lines + [""]
 
 
 def write_summary_csv(path: str, variant_stats: Mapping[str, Mapping[str, Any]]) -> None:

@@ -17,10 +17,16 @@ from collections.abc import Callable
 
 from bts_jax import jsonio
 from bts_jax.experiments import analysis
-from bts_jax.experiments.analysis import compare_with_baseline, summarize_variant
+from bts_jax.experiments.analysis import (
+    compare_with_baseline,
+    summarize_types,
+    summarize_variant,
+)
+from bts_jax.experiments.cells import read_reproducibility
 from bts_jax.experiments.claims import claim_verdicts
 from bts_jax.experiments.figures import plot_test_dice, plot_validation_curves
 from bts_jax.experiments.markdown import report_markdown, write_summary_csv
+from bts_jax.experiments.provenance import environments
 from bts_jax.experiments.results import load_runs, split_protocol
 from bts_jax.experiments.sweeps import SweepDefinition, load_sweep
 
@@ -74,11 +80,13 @@ def write_report(
     variant_stats = {}
     for name, variant_runs in runs_by_variant.items():
         row = summarize_variant(variant_runs, confidence)
-        row.update(params=None, gflops=None)
+        row.update(params=None, gflops=None, types=summarize_types(variant_runs, confidence))
         if model_stats and variant_runs:
             row.update(analysis.model_stats(variant_runs[0]))
         variant_stats[name] = row
-    comparisons = compare_with_baseline(runs_by_variant, sweep.baseline, confidence=confidence)
+    comparisons = compare_with_baseline(
+        runs_by_variant, sweep.baseline, confidence=confidence, alpha=alpha
+    )
     claims = claim_verdicts(sweep, runs_by_variant, variant_stats, comparisons, alpha=alpha)
 
     figures = {
@@ -99,8 +107,19 @@ def write_report(
         "summary_csv": os.path.join(directory, SUMMARY_CSV),
         "summary_json": os.path.join(directory, SUMMARY_JSON),
     }
+    provenance = environments(runs)
+    reproducibility = read_reproducibility(directory)
     markdown = report_markdown(
-        sweep, runs, missing, variant_stats, comparisons, claims, figures, alpha
+        sweep,
+        runs,
+        missing,
+        variant_stats,
+        comparisons,
+        claims,
+        figures,
+        alpha,
+        provenance=provenance,
+        reproducibility=reproducibility,
     )
     jsonio.write_text(paths["report"], markdown)
     write_summary_csv(paths["summary_csv"], variant_stats)
@@ -118,6 +137,8 @@ def write_report(
         ],
         "missing": [dataclasses.asdict(m) for m in missing],
         "figures": {title: os.path.basename(path) for title, path in figures.items()},
+        "provenance": provenance,
+        "reproducibility": reproducibility,
     }
     jsonio.write_json(paths["summary_json"], summary, indent=1)
     return {**paths, **{title: path for title, path in figures.items()}}

@@ -14,9 +14,11 @@ import numpy as np
 from bts_jax import jsonio
 from bts_jax.evaluation import PER_IMAGE_COLUMNS
 from bts_jax.experiments.sweeps import CELL_FILE, SweepDefinition, cell_dir, read_cell_status
+from bts_jax.workdir.environment import read_environment
 from bts_jax.workdir.layout import CONFIG_FILE, METRICS_JSONL, eval_file, per_image_file
 
-# The files of a finished cell that the report reads.
+# The files of a finished cell that the report reads, for a sweep scored on the cells' own
+# test split; a sweep with a test folder reads eval_external_test.json and its CSV instead.
 EVAL_FILE = eval_file("test")
 PER_IMAGE_FILE = per_image_file("test")
 
@@ -36,6 +38,7 @@ class Run:
         ``"tumour_type"`` as strings, the others float, empty read as NaN).
       history: the per-epoch records of ``metrics.jsonl``.
       wall_s: the run's wall-clock seconds (``cell.json``).
+      environment: the last record of its ``environment.json`` (None for runs without one).
     """
 
     variant: str
@@ -47,6 +50,7 @@ class Run:
     per_image: dict[str, np.ndarray]
     history: list[dict[str, Any]]
     wall_s: float
+    environment: dict[str, Any] | None = None
 
     @property
     def key(self) -> tuple[int, int | None]:
@@ -106,8 +110,9 @@ def read_per_image(path: str) -> dict[str, np.ndarray]:
     return columns
 
 
-def _load_cell(path: str) -> tuple[dict[str, Any] | None, str]:
+def _load_cell(path: str, test_split: str) -> tuple[dict[str, Any] | None, str]:
     """The cell's files, or None and the reason it cannot be used."""
+    eval_name, per_image_name = eval_file(test_split), per_image_file(test_split)
     if not os.path.isdir(path):
         return None, "no cell folder"
     status = read_cell_status(path)
@@ -115,18 +120,19 @@ def _load_cell(path: str) -> tuple[dict[str, Any] | None, str]:
         return None, f"no {CELL_FILE}"
     if status.get("status") != "done":
         return None, f"status {status.get('status')!r}"
-    for name in (CONFIG_FILE, EVAL_FILE, PER_IMAGE_FILE, METRICS_JSONL):
+    for name in (CONFIG_FILE, eval_name, per_image_name, METRICS_JSONL):
         if not os.path.isfile(os.path.join(path, name)):
             return None, f"done but {name} is missing"
     config = jsonio.read_json(os.path.join(path, CONFIG_FILE))
-    evaluated = jsonio.read_json(os.path.join(path, EVAL_FILE))
+    evaluated = jsonio.read_json(os.path.join(path, eval_name))
     test = {k: _float(v) for k, v in evaluated.items() if not isinstance(v, str)}
     files = {
         "config": config,
         "test": test,
-        "per_image": read_per_image(os.path.join(path, PER_IMAGE_FILE)),
+        "per_image": read_per_image(os.path.join(path, per_image_name)),
         "history": jsonio.read_jsonl(os.path.join(path, METRICS_JSONL)),
         "wall_s": _float(status.get("wall_s")),
+        "environment": (read_environment(path) or [None])[-1],
     }
     return files, ""
 
@@ -144,9 +150,9 @@ def load_runs(sweep: SweepDefinition, directory: str) -> tuple[list[Run], list[M
     runs, missing = [], []
     for variant in sweep.variants:
         for fold in sweep.folds or (None,):
-            for seed in sweep.seeds:
+            for seed in sweep.seeds_of(variant):
                 path = cell_dir(directory, variant, seed, fold)
-                files, reason = _load_cell(path)
+                files, reason = _load_cell(path, sweep.test_split)
                 if files is None:
                     missing.append(MissingCell(variant, seed, fold, path, reason))
                 else:

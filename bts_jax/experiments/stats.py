@@ -87,7 +87,8 @@ def _finite(values: Sequence[float] | np.ndarray, name: str) -> np.ndarray:
     return array[np.isfinite(array)]
 
 
-def _paired_differences(a, b) -> np.ndarray:
+def paired_differences(a, b) -> np.ndarray:
+    """``b - a`` over the pairs where both are finite (1-D arrays of one length; else an error)."""
     a = np.asarray(a, dtype=np.float64)
     b = np.asarray(b, dtype=np.float64)
     if a.ndim != 1 or a.shape != b.shape:
@@ -156,7 +157,7 @@ def paired_ttest(
       A `PairedComparison` (test "paired t-test", effect "cohens_dz").
     """
     _check_confidence(confidence)
-    d = _paired_differences(a, b)
+    d = paired_differences(a, b)
     n = len(d)
     nan = math.nan
 
@@ -282,7 +283,7 @@ def wilcoxon_paired(
       A `PairedComparison` (test "Wilcoxon signed-rank", effect "rank_biserial").
     """
     _check_confidence(confidence)
-    d = _paired_differences(a, b)
+    d = paired_differences(a, b)
     n = len(d)
     nan = math.nan
 

@@ -23,6 +23,8 @@ from bts_jax.config_tools import apply_overrides, flatten
 
 SWEEP_FILE = "sweep.json"
 CELL_FILE = "cell.json"
+# The evaluation of a cell on the sweep's test folder: eval_external_test.json and its CSV.
+EXTERNAL_TEST = "external_test"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -39,6 +41,12 @@ class SweepDefinition:
       seeds: the seeds.
       folds: the folds, or None.
       devices_per_run: devices of one cell (0 = all devices, cells one after another).
+      test_folder: a labelled folder every cell is also scored on, at each image's own size, as
+        the report's test set (``None``: the cells' own test split).
+      test_heldout_fraction: with ``test_folder``, score only the last fraction of each tumour
+        type's ids minus the bundled samples' ids (`bts_jax.data.splits.heldout_block`); 0 = all.
+      variant_seeds: variant -> its own seeds, for variants run with fewer (or other) seeds than
+        ``seeds``; comparisons pair the seeds two variants share.
     """
 
     name: str
@@ -50,6 +58,18 @@ class SweepDefinition:
     seeds: tuple[int, ...]
     folds: tuple[int, ...] | None
     devices_per_run: int = 0
+    test_folder: str | None = None
+    test_heldout_fraction: float = 0.0
+    variant_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+
+    def seeds_of(self, variant: str) -> tuple[int, ...]:
+        """The seeds a variant runs: its own (``variant_seeds``) or the sweep's."""
+        return self.variant_seeds.get(variant, self.seeds)
+
+    @property
+    def test_split(self) -> str:
+        """The evaluation the report treats as the test set: "external_test" or "test"."""
+        return EXTERNAL_TEST if self.test_folder else "test"
 
     def to_json(self) -> dict[str, Any]:
         """The ``sweep.json`` content (what `load_sweep` reads)."""
@@ -62,6 +82,9 @@ class SweepDefinition:
             "paper_model": self.paper_model,
             "seeds": list(self.seeds),
             "folds": None if self.folds is None else list(self.folds),
+            "test_folder": self.test_folder,
+            "test_heldout_fraction": self.test_heldout_fraction,
+            "variant_seeds": {name: list(seeds) for name, seeds in self.variant_seeds.items()},
         }
 
 
@@ -164,6 +187,24 @@ def _validated(fields: Mapping[str, Any], names: _FieldNames) -> SweepDefinition
         raise ValueError(
             f"{names.setting('devices_per_run', devices_per_run)} must be >= 0 (0 = all)."
         )
+    test_folder = fields.get("test_folder") or None
+    if test_folder is not None and not isinstance(test_folder, str):
+        raise ValueError(f"{names.setting('test_folder', test_folder)} must be a folder path.")
+    fraction = float(fields.get("test_heldout_fraction") or 0.0)
+    if not 0.0 <= fraction < 1.0 or (fraction and not test_folder):
+        raise ValueError(
+            f"{names.setting('test_heldout_fraction', fraction)} must lie in [0, 1) and needs "
+            f"{names.field('test_folder')}."
+        )
+    own_seeds = fields.get("variant_seeds") or {}
+    if not isinstance(own_seeds, Mapping | ml_collections.ConfigDict):
+        raise ValueError(f"{names.field('variant_seeds')} must map variant names to seeds.")
+    unknown = sorted(set(own_seeds) - set(parsed_variants))
+    if unknown:
+        raise ValueError(
+            f"{names.field('variant_seeds')} names {unknown}, which are not variants "
+            f"({sorted(parsed_variants)})."
+        )
     return SweepDefinition(
         name=str(fields["name"]),
         base_config=str(fields["base_config"]),
@@ -174,6 +215,12 @@ def _validated(fields: Mapping[str, Any], names: _FieldNames) -> SweepDefinition
         seeds=_int_tuple(fields["seeds"], names.field("seeds")),
         folds=_int_tuple(folds, names.field("folds")) if folds else None,
         devices_per_run=devices_per_run,
+        test_folder=test_folder,
+        test_heldout_fraction=fraction,
+        variant_seeds={
+            name: _int_tuple(seeds, f"{names.field('variant_seeds')}.{name}")
+            for name, seeds in own_seeds.items()
+        },
     )
 
 
@@ -183,7 +230,8 @@ def parse_sweep(sweep: ml_collections.ConfigDict) -> SweepDefinition:
     Args:
       sweep: the sweep's ConfigDict: ``name``, ``base_config``, ``overrides`` (nested fields),
         ``variants`` (name -> nested fields), ``baseline``, ``paper_model`` (or ""), ``seeds``,
-        ``folds`` (or empty), ``devices_per_run``.
+        ``folds`` (or empty), ``devices_per_run``; optionally ``test_folder``,
+        ``test_heldout_fraction`` and ``variant_seeds``.
 
     Returns:
       The `SweepDefinition`.
@@ -252,7 +300,7 @@ def expand_cells(definition: SweepDefinition, directory: str) -> list[Cell]:
         Cell(variant, seed, fold, cell_dir(directory, variant, seed, fold))
         for variant in definition.variants
         for fold in folds
-        for seed in definition.seeds
+        for seed in definition.seeds_of(variant)
     ]
 
 

@@ -24,6 +24,7 @@ from bts_jax import evaluation
 from bts_jax import workdir as workdir_lib
 from bts_jax.data.formats import MASK_THRESHOLD
 from bts_jax.data.sources import id_sort_key
+from bts_jax.evaluation.figures import load_source
 from bts_jax.inference.members import load_members, member_records
 from bts_jax.inference.predict import batch_probabilities, predict_probabilities
 from bts_jax.inference.settings import PredictionSettings, settings_tag
@@ -133,6 +134,71 @@ def evaluate_predictions(
     return found
 
 
+def evaluate_examples(
+    workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+    examples: Sequence[data_lib.Example],
+    *,
+    which: str = "best",
+    settings: PredictionSettings | None = None,
+    batch_size: int = 8,
+) -> evaluation.Evaluation:
+    """Scores one workdir or an ensemble on labelled examples, each image at its own size.
+
+    Each image is predicted as ``predict.py`` does (preprocessed, then mapped back to its own
+    pixel grid, TTA and post-processing applied there) and scored against its own mask with the
+    metrics of `bts_jax.evaluation.SegmentationEvaluator`: split-level counts over all pixels at
+    native sizes, and per-image Dice, IoU, HD95 (mm from each image's size) and boundary IoU.
+
+    Args:
+      workdirs: a workdir or several (an ensemble; see `bts_jax.inference.load_members`).
+      examples: the images and masks (files or encoded bytes), e.g. a folder's.
+      which: checkpoint of each, "best" or "latest".
+      settings: TTA, threshold and post-processing (default: none, threshold 0.5).
+      batch_size: images per forward pass.
+
+    Returns:
+      The `bts_jax.evaluation.Evaluation` (no ``loss``), per-image rows sorted by id.
+
+    Raises:
+      ValueError: no examples, or workdirs that cannot be ensembled.
+    """
+    if not examples:
+        raise ValueError("No labelled images to score.")
+    settings = settings or PredictionSettings()
+    workdirs = [workdirs] if isinstance(workdirs, str | os.PathLike) else list(workdirs)
+    config, members = load_members(workdirs, which)
+    num_classes = int(config.model.num_classes)
+    evaluator = evaluation.SegmentationEvaluator(num_classes)
+    # Chunks bound host memory on folders of thousands of images.
+    for start in range(0, len(examples), 64):
+        chunk = examples[start : start + 64]
+        images = [_read_image(e.image) for e in chunk]
+        probabilities = predict_probabilities(
+            members, images, config.data, tta=settings.tta, batch_size=batch_size
+        )
+        for example, probs in zip(chunk, probabilities, strict=True):
+            truth = (load_source(example.mask) > MASK_THRESHOLD).astype(np.int32)[None]
+            prediction = settings.to_mask(probs)[None].astype(np.int32)
+            # Each image has its own size: its counts, with the device rules, compiled per size.
+            confusion = _image_confusion(prediction, truth, num_classes)
+            evaluator.update(confusion, prediction, truth, ids=[example.id])
+    rows = sorted(evaluator.per_image_rows(), key=lambda row: id_sort_key(row["id"]))
+    return evaluation.Evaluation(
+        metrics={k: float(v) for k, v in evaluator.result().items()},
+        per_image=rows,
+        predictions={},
+    )
+
+
+def _read_image(source: str | bytes) -> np.ndarray:
+    """An image as ``predict.py`` reads it: any file format it takes, or encoded bytes (TFDS)."""
+    return data_lib.read_image_file(source) if isinstance(source, str) else load_source(source)
+
+
+# One compiled confusion count per image size (the eager version dispatches op by op).
+_image_confusion = jax.jit(evaluation.confusion_matrix, static_argnums=2)
+
+
 def evaluate_folder(
     workdirs: str | os.PathLike | Sequence[str | os.PathLike],
     data_dir: str | os.PathLike,
@@ -144,11 +210,8 @@ def evaluate_folder(
     """Scores one workdir or an ensemble on any labelled folder, at each image's own size.
 
     The folder is in the Kaggle layout (``images/``, ``masks/``, optional ``metadata.csv``) and is
-    checked like a training folder (every file decoded; errors name the file). Each image is
-    predicted as ``predict.py`` does (preprocessed, then mapped back to its own pixel grid, TTA and
-    post-processing applied there) and scored against its own mask with the metrics of
-    `bts_jax.evaluation.SegmentationEvaluator`: split-level counts over all pixels at native sizes,
-    and per-image Dice, IoU, HD95 (mm from each image's size) and boundary IoU.
+    checked like a training folder (every file decoded; errors name the file); its images are
+    scored by `evaluate_examples`.
 
     Args:
       workdirs: a workdir or several (an ensemble; see `bts_jax.inference.load_members`).
@@ -165,31 +228,10 @@ def evaluate_folder(
       FileNotFoundError, ValueError: a missing or broken folder (the file is named), or workdirs
         that cannot be ensembled.
     """
-    settings = settings or PredictionSettings()
-    workdirs = [workdirs] if isinstance(workdirs, str | os.PathLike) else list(workdirs)
-    config, members = load_members(workdirs, which)
     data_config = {"source": "folder", "data_dir": os.fspath(data_dir), "strict_masks": False}
     examples = data_lib.get_examples(data_config, validate=True)
-    num_classes = int(config.model.num_classes)
-    evaluator = evaluation.SegmentationEvaluator(num_classes)
-    # Chunks bound host memory on folders of thousands of images.
-    for start in range(0, len(examples), 64):
-        chunk = examples[start : start + 64]
-        images = [data_lib.read_image_file(e.image) for e in chunk]
-        probabilities = predict_probabilities(
-            members, images, config.data, tta=settings.tta, batch_size=batch_size
-        )
-        for example, probs in zip(chunk, probabilities, strict=True):
-            truth = (data_lib.load_grayscale(example.mask) > MASK_THRESHOLD).astype(np.int32)
-            prediction = settings.to_mask(probs)[None].astype(np.int32)
-            # Counted on the host with the device rules: each image has its own size.
-            confusion = evaluation.confusion_matrix(prediction, truth[None], num_classes)
-            evaluator.update(confusion, prediction, truth[None], ids=[example.id])
-    rows = sorted(evaluator.per_image_rows(), key=lambda row: id_sort_key(row["id"]))
-    found = evaluation.Evaluation(
-        metrics={k: float(v) for k, v in evaluator.result().items()},
-        per_image=rows,
-        predictions={},
+    found = evaluate_examples(
+        workdirs, examples, which=which, settings=settings, batch_size=batch_size
     )
     return found, {e.id: e.label for e in examples}
 

@@ -31,7 +31,12 @@ from bts_jax.train.seeds import (
     seed_configs,
     seed_workdirs,
 )
-from bts_jax.train.setup import log_schedule_change, make_input_pipeline, setup_run
+from bts_jax.train.setup import (
+    log_schedule_change,
+    make_input_pipeline,
+    record_environment,
+    setup_run,
+)
 from bts_jax.train.state import abstract_train_state
 
 
@@ -190,6 +195,7 @@ def _train(
             workdir_lib.record_config(member.config, member.workdir, resume_step, member_changes)
             workdir_lib.save_config(member.config, member.workdir)
             workdir_lib.write_split_file(member.config, member.workdir)
+            record_environment(member, resume_step, run)
     for member in group.runs:
         member.latest, member.best = workdir_lib.checkpoint_managers(member.workdir, member.config)
         member.writer = writer or workdir_lib.MetricLogger(member.workdir, enabled=is_main)

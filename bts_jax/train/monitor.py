@@ -108,7 +108,12 @@ def log_model(run: RunSetup, abstract: TrainState, group: SeedGroup) -> None:
 
 
 def epoch_row(
-    step: int, run: RunSetup, batch_size: int, epoch_metrics: list[dict], elapsed: float
+    step: int,
+    run: RunSetup,
+    batch_size: int,
+    epoch_metrics: list[dict],
+    elapsed: float,
+    resumed_losses: Sequence[float] = (),
 ) -> dict[str, float]:
     """One epoch's row of ``metrics.jsonl``: train loss, learning rate and images/s.
 
@@ -116,17 +121,19 @@ def epoch_row(
       step: the epoch's last step.
       run: the run's set-up (steps per epoch, schedule).
       batch_size: images per step.
-      epoch_metrics: the epoch's fetched step metrics (since the resume, after a resume).
-      elapsed: seconds the epoch took.
+      epoch_metrics: the epoch's fetched step metrics since the run (re)started.
+      elapsed: seconds those steps took.
+      resumed_losses: the losses of the epoch's steps before a resume (from the save).
 
     Returns:
       ``{"epoch", "step", "train_loss", "learning_rate", "train_images_per_s"}``.
     """
+    losses = [*resumed_losses, *(m["loss"] for m in epoch_metrics)]
     return {
         "epoch": step // run.steps_per_epoch,
         "step": step,
-        # After a mid-epoch resume, the mean of the steps run since the resume.
-        "train_loss": float(np.mean([m["loss"] for m in epoch_metrics])),
+        # Every step of the epoch, those before a resume included; float32, as fetched.
+        "train_loss": float(np.mean(np.asarray(losses, np.float32))),
         "learning_rate": float(run.schedule(step)),
         "train_images_per_s": len(epoch_metrics) * batch_size / elapsed,
     }

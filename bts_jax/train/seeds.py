@@ -98,7 +98,8 @@ class SeedRun:
       latest: its Orbax manager of the latest saves.
       best: its Orbax manager of the best save.
       best_miou: the best validation mIoU so far.
-      epoch_metrics: the fetched step metrics of the current epoch.
+      epoch_metrics: the fetched step metrics of the current epoch (since the run started).
+      resumed_losses: the losses of the current epoch's steps before a resume, from the save.
     """
 
     config: ml_collections.ConfigDict
@@ -110,16 +111,24 @@ class SeedRun:
     best: Any = None
     best_miou: float = -math.inf
     epoch_metrics: list[dict] = dataclasses.field(default_factory=list)
+    resumed_losses: list[float] = dataclasses.field(default_factory=list)
 
     def restore_history(self, meta: dict[str, Any]) -> None:
-        """Takes the metric history and best mIoU of a restored save (or a new run's empty ones)."""
+        """Takes the history, best mIoU and epoch so far of a restored save (or a new run's)."""
         self.writer.history = list(meta["history"])
         self.best_miou = -math.inf if meta["best_miou"] is None else meta["best_miou"]
+        # Saves from before the epoch's losses were kept resume the epoch's mean from the resume.
+        self.resumed_losses = list(meta.get("epoch_losses", []))
 
     def meta(self) -> dict[str, Any]:
-        """What a save of this run holds besides its state: the history and the best mIoU."""
+        """What a save holds besides the state: history, best mIoU, the epoch's losses so far.
+
+        The losses let a run resumed mid-epoch write that epoch's ``train_loss`` as the
+        uninterrupted run does (float32 values, kept exactly as JSON numbers).
+        """
         best = None if self.best_miou == -math.inf else self.best_miou
-        return {"history": self.writer.history, "best_miou": best}
+        losses = self.resumed_losses + [float(m["loss"]) for m in self.epoch_metrics]
+        return {"history": self.writer.history, "best_miou": best, "epoch_losses": losses}
 
     def close_epoch(
         self, state: TrainState, run: RunSetup, step: int, elapsed: float, *, evaluate: bool
@@ -129,7 +138,9 @@ class SeedRun:
         Returns:
           Whether the validation mIoU improved on the best so far.
         """
-        row = epoch_row(step, run, self.config.batch_size, self.epoch_metrics, elapsed)
+        row = epoch_row(
+            step, run, self.config.batch_size, self.epoch_metrics, elapsed, self.resumed_losses
+        )
         improved = False
         if evaluate:
             val = evaluation.evaluate(
@@ -151,7 +162,7 @@ class SeedRun:
                 row["epoch"],
                 ", ".join(f"{k}={v:.4g}" for k, v in row.items() if k != "epoch"),
             )
-        self.epoch_metrics = []
+        self.epoch_metrics, self.resumed_losses = [], []
         return improved
 
     def save(self, state: TrainState, step: int, *, best: bool, latest: bool) -> None:
@@ -219,7 +230,7 @@ def compile_train_step(
 
 def empty_meta() -> dict[str, Any]:
     """The ``meta`` of a run that has saved nothing yet."""
-    return {"history": [], "best_miou": None}
+    return {"history": [], "best_miou": None, "epoch_losses": []}
 
 
 def seed_workdirs(workdir: str, configs: Sequence[ml_collections.ConfigDict]) -> list[str]:

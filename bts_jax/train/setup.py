@@ -13,12 +13,13 @@ from absl import logging
 from jax.sharding import Mesh
 
 from bts_jax import data as data_lib
+from bts_jax import workdir as workdir_lib
 from bts_jax.models import build_model
 from bts_jax.sharding import make_mesh
 from bts_jax.train import seeds
 from bts_jax.train.config_checks import validate_config
 from bts_jax.train.optim import create_learning_rate_schedule, create_optimizer
-from bts_jax.train.seeds import num_seeds_of, seed_configs
+from bts_jax.train.seeds import SeedRun, num_seeds_of, seed_configs
 from bts_jax.train.steps import make_eval_step
 from bts_jax.workdir import ConfigChange
 
@@ -156,3 +157,20 @@ def log_schedule_change(
                 float(old(checkpoint_step)),
                 float(run.schedule(checkpoint_step)),
             )
+
+
+def record_environment(member: SeedRun, resume_step: int | None, run: RunSetup) -> None:
+    """Appends this start's environment (versions, devices, code, data) to environment.json.
+
+    Args:
+      member: the run (its workdir and input).
+      resume_step: the step it starts from, None for a new run.
+      run: its set-up (the devices).
+    """
+    pipeline = member.pipeline
+    data = {"source": pipeline.source_examples()}
+    data.update({split: pipeline.examples(split) for split in data_lib.SPLITS})
+    record = workdir_lib.environment_record(
+        data, step=resume_step or 0, devices=run.mesh.devices.flat
+    )
+    workdir_lib.write_environment(member.workdir, record)

@@ -2,7 +2,7 @@
 
 `layout` names the files; `configs` keeps ``config.json`` and its guard; `lock` makes the folder
 writable and single-writer; `checkpoints` saves and restores Orbax checkpoints; `split_file` and
-`metrics_log` keep the split and the per-epoch metrics.
+`metrics_log` keep the split and the per-epoch metrics; `environment` records where a run ran.
 """
 
 from bts_jax.workdir.checkpoints import (
@@ -27,11 +27,17 @@ from bts_jax.workdir.configs import (
     record_config,
     save_config,
 )
+from bts_jax.workdir.environment import (
+    environment_record,
+    read_environment,
+    write_environment,
+)
 from bts_jax.workdir.layout import seed_workdir, seed_workdirs_in
 from bts_jax.workdir.lock import (
     WorkdirLock,
     WorkdirLockedError,
     WorkdirNotWritableError,
+    lock_holder,
     prepare_workdir,
 )
 from bts_jax.workdir.metrics_log import MetricLogger, read_metrics
@@ -49,11 +55,14 @@ __all__ = [
     "check_config",
     "checkpoint_managers",
     "diff_configs",
+    "environment_record",
     "latest_saved_step",
     "load_config",
     "load_trained_model",
+    "lock_holder",
     "prepare_workdir",
     "read_config_history",
+    "read_environment",
     "read_metrics",
     "read_saved_config",
     "read_split_file",
@@ -66,5 +75,6 @@ __all__ = [
     "save_config",
     "seed_workdir",
     "seed_workdirs_in",
+    "write_environment",
     "write_split_file",
 ]

@@ -5,6 +5,7 @@ A workdir written by training holds::
     config.json              the run's config                      (`bts_jax.workdir.configs`)
     config_history.jsonl     every config the run has used          (`bts_jax.workdir.configs`)
     data_split.json          the train / validation / test ids      (`bts_jax.workdir.split_file`)
+    environment.json         versions, devices, code and data       (`bts_jax.workdir.environment`)
     checkpoints/, best/      Orbax saves: latest N, best by mIoU    (`bts_jax.workdir.checkpoints`)
     metrics.jsonl, metrics.csv, tensorboard/   per-epoch metrics   (`bts_jax.workdir.metrics_log`)
     loss.png, miou.png       the per-epoch curves
@@ -23,6 +24,7 @@ import os
 CONFIG_FILE = "config.json"
 CONFIG_HISTORY_FILE = "config_history.jsonl"
 SPLIT_FILE = "data_split.json"
+ENVIRONMENT_FILE = "environment.json"
 LATEST_DIR = "checkpoints"
 BEST_DIR = "best"
 METRICS_JSONL = "metrics.jsonl"

@@ -107,6 +107,33 @@ def _describe_holder(text: str) -> str:
         return "an unknown process"
 
 
+def lock_holder(workdir: str | os.PathLike, process_index: int = 0) -> str | None:
+    """Who holds a workdir's lock now, or None when no live process does. Creates nothing.
+
+    Args:
+      workdir: a run's folder.
+      process_index: the process whose lock file to probe.
+
+    Returns:
+      A description of the live holder ("process P on host H, started T"), or None.
+    """
+    path = lock_path(workdir, process_index)
+    if not os.path.isfile(path):
+        return None
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return _describe_holder(os.pread(fd, 4096, 0).decode(errors="replace"))
+    except OSError:  # a filesystem without locks: nobody can be seen holding it
+        return None
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 class WorkdirLock:
     """An exclusive lock on a workdir for one process of a run; a context manager.
 

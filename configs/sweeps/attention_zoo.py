@@ -7,7 +7,8 @@ Is ECA better than SE, CBAM, coordinate attention or scSE here? Every variant is
 (``double_conv``) with one attention in encoder, bottleneck and decoder (docs/design.md section
 9); the baseline is the U-Net without attention. The base is the quickstart's
 (``configs/quickstart.py``): widths 16-128, 96x96, 8 epochs, Adam 1e-3 with warmup and cosine
-decay, the bundled ``sample_128``. The same zoo on the paper's GSConv U-Net:
+decay, the bundled ``sample_128``; every cell is tested on the 310 held-out slices of the shared
+figshare folder. The same zoo on the paper's GSConv U-Net:
 ``--config.overrides.model.conv=gsconv``. 6 variants x 3 seeds at about 5 minutes a cell on 2
 CPU cores: about an hour and a half.
 """
@@ -27,14 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
         # The plain U-Net's convolutions; config.model.attention (the variants) wins over the
         # quickstart's eca_in group by group.
         "model": {"conv": "double_conv"},
-        # The report scores each cell on its test split. Until sweeps can score every cell on
-        # an external folder, the test block is the bundle's last 15% of ids per tumour type.
-        # The sweep's external test folder (a planned field) goes here: the shared figshare
-        # folder's held-out block (../shared/data/figshare_brain_tumor), which no bundle holds;
-        # with it, test_fraction returns to 0.0 as in the quickstart.
-        "data": {"test_fraction": 0.15},
         "num_predictions": 4,
     }
+    # Every cell is scored on patients no cell trained or selected on: the held-out block of the
+    # shared figshare folder (as configs/sweeps/quickstart_ablation.py; run from the repository
+    # root, or set --config.test_folder).
+    sweep.test_folder = "../shared/data/figshare_brain_tumor"
+    sweep.test_heldout_fraction = 0.15
     sweep.variants = VARIANTS
     sweep.baseline = "none"
     sweep.paper_model = ""  # The paper's claims are about GSConv + ECA, not in this sweep.
