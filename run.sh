@@ -2,6 +2,7 @@
 # Sets everything up in a virtual environment (.venv), then runs the main job or the tests.
 #   ./run.sh train [train.py flags]   train the quickstart config on the bundled sample
 #   ./run.sh test  [pytest args]      lint, then the whole test suite
+#   ./run.sh test --fast [args]       lint, then the fast tier (pytest -m "not slow")
 # Needs only Python >= 3.11 with pip and venv (set PYTHON=/path/to/python3.11 to choose one).
 set -euo pipefail
 cd "$(dirname "$0")"
@@ -19,13 +20,18 @@ case "${1:-}" in
     ;;
   test)
     shift
+    tier=()
+    if [ "${1:-}" = "--fast" ]; then
+      shift
+      tier=(-m "not slow")
+    fi
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[test]"
     "$VENV/bin/ruff" check .
     "$VENV/bin/ruff" format --check .
-    exec "$VENV/bin/python" -m pytest -n 2 --dist loadfile --durations=10 tests "$@"
+    exec "$VENV/bin/python" -m pytest -n 2 --dist loadfile --durations=10 "${tier[@]}" tests "$@"
     ;;
   *)
-    echo "usage: ./run.sh train|test [args]" >&2
+    echo "usage: ./run.sh train [train.py flags] | ./run.sh test [--fast] [pytest args]" >&2
     exit 2
     ;;
 esac

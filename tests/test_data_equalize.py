@@ -36,6 +36,7 @@ def test_matches_opencv_on_every_bundled_image():
     assert sizes == {(512, 512), (256, 256)}
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not os.path.isdir(SHARED), reason="shared figshare folder not present")
 def test_matches_opencv_on_all_256x256_real_slices():
     for i in [
@@ -80,6 +81,7 @@ def test_matches_opencv_on_random_images():
         _check(image)
 
 
+@pytest.mark.slow
 def test_float32_rounding_case_that_float64_gets_wrong():
     # N - hist[i0] = 14 and cdf - hist[i0] = 7: the exact value 127.5 rounds (half to even) to 128,
     # but OpenCV's float32 product 7 * (255.f / 14) is just below 127.5 and gives 127.

@@ -52,6 +52,7 @@ def test_train_batches_shapes_dtypes_and_epoch():
     assert sum(b["mask"].sum() for b in batches) > 0  # tumours survive the 32x32 resize
 
 
+@pytest.mark.slow
 def test_same_seed_same_batches_other_epoch_or_seed_differs():
     config = _config()
     a = list(make_dataset(config, "train", epoch=3, **ONE_HOST))
@@ -122,6 +123,7 @@ def test_test_split_is_an_eval_split_of_exactly_the_test_ids():
     assert list(make_dataset(config, "test", **ONE_HOST)) == []
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("hosts", "eval_batch"), [(2, 4), (3, 6), (4, 8)])
 def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_batch):
     config = _config()
@@ -147,6 +149,7 @@ def test_multi_host_shards_cover_everything_once_with_equal_counts(hosts, eval_b
     assert len(train_ids) == len(set(train_ids))  # hosts read disjoint shards
 
 
+@pytest.mark.slow
 def test_augmentation_of_an_example_does_not_depend_on_the_host_count():
     config = _config()
     config.data.augment.update(rot90=True, brightness_contrast=True)
@@ -188,6 +191,7 @@ def test_errors_name_the_setting():
 # ----------------------------------------------------------------------------- one pipeline per run
 
 
+@pytest.mark.slow
 def test_one_run_pipeline_yields_exactly_the_per_epoch_batches():
     config = _config()
     config.num_epochs = 3
@@ -213,6 +217,7 @@ def test_eval_pipeline_is_built_once_and_reiterated():
     _same(first, list(make_dataset(config, "validation", **ONE_HOST)))
 
 
+@pytest.mark.slow
 def test_run_cache_decodes_once_and_sees_files_rewritten_in_place(tmp_path):
     from PIL import Image
 

@@ -112,6 +112,7 @@ def test_select_ids_holds_out_the_last_blocks_drops_a_gap_and_strides(tmp_path):
     assert [e.id for e in bundle] == ["1", "4", "7", "10", "13", "21", "24"]
 
 
+@pytest.mark.slow
 def test_tool_writes_a_loadable_deterministic_folder(tmp_path):
     source = _folder(tmp_path / "src", [1] * 10 + [3] * 10)
     out = tmp_path / "out"
@@ -129,6 +130,7 @@ def test_tool_writes_a_loadable_deterministic_folder(tmp_path):
     assert "CC BY 4.0" in (out / "README.md").read_text()
 
 
+@pytest.mark.slow
 @needs_shared
 def test_bundle_is_what_the_tool_selects_from_the_shared_folder_and_misses_the_heldout(tmp_path):
     examples = sources.list_folder(SHARED)

@@ -161,6 +161,7 @@ def test_get_examples_validates_folder_source(tmp_path):
         get_examples(config.data)
 
 
+@pytest.mark.slow
 def test_tfds_builder_round_trip(tmp_path):
     from bts_jax.data import make_dataset, tfds_builder
 

@@ -22,6 +22,9 @@ from bts_jax import inference
 from bts_jax import workdir as workdir_lib
 from bts_jax.inference import export
 
+# SavedModel and TFLite conversions of a trained workdir: the slow tier.
+pytestmark = pytest.mark.slow
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SAMPLE_IMAGES = os.path.join(data_lib.SAMPLE_DIR, "images")
 

@@ -163,6 +163,7 @@ def _images():
     ]
 
 
+@pytest.mark.slow
 def test_predict_masks_sizes_values_and_batch_independence(workdir):
     config, model, variables = _shifted_model(workdir)
     images = _images()
@@ -297,6 +298,7 @@ def test_compare_workdirs_writes_the_figure_and_warns_on_split_mismatch(workdir,
 # ----------------------------------------------------------------------------- entry scripts
 
 
+@pytest.mark.slow
 def test_evaluate_script(workdir, scripts):
     procs, _ = scripts
     output = _wait(procs["evaluate"])
@@ -308,6 +310,7 @@ def test_evaluate_script(workdir, scripts):
     assert re.search(rf"\n\s+miou\s+{result['miou']:.4f}\n", output), output
 
 
+@pytest.mark.slow
 def test_predict_script(scripts):
     procs, out = scripts
     output = _wait(procs["predict"])
@@ -321,6 +324,7 @@ def test_predict_script(scripts):
     ]
 
 
+@pytest.mark.slow
 def test_compare_script(scripts):
     procs, out = scripts
     output = _wait(procs["compare"])
@@ -355,6 +359,7 @@ def test_unreadable_inputs_are_named_with_the_reason_only(tmp_path):
     }
 
 
+@pytest.mark.slow
 def test_one_unreadable_file_fails_fast_or_is_skipped_on_request(workdir, tmp_path):
     inputs = _inputs_with_broken_files(tmp_path)
     out = tmp_path / "out"

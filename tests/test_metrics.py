@@ -108,6 +108,7 @@ def test_confusion_jit_equals_eager_and_numpy():
     np.testing.assert_array_equal(jitted, expected)
 
 
+@pytest.mark.slow
 def test_sharded_loss_and_confusion_equal_single_device():
     # Fake CPU devices must be set before JAX starts, hence a fresh interpreter.
     code = textwrap.dedent(

@@ -251,6 +251,7 @@ def test_gsconv_depthwise_impl_decides_the_convolution_actually_traced(impl, gro
     assert traced == groups  # "auto" is "dense" on the CPU the tests run on
 
 
+@pytest.mark.slow
 def test_unet_depthwise_impls_share_parameters_and_agree_in_outputs_and_gradients():
     x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
     mask = (jax.random.uniform(jax.random.key(1), x.shape) > 0.7).astype(jnp.float32)
@@ -390,6 +391,7 @@ def test_configs_set_the_documented_switches():
     assert UNet().gsconv_in == () and UNet().eca_in == ()  # UNet defaults are the baseline.
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("num_classes,upsample", [(3, "bilinear"), (1, "transpose")])
 def test_unet_multiclass_and_bilinear_with_skip_eca(num_classes, upsample):
     model = UNet(TINY, num_classes, upsample, gsconv_in=("decoder",), eca_in=("skip", "encoder"))
@@ -430,6 +432,7 @@ def test_build_model_rejects_unknown_dtype():
         build_model(load_config("test").model, dtype="float16")
 
 
+@pytest.mark.slow
 def test_baseline_odd_widths_are_fine_without_gsconv():
     model = UNet((3, 6, 12, 24))  # odd bottleneck? 48 - even; 3 is odd but no GSConv.
     variables, x = init(model, (1, 16, 16, 1))
@@ -472,6 +475,7 @@ def _param_count(model):
     return count_params(variables["params"])
 
 
+@pytest.mark.slow
 def test_exact_parameter_counts_at_default_widths():
     baseline = build_model(load_config("unet_baseline").model)
     paper = build_model(load_config("default").model)
@@ -488,6 +492,7 @@ def test_exact_parameter_counts_at_default_widths():
         assert _param_count(model) == expected
 
 
+@pytest.mark.slow
 def test_model_summary_counts_params_and_flops():
     small = model_summary(UNet(TINY), 64)
     assert small["params"] == _expected_param_count(TINY, gsconv=(), eca=())
@@ -509,6 +514,7 @@ def paper_tiny():
     return model, randomize_batch_stats(variables), x
 
 
+@pytest.mark.slow
 def test_jit_and_eager_agree(paper_tiny):
     model, variables, x = paper_tiny
     eager = model.apply(variables, x, train=False)
@@ -516,6 +522,7 @@ def test_jit_and_eager_agree(paper_tiny):
     chex.assert_trees_all_close(eager, jitted, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_eval_output_of_a_sample_does_not_depend_on_the_batch(paper_tiny):
     model, variables, x = paper_tiny
     batch_out = apply(model, variables, x)
@@ -535,6 +542,7 @@ def test_train_mode_depends_on_the_batch_and_updates_batch_stats(paper_tiny):
     assert not np.allclose(alone[0], out[0], atol=1e-3)
 
 
+@pytest.mark.slow
 def test_bfloat16_forward_stays_close_to_float32(paper_tiny):
     _, variables, x = paper_tiny
     f32 = UNet(TINY, gsconv_in=PAPER_PLACES, eca_in=PAPER_PLACES)

@@ -198,6 +198,7 @@ def linen_model_and_variables():
     return model, {"params": variables["params"], "batch_stats": stats}, x
 
 
+@pytest.mark.slow
 def test_nnx_matches_linen_outputs_and_gradients(linen_model_and_variables):
     model, variables, x = linen_model_and_variables
     target = jax.random.normal(jax.random.key(2), (2, 32, 32, 1))
@@ -241,6 +242,7 @@ def test_nnx_matches_linen_outputs_and_gradients(linen_model_and_variables):
     )
 
 
+@pytest.mark.slow
 def test_nnx_round_trip_and_errors(linen_model_and_variables):
     model, variables, _ = linen_model_and_variables
     nnx_model = bts_nnx.UNet.from_linen(model, variables)
@@ -259,6 +261,7 @@ def test_nnx_round_trip_and_errors(linen_model_and_variables):
         bts_nnx.UNet.from_linen(model, {"params": variables["params"]})
 
 
+@pytest.mark.slow
 def test_nnx_model_from_milesial_weights_reproduces_pytorch():
     nnx_model = bts_nnx.UNet.from_linen(*import_milesial_unet(GRAY_NPZ))
     x, expected = golden_io("gray")
@@ -290,6 +293,7 @@ class _Gate(nnx.Module):
         return x * jax.nn.sigmoid(self.logit[...])
 
 
+@pytest.mark.slow
 def test_nnx_stage_attention_can_be_added_in_place():
     model = bts_nnx.UNet.from_linen(*import_milesial_unet(GRAY_NPZ))
     x, expected = golden_io("gray")

@@ -167,6 +167,7 @@ NEW_SPELLING = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_new_spelling_of_a_legacy_config_is_the_same_program(case):
     legacy = case_model(case, tiny=True).clone(features=(4, 8))  # 2 stages: quick to trace
@@ -253,6 +254,7 @@ def test_a_class_without_strides_serves_stride_one_only():
         factory(6, strides=2, **common)
 
 
+@pytest.mark.slow
 def test_nnx_unet_takes_zoo_and_user_blocks():
     fields = dict(
         features=(4,),

@@ -339,6 +339,7 @@ def test_the_unet_mixes_cover_every_registered_name():
     assert covered["attention"] == set(attention_names())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mix", range(len(UNET_MIXES)))
 def test_a_unet_train_step_with_every_block_is_finite(mix):
     model = UNet((4,), **UNET_MIXES[mix])  # one stage: every group, a small program

@@ -125,6 +125,7 @@ def test_probabilities_sizes_and_masks(workdirs, scripts):
     assert not np.allclose(tta[0], probabilities[0], atol=1e-4)  # the model is not symmetric
 
 
+@pytest.mark.slow
 def test_ensemble_averages_the_members(workdirs):
     config, ((model, variables),) = inference.load_members(workdirs[0])
     params = jax.tree_util.tree_map(np.asarray, variables["params"])
@@ -172,6 +173,7 @@ def test_ensemble_of_different_preprocessing_is_refused(workdirs, tmp_path, sett
 # ----------------------------------------------------------------------------- predict_files
 
 
+@pytest.mark.slow
 def test_predict_files_saves_probabilities_and_settings(workdirs, tmp_path):
     source = os.path.join(SAMPLE_IMAGES, "10.png")
     settings = inference.PredictionSettings(tta="dihedral", threshold=0.3, min_size=5)
@@ -214,6 +216,7 @@ def test_predict_files_saves_probabilities_and_settings(workdirs, tmp_path):
 # ----------------------------------------------------------------------------- evaluation
 
 
+@pytest.mark.slow
 def test_plain_settings_score_like_the_checkpoint_evaluation(workdirs):
     path = workdirs[0]
     config = workdir_lib.load_config(path)
@@ -224,6 +227,7 @@ def test_plain_settings_score_like_the_checkpoint_evaluation(workdirs):
     assert "loss" not in found.metrics and len(found.per_image) == 12
 
 
+@pytest.mark.slow
 def test_ensemble_tta_and_postprocessing_evaluation(workdirs, tmp_path):
     config, members = inference.load_members(workdirs[0])
     pipeline = train_lib.make_input_pipeline(config)
@@ -277,6 +281,7 @@ def test_settings_tag_and_leakage_warning(workdirs, tmp_path):
 # ----------------------------------------------------------------------------- entry scripts
 
 
+@pytest.mark.slow
 def test_predict_script_with_ensemble_tta_and_postprocessing(scripts):
     procs, out = scripts
     output = _wait(procs["predict"])
@@ -293,6 +298,7 @@ def test_predict_script_with_ensemble_tta_and_postprocessing(scripts):
     assert len(record["members"]) == 2
 
 
+@pytest.mark.slow
 def test_evaluate_script_with_an_ensemble(scripts):
     procs, out = scripts
     output = _wait(procs["evaluate"])
@@ -304,6 +310,7 @@ def test_evaluate_script_with_an_ensemble(scripts):
     assert re.search(rf"\n\s+dice_per_image\s+{record['dice_per_image']:.4f}\n", output), output
 
 
+@pytest.mark.slow
 def test_postprocess_effect_benchmark(scripts):
     procs, _ = scripts
     output = _wait(procs["benchmark"])
@@ -311,6 +318,7 @@ def test_postprocess_effect_benchmark(scripts):
         assert row in output, output[-2000:]
 
 
+@pytest.mark.slow
 def test_evaluate_folder_scores_each_image_at_its_own_size(workdirs, tmp_path):
     folder = tmp_path / "labelled"
     (folder / "images").mkdir(parents=True)

@@ -299,6 +299,7 @@ def test_folds_average_per_seed(tmp_path):
     assert t["n"] == 2 and t["estimate"] == pytest.approx(np.mean(per_seed) - np.mean(base))
 
 
+@pytest.mark.slow
 def test_figures_and_prediction_hook(tmp_path):
     make_sweep(tmp_path, {"unet": SAME, "paper": SAME})
     calls = []
@@ -319,6 +320,7 @@ def test_figures_and_prediction_hook(tmp_path):
     assert "](predictions.png)" in text and paths["predictions"].endswith("predictions.png")
 
 
+@pytest.mark.slow
 def test_model_stats_per_variant(tmp_path):
     from bts_jax.models import build_model, model_summary
 
@@ -363,6 +365,7 @@ def test_no_paper_model_gives_no_data_claims(tmp_path):
     assert {c["verdict"] for c in claims.values()} == {claims_lib.NO_DATA}
 
 
+@pytest.mark.slow
 def test_cli_writes_the_report(tmp_path):
     make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
     result = subprocess.run(

@@ -178,6 +178,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow
 def test_second_run_stops_naming_the_holder_and_a_dead_holders_lock_is_taken_over(tmp_path):
     holder = subprocess.Popen(
         [sys.executable, "-c", _HOLD_LOCK, str(tmp_path)],

@@ -122,6 +122,7 @@ def test_workdirs_from_before_num_seeds_resume_unchanged(tmp_path):
 # ----------------------------------------------------------------------------- the step
 
 
+@pytest.mark.slow
 def test_seed_states_initialise_exactly_like_single_runs_and_round_trip():
     config = tiny_config(seed=3, num_seeds=2)
     mesh = sharding.make_seed_mesh(2)
@@ -150,6 +151,7 @@ def _single_run_params(config, mesh):
 @pytest.mark.parametrize(
     "num_seeds,num_devices", [(2, 1), (2, 8), (3, 8)], ids=["2seeds-1dev", "2x4", "3seeds-1x8"]
 )
+@pytest.mark.slow
 def test_seed_k_of_a_k_seed_step_ends_like_the_single_run_of_its_seed(num_seeds, num_devices):
     devices = jax.devices()[:num_devices]
     config = tiny_config(seed=1, num_seeds=num_seeds)

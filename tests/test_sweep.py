@@ -60,6 +60,7 @@ def finished(tmp_path_factory):
     return directory, first, second, result
 
 
+@pytest.mark.slow
 def test_cells_are_ordinary_runs_with_test_results(finished):
     directory, *_ = finished
     for variant in ("unet", "paper"):
@@ -73,6 +74,7 @@ def test_cells_are_ordinary_runs_with_test_results(finished):
             assert (config["model"]["gsconv_in"] == "") == (variant == "unet")
 
 
+@pytest.mark.slow
 def test_a_crashed_sweep_resumes_and_skips_finished_cells(finished):
     _, first, second, result = finished
     # The crash of one cell does not stop the cells running beside it or after it.
@@ -82,6 +84,7 @@ def test_a_crashed_sweep_resumes_and_skips_finished_cells(finished):
     assert sorted(result["skipped"]) == ["paper/seed_0", "unet/seed_0", "unet/seed_1"]
 
 
+@pytest.mark.slow
 def test_report_files_and_figures(finished):
     directory, _, _, result = finished
     for name in ("report.md", "summary.csv", "summary.json", "test_dice.png", "val_miou.png"):
@@ -95,6 +98,7 @@ def test_report_files_and_figures(finished):
     assert "unet" in text and "paper" in text and "Holm" in text
 
 
+@pytest.mark.slow
 def test_a_changed_definition_is_refused_naming_the_cell(finished):
     directory, *_ = finished
     changed = tiny_sweep()
@@ -105,6 +109,7 @@ def test_a_changed_definition_is_refused_naming_the_cell(finished):
         runner.run_sweep(changed, directory, repo_root=REPO, train_fn=CountingTrainer())
 
 
+@pytest.mark.slow
 def test_a_second_run_trains_nothing(finished):
     directory, *_ = finished
     trainer = CountingTrainer()
@@ -142,6 +147,7 @@ def test_bad_definitions_are_named(changes, message, tmp_path):
         runner.run_sweep(config, tmp_path / "bad", repo_root=REPO, train_fn=CountingTrainer())
 
 
+@pytest.mark.slow
 def test_sweep_script_rejects_a_missing_config_file(tmp_path):
     done = subprocess.run(
         [
@@ -163,6 +169,7 @@ def test_sweep_script_rejects_a_missing_config_file(tmp_path):
 # ----------------------------------------------------------------------------- cluster, folders
 
 
+@pytest.mark.slow
 def test_list_shows_each_cell_with_its_index_and_state(finished, tmp_path):
     directory, *_ = finished
     lines = runner.list_cells(tiny_sweep(), directory)
@@ -177,6 +184,7 @@ def test_list_shows_each_cell_with_its_index_and_state(finished, tmp_path):
     assert all(line.endswith("new") for line in fresh)
 
 
+@pytest.mark.slow
 def test_a_cell_held_by_a_live_process_is_listed_as_running(finished, tmp_path):
     directory, *_ = finished
     cell = os.path.join(directory, "paper", "seed_0")
@@ -195,6 +203,7 @@ def test_a_cell_held_by_a_live_process_is_listed_as_running(finished, tmp_path):
     assert result["busy"] == ["paper/seed_0"] and result["trained"] == []
 
 
+@pytest.mark.slow
 def test_cell_indices_out_of_range_are_named(finished):
     directory, *_ = finished
     with pytest.raises(ValueError, match=r"Cell index \[7\] out of range: the sweep has cells 0-3"):

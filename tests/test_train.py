@@ -107,6 +107,7 @@ def _run_steps(config, mesh, batches):
     return state, jax.device_get(step_metrics)
 
 
+@pytest.mark.slow
 def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
     config, batches = two_batches
     assert jax.device_count() == 8
@@ -121,6 +122,7 @@ def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
     assert metrics8["loss"] == pytest.approx(metrics1["loss"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
     _, batches = two_batches
     config = tiny_config(dtype="bfloat16")
@@ -133,6 +135,7 @@ def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
     assert step_metrics["loss"].dtype == np.float32 and np.isfinite(step_metrics["loss"])
 
 
+@pytest.mark.slow
 def test_batch_statistics_are_those_of_the_global_batch(two_batches):
     """With 8 devices and 1 image each, per-device BatchNorm would give other statistics."""
     config, batches = two_batches
@@ -220,6 +223,7 @@ def _final_params(config, workdir):
     return restored, meta
 
 
+@pytest.mark.slow
 def test_run_writes_everything_a_user_needs(uninterrupted):
     config, workdir, result = uninterrupted
     for name in (
@@ -263,6 +267,7 @@ def test_run_writes_everything_a_user_needs(uninterrupted):
     assert steps == [8, 10, 12]
 
 
+@pytest.mark.slow
 def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp_path):
     config, reference_dir, _ = uninterrupted
     workdir = str(tmp_path / "resumed")
@@ -288,6 +293,7 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp
     assert _rows_without_throughput(workdir) == _rows_without_throughput(reference_dir)
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     config = tiny_config(**{"checkpoint.every_steps": 2, "log_every_steps": 1})
     workdir = str(tmp_path / "nan")
@@ -307,6 +313,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
     assert all(np.all(np.isfinite(leaf)) for leaf in leaves)
 
 
+@pytest.mark.slow
 def test_training_input_that_ends_early_is_an_error(tmp_path):
     config = tiny_config()
     short = _AlteredTrainInput(config, lambda index, batch: batch if index < 3 else None)
@@ -380,6 +387,7 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
 # ----------------------------------------------------------------------------- command line
 
 
+@pytest.mark.slow
 def test_train_py_end_to_end_and_flag_errors(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     workdir = tmp_path / "cli"
@@ -464,6 +472,7 @@ def test_due_events_is_the_loops_only_timing_rule():
     assert events(6, eval_every_epochs=2) == {"log", "epoch_end", "checkpoint"}
 
 
+@pytest.mark.slow
 def test_run_reports_the_selected_checkpoint_on_the_held_out_test_split(tmp_path):
     config = tiny_config(**{"data.test_fraction": 0.15, "num_epochs": 1})
     workdir = tmp_path / "with_test"
@@ -509,6 +518,7 @@ def _copy_workdir(source, tmp_path):
         ({"model.eca_in": "encoder"}, "model.eca_in: 'encoder,bottleneck,decoder' -> 'encoder'"),
     ],
 )
+@pytest.mark.slow
 def test_resuming_with_another_config_is_refused_before_set_up(
     uninterrupted, tmp_path, monkeypatch, overrides, diff
 ):
@@ -523,6 +533,7 @@ def test_resuming_with_another_config_is_refused_before_set_up(
     assert read_text(workdir, "config.json") == saved
 
 
+@pytest.mark.slow
 def test_allowed_config_change_resumes_and_is_recorded_with_its_step(uninterrupted, tmp_path):
     config, reference_dir, _ = uninterrupted
     workdir = _copy_workdir(reference_dir, tmp_path)
@@ -595,6 +606,7 @@ def _json_files(workdir):
                 yield path
 
 
+@pytest.mark.slow
 def test_every_json_file_of_a_run_is_strict_json(uninterrupted):
     _, workdir, _ = uninterrupted
     checked = []
@@ -707,6 +719,7 @@ def test_a_lost_process_ends_the_other_with_an_error_naming_it(tmp_path):
     assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in output
 
 
+@pytest.mark.slow
 def test_run_summary_says_where_everything_is_and_what_to_run_next(uninterrupted):
     _, workdir, result = uninterrupted
     text = train_lib.run_summary(workdir, result)

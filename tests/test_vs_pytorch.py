@@ -23,6 +23,7 @@ def vs():
     return module
 
 
+@pytest.mark.slow
 def test_jax_only_mode_times_one_tiny_step(vs, capsys):
     args = ["--models=paper", "--dtypes=float32", "--frameworks=jax"]
     rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])
@@ -33,6 +34,7 @@ def test_jax_only_mode_times_one_tiny_step(vs, capsys):
     assert "| custom 16px b2 w4 | paper | bts_jax float32 |" in out
 
 
+@pytest.mark.slow
 def test_depthwise_impls_give_one_paper_row_each_and_one_baseline_row(vs):
     args = ["--dtypes=float32", "--frameworks=jax", "--depthwise_impls=grouped,dense"]
     rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])

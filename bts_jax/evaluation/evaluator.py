@@ -88,7 +88,7 @@ class SegmentationEvaluator:
         valid: np.ndarray | jax.Array | None = None,
         ids: np.ndarray | list[str] | None = None,
     ) -> None:
-        """Adds one batch.
+        """Adds one batch: its confusion matrix, and its images when masks are given.
 
         Args:
             confusion: ``(K, K)`` confusion matrix of this batch from :func:`confusion_matrix`
@@ -99,13 +99,33 @@ class SegmentationEvaluator:
             valid: optional bool ``(B,)``; examples with ``False`` are skipped.
             ids: optional ``(B,)`` image ids, kept for per-image tables.
         """
+        self.add_confusion(confusion)
+        if pred_masks is not None:
+            self.add_images(pred_masks, gt_masks, valid, ids)
+
+    def add_confusion(self, confusion: np.ndarray | jax.Array) -> None:
+        """Adds a batch's ``(K, K)`` confusion matrix (int64 on the host)."""
         k = self.confusion.shape[0]
         confusion = np.asarray(confusion, np.int64)
         if confusion.shape != (k, k):
             raise ValueError(f"confusion must be ({k}, {k}), got {confusion.shape}")
         self.confusion += confusion
-        if pred_masks is None:
-            return
+
+    def add_images(
+        self,
+        pred_masks: np.ndarray | jax.Array,
+        gt_masks: np.ndarray | jax.Array,
+        valid: np.ndarray | jax.Array | None = None,
+        ids: np.ndarray | list[str] | None = None,
+    ) -> None:
+        """Adds the per-image metrics of a batch's images (`image_metrics` of each valid one).
+
+        Args:
+            pred_masks: integer ``(B, H, W)`` predicted class ids.
+            gt_masks: integer ``(B, H, W)`` true class ids.
+            valid: optional bool ``(B,)``; examples with ``False`` are skipped.
+            ids: optional ``(B,)`` image ids, kept for per-image tables.
+        """
         preds = np.asarray(pred_masks)
         gts = np.asarray(gt_masks)
         if preds.shape != gts.shape or preds.ndim != 3:

@@ -120,35 +120,44 @@ def evaluate(
     evaluator = SegmentationEvaluator(num_classes)
     keep_ids = set(keep_ids)
     kept: dict[str, np.ndarray] = {}
-    loss_sum = num_valid = 0.0
-    slots = num_batches = 0
-    for local_batch in batches:
-        out = eval_fn(state, make_global_batch(local_batch, mesh))
-        num_batches += 1
-        loss_sum += float(out["loss_sum"])
-        num_valid += float(out["num_valid"])
-        if not (per_image or keep_ids):
-            evaluator.update(out["confusion"])
-            continue
+    needs_predictions = per_image or bool(keep_ids)
+    sums = []  # per batch, on the devices until the end: (loss_sum, num_valid, confusion)
+    previous = None  # the last batch, whose predictions the host handles after the next dispatch
+    slots = 0
+
+    def take_predictions(out, local_batch) -> None:
+        nonlocal slots
         if "predictions" not in out:
             raise ValueError("eval_fn returns no predictions: build it with_predictions=True.")
         predictions = host_local(out["predictions"], mesh)
         valid = np.asarray(local_batch["valid"], bool)
         slots += len(valid)
         if per_image:
-            evaluator.update(
-                out["confusion"], predictions, local_batch["mask"], valid, local_batch["id"]
-            )
-        else:
-            evaluator.update(out["confusion"])
+            evaluator.add_images(predictions, local_batch["mask"], valid, local_batch["id"])
         for image_id, prediction, ok in zip(local_batch["id"], predictions, valid, strict=True):
             if ok and str(image_id) in keep_ids:
                 kept[str(image_id)] = np.asarray(prediction, np.uint8)
-    if num_batches == 0:
+
+    for local_batch in batches:
+        # Dispatched without waiting: the devices compute this batch while the host works on
+        # the previous one's predictions, and no sum leaves the devices before the split ends.
+        out = eval_fn(state, make_global_batch(local_batch, mesh))
+        sums.append((out["loss_sum"], out["num_valid"], out["confusion"]))
+        if previous is not None:
+            take_predictions(*previous)
+        previous = (out, local_batch) if needs_predictions else None
+    if previous is not None:
+        take_predictions(*previous)
+    if not sums:
         raise ValueError(
             "The evaluation produced no batches: the batches given were empty (an evaluation "
             "split with no image?)."
         )
+    loss_sum = num_valid = 0.0
+    for batch_loss, batch_valid, confusion in jax.device_get(sums):
+        loss_sum += float(batch_loss)
+        num_valid += float(batch_valid)
+        evaluator.add_confusion(confusion)
     if per_image and jax.process_count() > 1:
         # Every host gets every host's per-image results, so the metrics agree everywhere.
         ids, lists = _gather_per_image(evaluator, slots)
