@@ -36,6 +36,10 @@ def get_config() -> ml_collections.ConfigDict:
     # GSConv's depthwise 5x5: "auto" ("dense" on CPU, "grouped" elsewhere) | "grouped" | "dense".
     # The same function either way; "dense" is ~1.7x faster on XLA:CPU (docs/performance.md).
     config.model.depthwise_impl = "auto"
+    # The decoder's 2x2 stride-2 up-convolution: "auto" ("gemm" on CPU, "conv_transpose"
+    # elsewhere) | "conv_transpose" (nn.ConvTranspose) | "gemm" (one matrix product). The same
+    # function and parameters either way; "gemm" is faster on XLA:CPU (docs/performance.md).
+    config.model.upsample_impl = "auto"
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
 
     config.data = ml_collections.ConfigDict()

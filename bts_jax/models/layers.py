@@ -32,6 +32,13 @@ SHUFFLE_MODES = ("interleave", "legacy", "none")
 # same function with the same parameters: they differ by float rounding only.
 DEPTHWISE_IMPLS = ("auto", "grouped", "dense")
 
+# How the decoder's 2x2, stride-2 up-convolution is computed (docs/performance.md): "conv_transpose"
+# is Flax's nn.ConvTranspose, which XLA runs as a convolution over a zero-dilated input (its
+# kernel gradient was the slowest operation of the CPU train step); "gemm" computes the same
+# function as one matrix product per step (each input pixel times the kernel gives its 2x2 output
+# block), with the same parameters; "auto" is "gemm" on CPU and "conv_transpose" elsewhere.
+UPSAMPLE_IMPLS = ("auto", "conv_transpose", "gemm")
+
 # docs/design.md section 1: eps 1e-5 and PyTorch momentum 0.1, i.e. Flax momentum 0.9.
 BATCH_NORM_EPSILON = 1e-5
 BATCH_NORM_MOMENTUM = 0.9
@@ -161,6 +168,70 @@ def block_diagonal_conv(
         dimension_numbers=dimension_numbers,
         **kwargs,
     )
+
+
+def resolve_upsample_impl(impl: str, backend: str | None = None) -> str:
+    """Returns ``"conv_transpose"`` or ``"gemm"`` for ``impl`` (``"auto"`` picks by backend).
+
+    Args:
+      impl: one of ``UPSAMPLE_IMPLS``.
+      backend: the platform the model is traced for; defaults to ``jax.default_backend()``.
+
+    Raises:
+      ValueError: ``impl`` is not one of ``UPSAMPLE_IMPLS``.
+    """
+    if impl not in UPSAMPLE_IMPLS:
+        raise ValueError(f"upsample_impl={impl!r}; expected one of {UPSAMPLE_IMPLS}.")
+    if impl != "auto":
+        return impl
+    return "gemm" if (backend or jax.default_backend()) == "cpu" else "conv_transpose"
+
+
+class UpConvGemm(nn.Module):
+    """``nn.ConvTranspose(features, (2, 2), strides=(2, 2), padding="VALID")`` as one GEMM.
+
+    With a 2x2 kernel and stride 2 the output's 2x2 blocks do not overlap: output pixel
+    ``(2h + i, 2w + j)`` is input pixel ``(h, w)`` times the kernel tap that lands there, which for
+    ``lax.conv_transpose`` (``transpose_kernel=False``) is the spatially flipped one:
+    ``y[b, 2h + i, 2w + j, o] = sum_c x[b, h, w, c] * kernel[1 - i, 1 - j, c, o] + bias[o]``.
+    That is one matrix product of the (B*H*W, C_in) input by the (C_in, 4*C_out) kernel and a
+    reshape, instead of a convolution over a zero-dilated input; its gradients are matrix
+    products too. Parameters (``kernel`` (2, 2, C_in, features) and ``bias`` (features,)), their
+    names, initialisers and dtypes are those of ``nn.ConvTranspose``, so a module named like the
+    one it replaces reads the same checkpoints.
+
+    Attributes:
+      features: output channels.
+      use_bias: add a bias.
+      dtype: computation dtype.
+      param_dtype: parameter dtype.
+      kernel_init: as ``nn.ConvTranspose``'s default (LeCun normal).
+      bias_init: as ``nn.ConvTranspose``'s default (zeros).
+    """
+
+    features: int
+    use_bias: bool = True
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Callable = nn.initializers.lecun_normal()
+    bias_init: Callable = nn.initializers.zeros_init()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """Maps (B, H, W, C_in) to (B, 2H, 2W, features)."""
+        b, h, w, channels = x.shape
+        kernel = self.param(
+            "kernel", self.kernel_init, (2, 2, channels, self.features), self.param_dtype
+        )
+        bias = (
+            self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+        y = jnp.einsum("bhwc,ijco->bhiwjo", x, kernel[::-1, ::-1])  # (B, H, 2, W, 2, C_out)
+        y = y.reshape(b, 2 * h, 2 * w, self.features)
+        return y + bias if bias is not None else y
 
 
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:

@@ -10,9 +10,12 @@ from bts_jax.models.layers import (
     DEPTHWISE_IMPLS,
     ECA,
     SHUFFLE_MODES,
+    UPSAMPLE_IMPLS,
     ConvBNAct,
     GSConv,
+    UpConvGemm,
     get_activation,
+    resolve_upsample_impl,
 )
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
@@ -87,18 +90,24 @@ class Upsample(nn.Module):
         (bilinear resize, then a 1x1 conv with bias).
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      impl: how ``"transpose"`` is computed, one of ``UPSAMPLE_IMPLS``: ``"conv_transpose"``
+        (``nn.ConvTranspose``), ``"gemm"`` (:class:`UpConvGemm`, the same function and
+        parameters) or ``"auto"`` (``"gemm"`` on CPU, ``"conv_transpose"`` elsewhere).
     """
 
     features: int
     mode: str = "transpose"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (B, H, W, C_in) to (B, 2H, 2W, features)."""
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.mode == "transpose":
+            if resolve_upsample_impl(self.impl) == "gemm":
+                return UpConvGemm(self.features, name="conv", **dtypes)(x)
             return nn.ConvTranspose(
                 self.features, (2, 2), strides=(2, 2), padding="VALID", name="conv", **dtypes
             )(x)
@@ -128,6 +137,8 @@ class UNet(nn.Module):
       eca_kernel_size: ECA kernel size for every ECA, ``None`` for the adaptive rule.
       dtype: computation dtype (float32 or bfloat16).
       param_dtype: parameter dtype.
+      upsample_impl: how ``"transpose"`` is computed: ``"auto"`` (``"gemm"`` on CPU,
+        ``"conv_transpose"`` elsewhere), ``"conv_transpose"`` or ``"gemm"``; the same function.
     """
 
     features: Sequence[int] = (64, 128, 256, 512)
@@ -141,6 +152,7 @@ class UNet(nn.Module):
     eca_kernel_size: int | None = None
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    upsample_impl: str = "auto"  # Last, so that positional construction keeps its meaning.
 
     @property
     def downsampling_factor(self) -> int:
@@ -167,6 +179,10 @@ class UNet(nn.Module):
             raise ValueError(f"UNet.num_classes must be >= 1, got {self.num_classes}.")
         if self.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"UNet.upsample={self.upsample!r}; expected one of {UPSAMPLE_MODES}.")
+        if self.upsample_impl not in UPSAMPLE_IMPLS:
+            raise ValueError(
+                f"UNet.upsample_impl={self.upsample_impl!r}; expected one of {UPSAMPLE_IMPLS}."
+            )
         if self.gsconv_shuffle not in SHUFFLE_MODES:
             raise ValueError(
                 f"UNet.gsconv_shuffle={self.gsconv_shuffle!r}; expected one of {SHUFFLE_MODES}."
@@ -227,6 +243,7 @@ class UNet(nn.Module):
             x = Upsample(
                 features,
                 self.upsample,
+                impl=self.upsample_impl,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name=f"up_{i}",

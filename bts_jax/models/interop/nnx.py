@@ -92,8 +92,8 @@ class UNet(nnx.Module):
           rngs: random streams; the ``params`` (or ``default``) stream seeds the weights.
           **unet_fields: the fields of the Linen :class:`bts_jax.models.UNet` (``features``,
             ``num_classes``, ``upsample``, ``gsconv_in``, ``eca_in``, ``gsconv_act``,
-            ``gsconv_shuffle``, ``depthwise_impl``, ``eca_kernel_size``, ``dtype``,
-            ``param_dtype``).
+            ``gsconv_shuffle``, ``depthwise_impl``, ``upsample_impl``, ``eca_kernel_size``,
+            ``dtype``, ``param_dtype``).
 
         Raises:
           ValueError: for an invalid field value, as the Linen UNet does.
@@ -151,7 +151,8 @@ class UNet(nnx.Module):
         self.bottleneck = stage(widths[-2], widths[-1], "bottleneck")
         ups, skip_ecas, decoder = [], [], []
         for c_in, features in zip(widths[:0:-1], widths[-2::-1], strict=True):
-            ups.append(bridged(linen_unet.Upsample(features, config.upsample, **dtypes), c_in))
+            up = linen_unet.Upsample(features, config.upsample, impl=config.upsample_impl, **dtypes)
+            ups.append(bridged(up, c_in))
             skip_ecas.append(eca(features) if "skip" in eca_in else None)
             decoder.append(stage(2 * features, features, "decoder"))
         self.up = nnx.List(ups)
