@@ -61,13 +61,17 @@ SAFE_CHANGES: dict[str, str] = {
         "how depthwise convolutions are computed (grouped or block-diagonal dense): the same "
         "function and parameters, results equal up to float rounding"
     ),
+    "model.upsample_impl": (
+        "how the 2x2 up-convolutions are computed (transposed convolution or one matrix "
+        "product): the same function and parameters, results equal up to float rounding"
+    ),
 }
 
 _MISSING = "<absent>"
 
 # Fields added to the config after workdirs were first written, with the value that a config.json
 # without them implies, so such a workdir resumes (and its sweep cell compares) unchanged.
-IMPLIED_FIELDS: dict[str, Any] = {"num_seeds": 1}
+IMPLIED_FIELDS: dict[str, Any] = {"num_seeds": 1, "model.upsample_impl": "auto"}
 
 
 class WorkdirNotWritableError(OSError):

@@ -133,3 +133,18 @@ def test_model_summary_counts_the_same_flops_whatever_the_upsample_impl():
     ]
     assert summaries[0] == summaries[1]
 
+
+def test_a_workdir_saved_before_upsample_impl_existed_resumes_unchanged(tmp_path):
+    import json
+
+    from bts_jax import run_guard
+
+    config = test_config.get_config()
+    saved = json.loads(config.to_json_best_effort())
+    del saved["model"]["upsample_impl"]
+    (tmp_path / run_guard.CONFIG_FILE).write_text(json.dumps(saved))
+    assert run_guard.check_config(config, tmp_path, checkpoint_step=6) == []
+    # Switching formulations on resume is allowed: the same function and parameters.
+    config.model.upsample_impl = "conv_transpose"
+    changes = run_guard.check_config(config, tmp_path, checkpoint_step=6)
+    assert [(c.field, c.safe) for c in changes] == [("model.upsample_impl", True)]
