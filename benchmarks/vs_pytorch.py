@@ -27,11 +27,16 @@ needs no PyTorch installed.
 
 Sizes: ``test`` = configs/test.py (widths 4-32, 32x32, batch 8), ``quickstart`` =
 configs/quickstart.py (widths 16-128, 96x96, batch 4), ``issue`` = quickstart widths at 128x128,
-batch 8 (the issue's measurement); ``--features/--image_size/--batch`` give one custom size instead.
+batch 8 (the issue's measurement), ``wide`` = widths 32-256 at 128x128, batch 8 (where the gap to
+PyTorch was widest); ``--features/--image_size/--batch`` give one custom size instead.
 
 ``--depthwise_impls=grouped,dense`` times the paper model once per formulation of GSConv's depthwise
 convolution (``config.model.depthwise_impl``; the default ``auto`` is ``dense`` on CPU), each a row
-in the same alternated rounds.
+in the same alternated rounds; ``--upsample_impls=conv_transpose,gemm`` does the same for the
+decoder's up-convolution (``config.model.upsample_impl``; ``auto`` is ``gemm`` on CPU), for both
+models. GFLOP/s use one FLOP count per size and model: XLA's cost analysis of the float32 step in
+the model's own formulation (grouped depthwise, transposed up-convolution), lowered but not
+compiled, so a faster formulation shows as more GFLOP/s and not as fewer FLOPs.
 
 XLA flags go in the ``XLA_FLAGS`` environment variable as usual; what was tried, and what each
 change was worth, is in docs/performance.md.
@@ -51,6 +56,7 @@ SIZES = {
     "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),
     "quickstart": dict(features=(16, 32, 64, 128), image_size=96, batch=4),
     "issue": dict(features=(16, 32, 64, 128), image_size=128, batch=8),
+    "wide": dict(features=(32, 64, 128, 256), image_size=128, batch=8),
 }
 MODELS = {
     "baseline": dict(gsconv_in="", eca_in=""),
@@ -81,6 +87,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="paper model: one JAX row per config.model.depthwise_impl (auto,grouped,dense)",
     )
+    parser.add_argument(
+        "--upsample_impls",
+        default="auto",
+        help="one JAX row per config.model.upsample_impl (auto,conv_transpose,gemm)",
+    )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=",".join(FRAMEWORKS))
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--steps", type=int, default=10, help="train steps per round")
@@ -90,9 +101,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.frameworks = _split(args.frameworks, FRAMEWORKS, "--frameworks")
     args.models = _split(args.models, MODELS, "--models")
     args.dtypes = _split(args.dtypes, ("float32", "bfloat16"), "--dtypes")
-    from bts_jax.models.layers import DEPTHWISE_IMPLS
+    from bts_jax.models.layers import DEPTHWISE_IMPLS, UPSAMPLE_IMPLS
 
     args.depthwise_impls = _split(args.depthwise_impls, DEPTHWISE_IMPLS, "--depthwise_impls")
+    args.upsample_impls = _split(args.upsample_impls, UPSAMPLE_IMPLS, "--upsample_impls")
     if args.features or args.image_size or args.batch:
         if not (args.features and args.image_size and args.batch):
             parser.error("--features, --image_size and --batch go together")
@@ -138,12 +150,15 @@ class Impl:
     images_per_s: list[float] = field(default_factory=list)
 
 
-def make_config(size: dict, model: dict, dtype: str, depthwise_impl: str = "auto"):
+def make_config(
+    size: dict, model: dict, dtype: str, depthwise_impl: str = "auto", upsample_impl: str = "auto"
+):
     """The experiment config of one benchmark case (constant-rate Adam, loss weights 1, 1)."""
     from bts_jax.configs import default
 
     config = default.get_config()
     config.model.depthwise_impl = depthwise_impl
+    config.model.upsample_impl = upsample_impl
     config.model.features = tuple(size["features"])
     config.model.gsconv_in = model["gsconv_in"]
     config.model.eca_in = model["eca_in"]
@@ -210,8 +225,32 @@ def jax_impl(config, batch: dict, mesh):
     name = f"bts_jax {config.dtype}"
     if config.model.gsconv_in and config.model.depthwise_impl != "auto":
         name += f" (depthwise {config.model.depthwise_impl})"
+    if config.model.upsample_impl != "auto":
+        name += f" (upsample {config.model.upsample_impl})"
     impl = Impl(name, run, dtype=config.dtype, memory=peak_bytes)
     return impl, initial, model, float(cost["flops"])
+
+
+def reference_flops(size: dict, model_name: str, batch: dict, mesh) -> float:
+    """FLOPs of one float32 train step in the model's own formulation, the same for every row.
+
+    XLA's cost analysis of the step lowered (not compiled) with grouped depthwise convolutions and
+    transposed up-convolutions: a reformulation that multiplies zeros (block-diagonal depthwise)
+    or skips them (the GEMM up-convolution) does not change it.
+    """
+    import jax
+    import optax
+
+    from bts_jax.models import build_model
+
+    config = make_config(size, MODELS[model_name], "float32", "grouped", "conv_transpose")
+    model = build_model(config.model)
+    optimizer = _lib("create_optimizer")(config.optimizer, optax.constant_schedule(1e-4))
+    state = jax.eval_shape(lambda: _lib("create_train_state")(config, model, optimizer, mesh))
+    step = _lib("make_train_step")(config, model, optimizer, mesh)
+    cost = step.lower(state, _lib("make_global_batch")(batch, mesh)).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
 
 
 def _torch_unet():
@@ -400,22 +439,23 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     import jax
 
     batch = make_batch(size)
-    impls, flops = [], None
-    reference = None
-    # The baseline has no depthwise convolution: one row per dtype is enough.
+    impls, reference = [], None
+    flops = reference_flops(size, model_name, batch, mesh)
+    # The baseline has no depthwise convolution: one row per dtype and up-convolution is enough.
     depthwise_impls = args.depthwise_impls if MODELS[model_name]["gsconv_in"] else ["auto"]
-    for dtype in args.dtypes if "jax" in args.frameworks else ["float32"]:
-        for depthwise_impl in depthwise_impls:
-            config = make_config(size, MODELS[model_name], dtype, depthwise_impl)
-            impl, initial, model, step_flops = jax_impl(config, batch, mesh)
+    variants = [(d, u) for d in depthwise_impls for u in args.upsample_impls]
+    timed = "jax" in args.frameworks
+    for dtype in args.dtypes if timed else ["float32"]:
+        for depthwise_impl, upsample_impl in variants if timed else variants[:1]:
+            config = make_config(size, MODELS[model_name], dtype, depthwise_impl, upsample_impl)
+            impl, initial, model, _ = jax_impl(config, batch, mesh)
             if dtype == "float32" and reference is None:
-                flops, reference = step_flops, (initial, model)
-            if "jax" in args.frameworks:
+                reference = (initial, model)
+            if timed:
                 impls.append(impl)
     if reference is None:  # bfloat16 only: the float32 model is the reference.
-        _, initial, model, flops = jax_impl(
-            make_config(size, MODELS[model_name], "float32", depthwise_impls[0]), batch, mesh
-        )
+        config = make_config(size, MODELS[model_name], "float32", *variants[0])
+        _, initial, model, _ = jax_impl(config, batch, mesh)
         reference = (initial, model)
     wants_torch = [f for f in args.frameworks if f.startswith("torch")]
     if wants_torch:
