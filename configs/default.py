@@ -33,8 +33,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.eca_in = "encoder,bottleneck,decoder"
     config.model.gsconv_act = "mish"  # "mish" | "silu" | "relu"
     config.model.gsconv_shuffle = "interleave"  # "interleave" | "legacy" | "none"
-    # GSConv's depthwise 5x5: "auto" ("dense" on CPU, "grouped" elsewhere) | "grouped" | "dense".
-    # The same function either way; "dense" is ~1.7x faster on XLA:CPU (docs/performance.md).
+    # GSConv's depthwise 5x5: "auto" ("shifted" on CPU, "grouped" elsewhere) | "grouped" | "dense"
+    # | "shifted". The same function either way; on XLA:CPU "dense" is ~1.7x faster than
+    # "grouped" and "shifted" ~1.2x faster than "dense" (docs/performance.md).
     config.model.depthwise_impl = "auto"
     # The decoder's 2x2 stride-2 up-convolution: "auto" ("gemm" on CPU, "conv_transpose"
     # elsewhere) | "conv_transpose" (nn.ConvTranspose) | "gemm" (one matrix product). The same

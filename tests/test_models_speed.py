@@ -11,7 +11,13 @@ import pytest
 
 from bts_jax.configs import test as test_config
 from bts_jax.models import UNet, build_model, model_summary
-from bts_jax.models.layers import UpConvGemm, resolve_upsample_impl
+from bts_jax.models.layers import (
+    GSConv,
+    UpConvGemm,
+    block_diagonal_conv,
+    resolve_upsample_impl,
+    shifted_depthwise_conv,
+)
 from bts_jax.models.unet import Upsample
 
 TINY = (4, 8, 16, 32)
@@ -148,3 +154,81 @@ def test_a_workdir_saved_before_upsample_impl_existed_resumes_unchanged(tmp_path
     config.model.upsample_impl = "conv_transpose"
     changes = run_guard.check_config(config, tmp_path, checkpoint_step=6)
     assert [(c.field, c.safe) for c in changes] == [("model.upsample_impl", True)]
+
+
+# ----------------------------------------------------------------------------- shifted depthwise
+
+NHWC = ("NHWC", "HWIO", "NHWC")
+
+
+@pytest.mark.parametrize("padding", [((2, 2), (2, 2)), ((1, 3), (0, 4)), ((0, 0), (1, 1))])
+def test_shifted_depthwise_conv_equals_the_grouped_convolution(padding):
+    x = jax.random.normal(jax.random.key(0), (2, 11, 9, 6))
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, 1, 6))
+    kwargs = dict(
+        feature_group_count=6, dimension_numbers=NHWC, precision=jax.lax.Precision.HIGHEST
+    )
+
+    def grouped(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (1, 1), padding, **kwargs)
+
+    def shifted(x, kernel):
+        return shifted_depthwise_conv(x, kernel, (1, 1), padding, **kwargs)
+
+    expected = grouped(x, kernel)
+    np.testing.assert_allclose(shifted(x, kernel), expected, rtol=1e-5, atol=1e-5)
+    cotangent = jax.random.normal(jax.random.key(2), expected.shape)
+    grads = [jax.vjp(f, x, kernel)[1](cotangent) for f in (shifted, grouped)]
+    for ours, theirs in zip(*grads, strict=True):  # input, then kernel gradient
+        chex.assert_equal_shape([ours, theirs])
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("groups,c_in,c_out,stride", [(6, 6, 6, 2), (1, 3, 4, 1), (2, 4, 6, 1)])
+def test_shifted_depthwise_conv_passes_other_convolutions_on(groups, c_in, c_out, stride):
+    x = jax.random.normal(jax.random.key(0), (2, 9, 9, c_in))
+    kernel = jax.random.normal(jax.random.key(1), (5, 5, c_in // groups, c_out))
+    args = (x, kernel, (stride, stride), ((2, 2), (2, 2)))
+    kwargs = dict(feature_group_count=groups, dimension_numbers=NHWC)
+    np.testing.assert_array_equal(
+        shifted_depthwise_conv(*args, **kwargs), block_diagonal_conv(*args, **kwargs)
+    )
+
+
+def test_shifted_depthwise_conv_keeps_the_compute_dtype():
+    x = jnp.ones((1, 6, 6, 4), jnp.bfloat16)
+    kernel = jnp.full((5, 5, 1, 4), 0.5, jnp.bfloat16)
+    args = (x, kernel, (1, 1), ((2, 2), (2, 2)))
+    out = shifted_depthwise_conv(*args, feature_group_count=4, dimension_numbers=NHWC)
+    assert out.dtype == jnp.bfloat16
+    assert float(out[0, 3, 3, 0]) == 12.5  # 25 taps of 0.5, accumulated in float32
+
+
+def test_gsconv_shifted_runs_the_depthwise_forward_without_a_convolution():
+    module = GSConv(8, depthwise_impl="shifted")
+    x = jnp.ones((2, 8, 8, 3))
+    variables = module.init(jax.random.key(0), x, train=False)
+    jaxpr = str(jax.make_jaxpr(lambda v: module.apply(v, x, train=False))(variables))
+    assert jaxpr.count("conv_general_dilated[") == 1  # the dense 3x3 branch only
+
+
+def test_unet_shifted_depthwise_agrees_with_grouped_in_outputs_and_gradients():
+    x = jax.random.normal(jax.random.key(0), (2, 32, 32, 1))
+    mask = (jax.random.uniform(jax.random.key(1), x.shape) > 0.7).astype(jnp.float32)
+    results = []
+    for impl in ("grouped", "shifted"):
+        model = UNet(TINY, gsconv_in=PAPER_PLACES, eca_in=PAPER_PLACES, depthwise_impl=impl)
+        variables = model.init(jax.random.key(2), x, train=False)
+
+        def loss(params, model=model, variables=variables):
+            logits, _ = model.apply(
+                {**variables, "params": params}, x, train=True, mutable=["batch_stats"]
+            )
+            return jnp.mean((jax.nn.sigmoid(logits) - mask) ** 2), logits
+
+        (_, logits), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(variables["params"])
+        results.append((variables, logits, grads))
+    (v_ref, logits_ref, grads_ref), (v_new, logits_new, grads_new) = results
+    chex.assert_trees_all_equal(v_new, v_ref)
+    np.testing.assert_allclose(logits_new, logits_ref, rtol=1e-4, atol=1e-4)
+    chex.assert_trees_all_close(grads_new, grads_ref, rtol=1e-3, atol=1e-5)

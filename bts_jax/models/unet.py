@@ -132,8 +132,9 @@ class UNet(nn.Module):
         ("skip" reweights each skip tensor before concatenation).
       gsconv_act: activation inside GSConv.
       gsconv_shuffle: GSConv channel shuffle mode.
-      depthwise_impl: how GSConv's depthwise convolutions are computed: ``"auto"`` (``"dense"`` on
-        CPU, ``"grouped"`` elsewhere), ``"grouped"`` or ``"dense"``; the same function either way.
+      depthwise_impl: how GSConv's depthwise convolutions are computed: ``"auto"`` (``"shifted"``
+        on CPU, ``"grouped"`` elsewhere), ``"grouped"``, ``"dense"`` or ``"shifted"``; the same
+        function either way.
       eca_kernel_size: ECA kernel size for every ECA, ``None`` for the adaptive rule.
       dtype: computation dtype (float32 or bfloat16).
       param_dtype: parameter dtype.
