@@ -30,13 +30,13 @@ configs/quickstart.py (widths 16-128, 96x96, batch 4), ``issue`` = quickstart wi
 batch 8 (the issue's measurement), ``wide`` = widths 32-256 at 128x128, batch 8 (where the gap to
 PyTorch was widest); ``--features/--image_size/--batch`` give one custom size instead.
 
-``--depthwise_impls=grouped,dense`` times the paper model once per formulation of GSConv's depthwise
-convolution (``config.model.depthwise_impl``; the default ``auto`` is ``dense`` on CPU), each a row
-in the same alternated rounds; ``--upsample_impls=conv_transpose,gemm`` does the same for the
-decoder's up-convolution (``config.model.upsample_impl``; ``auto`` is ``gemm`` on CPU), for both
-models. GFLOP/s use one FLOP count per size and model: XLA's cost analysis of the float32 step in
-the model's own formulation (grouped depthwise, transposed up-convolution), lowered but not
-compiled, so a faster formulation shows as more GFLOP/s and not as fewer FLOPs.
+``--depthwise_impls=grouped,dense,shifted`` times the paper model once per formulation of GSConv's
+depthwise convolution (``config.model.depthwise_impl``; the default ``auto`` is ``shifted`` on
+CPU), each a row in the same alternated rounds; ``--upsample_impls=conv_transpose,gemm`` does the
+same for the decoder's up-convolution (``config.model.upsample_impl``; ``auto`` is ``gemm`` on
+CPU), for both models. GFLOP/s use one FLOP count per size and model: XLA's cost analysis of the
+float32 step in the model's own formulation (grouped depthwise, transposed up-convolution),
+lowered but not compiled, so a faster formulation shows as more GFLOP/s, not as fewer FLOPs.
 
 XLA flags go in the ``XLA_FLAGS`` environment variable as usual; what was tried, and what each
 change was worth, is in docs/performance.md.
@@ -57,17 +57,21 @@ SIZES = {
     "quickstart": dict(features=(16, 32, 64, 128), image_size=96, batch=4),
     "issue": dict(features=(16, 32, 64, 128), image_size=128, batch=8),
     "wide": dict(features=(32, 64, 128, 256), image_size=128, batch=8),
+    # The paper protocol's model and input (configs/paper.py): for GPUs.
+    "paper": dict(features=(64, 128, 256, 512), image_size=512, batch=8),
 }
 MODELS = {
     "baseline": dict(gsconv_in="", eca_in=""),
     "paper": dict(gsconv_in="encoder,bottleneck,decoder", eca_in="encoder,bottleneck,decoder"),
 }
 FRAMEWORKS = ("jax", "torch", "torch_compile")
-# Dense peak FLOP/s of GPUs for MFU, per compute dtype (vendor data sheets, SXM parts).
+# Dense peak FLOP/s of GPUs for MFU, per compute dtype (vendor data sheets, SXM parts, no
+# sparsity); "tfloat32" is float32 computed on the tensor cores (TF32), the peak a float32 row is
+# held to when TF32 is allowed.
 PEAK_FLOPS = {
-    "H100": {"float32": 67e12, "bfloat16": 989e12},
-    "H200": {"float32": 67e12, "bfloat16": 989e12},
-    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+    "H100": {"float32": 67e12, "tfloat32": 494.7e12, "bfloat16": 989e12},
+    "H200": {"float32": 67e12, "tfloat32": 494.7e12, "bfloat16": 989e12},
+    "A100": {"float32": 19.5e12, "tfloat32": 156e12, "bfloat16": 312e12},
 }
 
 
@@ -85,7 +89,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--depthwise_impls",
         default="auto",
-        help="paper model: one JAX row per config.model.depthwise_impl (auto,grouped,dense)",
+        help="paper model: one JAX row per config.model.depthwise_impl "
+        "(auto,grouped,dense,shifted)",
     )
     parser.add_argument(
         "--upsample_impls",
@@ -93,6 +98,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="one JAX row per config.model.upsample_impl (auto,conv_transpose,gemm)",
     )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=",".join(FRAMEWORKS))
+    parser.add_argument(
+        "--tf32",
+        choices=("on", "off", "default"),
+        default="default",
+        help="float32 convolutions on TF32 tensor cores, set alike in both frameworks: 'on' "
+        "(JAX precision tensorfloat32; torch cudnn and matmul allow_tf32) or 'off' (float32); "
+        "'default' leaves each framework's own default (JAX: TF32 on GPUs; PyTorch: TF32 "
+        "convolutions, float32 matmuls)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--steps", type=int, default=10, help="train steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
@@ -299,17 +313,20 @@ def check_agreement(model, initial: dict, twin, batch: dict, tolerance: float) -
     Raises:
       SystemExit: when an error exceeds ``tolerance``; nothing is timed then.
     """
+    import jax
     import numpy as np
     import torch
 
     x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+    # Jitted: one compile per mode instead of one per operation of an eager apply.
+    apply = {
+        "eval": jax.jit(lambda v, x: model.apply(v, x, train=False)),
+        "train": jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]),
+    }
     errors = {}
     for mode in ("eval", "train"):
         train = mode == "train"
-        if train:
-            logits, _ = model.apply(initial, batch["image"], train=True, mutable=["batch_stats"])
-        else:
-            logits = model.apply(initial, batch["image"], train=False)
+        logits = apply[mode](initial, batch["image"])
         net = copy.deepcopy(twin).train(train)
         with torch.no_grad():
             theirs = net(x).permute(0, 2, 3, 1).numpy()
@@ -396,11 +413,30 @@ def device_description() -> tuple[str, str]:
     return f"{device.platform}: {device.device_kind}", device.device_kind
 
 
-def _peak_flops(kind: str, dtype: str) -> float | None:
+def _peak_flops(kind: str, dtype: str, tf32: str = "default") -> float | None:
+    if dtype == "float32" and tf32 != "off":
+        dtype = "tfloat32"
     for name, peaks in PEAK_FLOPS.items():
         if name in kind:
             return peaks.get(dtype)
     return None
+
+
+def set_tf32(setting: str) -> str:
+    """Applies ``--tf32`` to JAX and (if imported) PyTorch; returns a line describing it."""
+    import jax
+
+    if setting == "default":
+        return "TF32: each framework's default"
+    on = setting == "on"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if on else "float32")
+    try:
+        import torch
+    except ImportError:
+        return f"TF32: {setting} (JAX)"
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    return f"TF32: {setting} in both frameworks (JAX precision and torch allow_tf32)"
 
 
 def format_rows(rows: list[dict], gpu: bool) -> str:
@@ -479,7 +515,7 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     label = f"{size_name} {size['image_size']}px b{size['batch']} w{size['features'][0]}"
     for impl in impls:
         median = statistics.median(impl.images_per_s)
-        peak = _peak_flops(kind, impl.dtype)
+        peak = _peak_flops(kind, impl.dtype, args.tf32)
         gflops = flops * median / size["batch"] / 1e9
         rows.append(
             dict(
@@ -513,7 +549,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     description, kind = device_description()
     mesh = _lib("make_mesh")(jax.devices()[:1])
     print(f"device: {description}; jax {jax.__version__}; {torch_info}")
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {set_tf32(args.tf32)}")
     print(f"timing: {args.repeats} rounds x {args.steps} steps after {args.warmup} warm-up steps")
     rows = []
     for size_name, size in args.sizes:
