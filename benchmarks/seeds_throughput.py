@@ -79,8 +79,9 @@ def time_steps(compiled, state, make_batch, batches, warmup: int) -> float:
     the host keeps feeding the device as the trainer does.
     """
     for batch in batches[:warmup]:
-        state, step_metrics = compiled(state, make_batch(batch))
-    jax.block_until_ready(step_metrics)
+        state, _ = compiled(state, make_batch(batch))
+    # The state, not a step's metrics: with warmup=0 no step has run yet.
+    jax.block_until_ready(state)
     start = time.perf_counter()
     for batch in batches[warmup:]:
         state, step_metrics = compiled(state, make_batch(batch))

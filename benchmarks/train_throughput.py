@@ -27,7 +27,7 @@ from bts_jax.train.state import create_train_state
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")
 flags.DEFINE_integer("steps", 20, "Timed steps.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (0 = none).")
 
 
 def batches_forever(config):
@@ -46,6 +46,8 @@ def peak_memory_gib() -> str:
 
 def main(argv):
     del argv
+    if FLAGS.steps < 1 or FLAGS.warmup < 0:
+        raise app.UsageError("--steps must be >= 1 and --warmup >= 0")
     config = FLAGS.config
     run = train_lib.setup_run(config)
     state = create_train_state(config, run.model, run.optimizer, run.mesh)
@@ -57,8 +59,9 @@ def main(argv):
     compile_s = time.perf_counter() - start
 
     for _ in range(FLAGS.warmup):
-        state, step_metrics = compiled(state, make_global_batch(next(batches), run.mesh))
-    jax.block_until_ready(step_metrics)
+        state, _ = compiled(state, make_global_batch(next(batches), run.mesh))
+    # The state, not the last step's metrics: with --warmup=0 no step has run yet.
+    jax.block_until_ready(state)
 
     step_times, wait_times = [], []
     for _ in range(FLAGS.steps):

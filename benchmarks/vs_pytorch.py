@@ -27,11 +27,16 @@ needs no PyTorch installed.
 
 Sizes: ``test`` = configs/test.py (widths 4-32, 32x32, batch 8), ``quickstart`` =
 configs/quickstart.py (widths 16-128, 96x96, batch 4), ``issue`` = quickstart widths at 128x128,
-batch 8 (the issue's measurement); ``--features/--image_size/--batch`` give one custom size instead.
+batch 8 (the issue's measurement), ``wide`` = widths 32-256 at 128x128, batch 8 (where the gap to
+PyTorch was widest); ``--features/--image_size/--batch`` give one custom size instead.
 
-``--depthwise_impls=grouped,dense`` times the paper model once per formulation of GSConv's depthwise
-convolution (``config.model.depthwise_impl``; the default ``auto`` is ``dense`` on CPU), each a row
-in the same alternated rounds.
+``--depthwise_impls=grouped,dense,shifted`` times the paper model once per formulation of GSConv's
+depthwise convolution (``config.model.depthwise_impl``; the default ``auto`` is ``shifted`` on
+CPU), each a row in the same alternated rounds; ``--upsample_impls=conv_transpose,gemm`` does the
+same for the decoder's up-convolution (``config.model.upsample_impl``; ``auto`` is ``gemm`` on
+CPU), for both models. GFLOP/s use one FLOP count per size and model: XLA's cost analysis of the
+float32 step in the model's own formulation (grouped depthwise, transposed up-convolution),
+lowered but not compiled, so a faster formulation shows as more GFLOP/s, not as fewer FLOPs.
 
 XLA flags go in the ``XLA_FLAGS`` environment variable as usual; what was tried, and what each
 change was worth, is in docs/performance.md.
@@ -51,17 +56,22 @@ SIZES = {
     "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),
     "quickstart": dict(features=(16, 32, 64, 128), image_size=96, batch=4),
     "issue": dict(features=(16, 32, 64, 128), image_size=128, batch=8),
+    "wide": dict(features=(32, 64, 128, 256), image_size=128, batch=8),
+    # The paper protocol's model and input (configs/paper.py): for GPUs.
+    "paper": dict(features=(64, 128, 256, 512), image_size=512, batch=8),
 }
 MODELS = {
     "baseline": dict(gsconv_in="", eca_in=""),
     "paper": dict(gsconv_in="encoder,bottleneck,decoder", eca_in="encoder,bottleneck,decoder"),
 }
 FRAMEWORKS = ("jax", "torch", "torch_compile")
-# Dense peak FLOP/s of GPUs for MFU, per compute dtype (vendor data sheets, SXM parts).
+# Dense peak FLOP/s of GPUs for MFU, per compute dtype (vendor data sheets, SXM parts, no
+# sparsity); "tfloat32" is float32 computed on the tensor cores (TF32), the peak a float32 row is
+# held to when TF32 is allowed.
 PEAK_FLOPS = {
-    "H100": {"float32": 67e12, "bfloat16": 989e12},
-    "H200": {"float32": 67e12, "bfloat16": 989e12},
-    "A100": {"float32": 19.5e12, "bfloat16": 312e12},
+    "H100": {"float32": 67e12, "tfloat32": 494.7e12, "bfloat16": 989e12},
+    "H200": {"float32": 67e12, "tfloat32": 494.7e12, "bfloat16": 989e12},
+    "A100": {"float32": 19.5e12, "tfloat32": 156e12, "bfloat16": 312e12},
 }
 
 
@@ -79,9 +89,24 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--depthwise_impls",
         default="auto",
-        help="paper model: one JAX row per config.model.depthwise_impl (auto,grouped,dense)",
+        help="paper model: one JAX row per config.model.depthwise_impl "
+        "(auto,grouped,dense,shifted)",
+    )
+    parser.add_argument(
+        "--upsample_impls",
+        default="auto",
+        help="one JAX row per config.model.upsample_impl (auto,conv_transpose,gemm)",
     )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=",".join(FRAMEWORKS))
+    parser.add_argument(
+        "--tf32",
+        choices=("on", "off", "default"),
+        default="default",
+        help="float32 convolutions on TF32 tensor cores, set alike in both frameworks: 'on' "
+        "(JAX precision tensorfloat32; torch cudnn and matmul allow_tf32) or 'off' (float32); "
+        "'default' leaves each framework's own default (JAX: TF32 on GPUs; PyTorch: TF32 "
+        "convolutions, float32 matmuls)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds")
     parser.add_argument("--steps", type=int, default=10, help="train steps per round")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps after compiling")
@@ -90,9 +115,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.frameworks = _split(args.frameworks, FRAMEWORKS, "--frameworks")
     args.models = _split(args.models, MODELS, "--models")
     args.dtypes = _split(args.dtypes, ("float32", "bfloat16"), "--dtypes")
-    from bts_jax.models.layers import DEPTHWISE_IMPLS
+    from bts_jax.models.layers import DEPTHWISE_IMPLS, UPSAMPLE_IMPLS
 
     args.depthwise_impls = _split(args.depthwise_impls, DEPTHWISE_IMPLS, "--depthwise_impls")
+    args.upsample_impls = _split(args.upsample_impls, UPSAMPLE_IMPLS, "--upsample_impls")
     if args.features or args.image_size or args.batch:
         if not (args.features and args.image_size and args.batch):
             parser.error("--features, --image_size and --batch go together")
@@ -140,12 +166,15 @@ class Impl:
     images_per_s: list[float] = field(default_factory=list)
 
 
-def make_config(size: dict, model: dict, dtype: str, depthwise_impl: str = "auto"):
+def make_config(
+    size: dict, model: dict, dtype: str, depthwise_impl: str = "auto", upsample_impl: str = "auto"
+):
     """The experiment config of one benchmark case (constant-rate Adam, loss weights 1, 1)."""
     from bts_jax.configs import default
 
     config = default.get_config()
     config.model.depthwise_impl = depthwise_impl
+    config.model.upsample_impl = upsample_impl
     config.model.features = tuple(size["features"])
     config.model.gsconv_in = model["gsconv_in"]
     config.model.eca_in = model["eca_in"]
@@ -212,8 +241,32 @@ def jax_impl(config, batch: dict, mesh):
     name = f"bts_jax {config.dtype}"
     if config.model.gsconv_in and config.model.depthwise_impl != "auto":
         name += f" (depthwise {config.model.depthwise_impl})"
+    if config.model.upsample_impl != "auto":
+        name += f" (upsample {config.model.upsample_impl})"
     impl = Impl(name, run, dtype=config.dtype, memory=peak_bytes)
     return impl, initial, model, float(cost["flops"])
+
+
+def reference_flops(size: dict, model_name: str, batch: dict, mesh) -> float:
+    """FLOPs of one float32 train step in the model's own formulation, the same for every row.
+
+    XLA's cost analysis of the step lowered (not compiled) with grouped depthwise convolutions and
+    transposed up-convolutions: a reformulation that multiplies zeros (block-diagonal depthwise)
+    or skips them (the GEMM up-convolution) does not change it.
+    """
+    import jax
+    import optax
+
+    from bts_jax.models import build_model
+
+    config = make_config(size, MODELS[model_name], "float32", "grouped", "conv_transpose")
+    model = build_model(config.model)
+    optimizer = _lib("create_optimizer")(config.optimizer, optax.constant_schedule(1e-4))
+    state = jax.eval_shape(lambda: _lib("create_train_state")(config, model, optimizer, mesh))
+    step = _lib("make_train_step")(config, model, optimizer, mesh)
+    cost = step.lower(state, _lib("make_global_batch")(batch, mesh)).cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost["flops"])
 
 
 def _torch_unet():
@@ -262,17 +315,20 @@ def check_agreement(model, initial: dict, twin, batch: dict, tolerance: float) -
     Raises:
       SystemExit: when an error exceeds ``tolerance``; nothing is timed then.
     """
+    import jax
     import numpy as np
     import torch
 
     x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
+    # Jitted: one compile per mode instead of one per operation of an eager apply.
+    apply = {
+        "eval": jax.jit(lambda v, x: model.apply(v, x, train=False)),
+        "train": jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]),
+    }
     errors = {}
     for mode in ("eval", "train"):
         train = mode == "train"
-        if train:
-            logits, _ = model.apply(initial, batch["image"], train=True, mutable=["batch_stats"])
-        else:
-            logits = model.apply(initial, batch["image"], train=False)
+        logits = apply[mode](initial, batch["image"])
         net = copy.deepcopy(twin).train(train)
         with torch.no_grad():
             theirs = net(x).permute(0, 2, 3, 1).numpy()
@@ -359,11 +415,30 @@ def device_description() -> tuple[str, str]:
     return f"{device.platform}: {device.device_kind}", device.device_kind
 
 
-def _peak_flops(kind: str, dtype: str) -> float | None:
+def _peak_flops(kind: str, dtype: str, tf32: str = "default") -> float | None:
+    if dtype == "float32" and tf32 != "off":
+        dtype = "tfloat32"
     for name, peaks in PEAK_FLOPS.items():
         if name in kind:
             return peaks.get(dtype)
     return None
+
+
+def set_tf32(setting: str) -> str:
+    """Applies ``--tf32`` to JAX and (if imported) PyTorch; returns a line describing it."""
+    import jax
+
+    if setting == "default":
+        return "TF32: each framework's default"
+    on = setting == "on"
+    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if on else "float32")
+    try:
+        import torch
+    except ImportError:
+        return f"TF32: {setting} (JAX)"
+    torch.backends.cuda.matmul.allow_tf32 = on
+    torch.backends.cudnn.allow_tf32 = on
+    return f"TF32: {setting} in both frameworks (JAX precision and torch allow_tf32)"
 
 
 def format_rows(rows: list[dict], gpu: bool) -> str:
@@ -402,22 +477,23 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     import jax
 
     batch = make_batch(size)
-    impls, flops = [], None
-    reference = None
-    # The baseline has no depthwise convolution: one row per dtype is enough.
+    impls, reference = [], None
+    flops = reference_flops(size, model_name, batch, mesh)
+    # The baseline has no depthwise convolution: one row per dtype and up-convolution is enough.
     depthwise_impls = args.depthwise_impls if MODELS[model_name]["gsconv_in"] else ["auto"]
-    for dtype in args.dtypes if "jax" in args.frameworks else ["float32"]:
-        for depthwise_impl in depthwise_impls:
-            config = make_config(size, MODELS[model_name], dtype, depthwise_impl)
-            impl, initial, model, step_flops = jax_impl(config, batch, mesh)
+    variants = [(d, u) for d in depthwise_impls for u in args.upsample_impls]
+    timed = "jax" in args.frameworks
+    for dtype in args.dtypes if timed else ["float32"]:
+        for depthwise_impl, upsample_impl in variants if timed else variants[:1]:
+            config = make_config(size, MODELS[model_name], dtype, depthwise_impl, upsample_impl)
+            impl, initial, model, _ = jax_impl(config, batch, mesh)
             if dtype == "float32" and reference is None:
-                flops, reference = step_flops, (initial, model)
-            if "jax" in args.frameworks:
+                reference = (initial, model)
+            if timed:
                 impls.append(impl)
     if reference is None:  # bfloat16 only: the float32 model is the reference.
-        _, initial, model, flops = jax_impl(
-            make_config(size, MODELS[model_name], "float32", depthwise_impls[0]), batch, mesh
-        )
+        config = make_config(size, MODELS[model_name], "float32", *variants[0])
+        _, initial, model, _ = jax_impl(config, batch, mesh)
         reference = (initial, model)
     wants_torch = [f for f in args.frameworks if f.startswith("torch")]
     if wants_torch:
@@ -441,7 +517,7 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     label = f"{size_name} {size['image_size']}px b{size['batch']} w{size['features'][0]}"
     for impl in impls:
         median = statistics.median(impl.images_per_s)
-        peak = _peak_flops(kind, impl.dtype)
+        peak = _peak_flops(kind, impl.dtype, args.tf32)
         gflops = flops * median / size["batch"] / 1e9
         rows.append(
             dict(
@@ -475,7 +551,7 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     description, kind = device_description()
     mesh = _lib("make_mesh")(jax.devices()[:1])
     print(f"device: {description}; jax {jax.__version__}; {torch_info}")
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {set_tf32(args.tf32)}")
     print(f"timing: {args.repeats} rounds x {args.steps} steps after {args.warmup} warm-up steps")
     rows = []
     for size_name, size in args.sizes:

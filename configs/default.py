@@ -41,9 +41,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.attention = ""
     config.model.gsconv_act = "mish"  # "mish" | "silu" | "relu"
     config.model.gsconv_shuffle = "interleave"  # "interleave" | "legacy" | "none"
-    # GSConv's depthwise 5x5: "auto" ("dense" on CPU, "grouped" elsewhere) | "grouped" | "dense".
-    # The same function either way; "dense" is ~1.7x faster on XLA:CPU (docs/performance.md).
+    # GSConv's depthwise 5x5: "auto" ("shifted" on CPU, "grouped" elsewhere) | "grouped" | "dense"
+    # | "shifted". The same function either way; on XLA:CPU "dense" is ~1.7x faster than
+    # "grouped" and "shifted" ~1.2x faster than "dense" (docs/performance.md).
     config.model.depthwise_impl = "auto"
+    # The decoder's 2x2 stride-2 up-convolution: "auto" ("gemm" on CPU, "conv_transpose"
+    # elsewhere) | "conv_transpose" (nn.ConvTranspose) | "gemm" (one matrix product). The same
+    # function and parameters either way; "gemm" is faster on XLA:CPU (docs/performance.md).
+    config.model.upsample_impl = "auto"
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
     # Squeeze-excite MLPs (se, cbam, scse): C -> max(C // r, min(C, 8)) -> C.
     config.model.se_reduction = 16

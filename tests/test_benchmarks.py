@@ -16,6 +16,14 @@ COMMANDS = {
         "--steps=2",
         "--warmup=1",
     ],
+    # No warm-up step at all: the timed steps follow the compilation directly.
+    "train_throughput_no_warmup": [
+        "benchmarks/train_throughput.py",
+        "--config",
+        "configs/test.py",
+        "--steps=1",
+        "--warmup=0",
+    ],
     "model_stats": [
         "benchmarks/model_stats.py",
         "--image_size=32",
@@ -31,6 +39,16 @@ COMMANDS = {
         "--steps=2",
         "--warmup=1",
     ],
+    "profile_step": [
+        "benchmarks/profile_step.py",
+        "--config",
+        "configs/test.py",
+        "--config.model.features=(4, 8)",
+        "--config.data.image_size=16",
+        "--steps=1",
+        "--warmup=0",
+        "--top=3",
+    ],
     "input_pipeline": [
         "benchmarks/input_pipeline.py",
         "--data_dir=",
@@ -41,9 +59,11 @@ COMMANDS = {
 }
 EXPECTED = {
     "train_throughput": "waiting for input",
+    "train_throughput_no_warmup": "step time (median of 1)",
     "model_stats": "| test |",
     "seeds_throughput": "| 2 |",
     "input_pipeline": "cache on, later epochs",
+    "profile_step": "| depthwise kernel gradient |",
 }
 
 
@@ -63,3 +83,30 @@ def test_benchmark_script_runs_from_the_repository_root(name):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert EXPECTED[name] in done.stdout, done.stdout[-2000:]
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run_runs_every_section_on_the_cpu(tmp_path):
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    done = subprocess.run(
+        [
+            "bash",
+            "benchmarks/gpu_check.sh",
+            "--dry_run",
+            f"--python={sys.executable}",
+            f"--out={tmp_path}",
+        ],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-2000:]
+    out = done.stdout
+    assert "all sections done" in out
+    # What each section measured: the table, both formulations, the epochs, the seeds.
+    assert "| custom 16px b2 w4 | baseline | bts_jax float32 |" in out
+    assert "(depthwise dense)" in out and "(upsample gemm)" in out
+    assert "| 2 |" in out.split("=== 3 paper protocol")[1].split("=== 4")[0]
+    assert "| 2 |" in out.split("=== 4 seeds")[1]

@@ -226,13 +226,14 @@ def test_block_diagonal_conv_equals_the_grouped_depthwise_convolution(stride):
         np.testing.assert_allclose(dense_grad, grouped_grad, rtol=1e-4, atol=1e-4)
 
 
-def test_resolve_depthwise_impl_picks_dense_on_cpu_only():
-    assert resolve_depthwise_impl("auto", "cpu") == "dense"
+def test_resolve_depthwise_impl_picks_shifted_on_cpu_only():
+    assert resolve_depthwise_impl("auto", "cpu") == "shifted"
     assert resolve_depthwise_impl("auto", "gpu") == "grouped"
     assert resolve_depthwise_impl("auto", "tpu") == "grouped"
     assert resolve_depthwise_impl("grouped", "cpu") == "grouped"
     assert resolve_depthwise_impl("dense", "gpu") == "dense"
-    assert resolve_depthwise_impl("auto") == "dense"  # The tests run on CPU.
+    assert resolve_depthwise_impl("shifted", "gpu") == "shifted"
+    assert resolve_depthwise_impl("auto") == "shifted"  # The tests run on CPU.
     with pytest.raises(ValueError, match="depthwise_impl='winograd'"):
         resolve_depthwise_impl("winograd")
 
@@ -248,7 +249,7 @@ def test_gsconv_depthwise_impl_decides_the_convolution_actually_traced(impl, gro
     module = GSConv(8, depthwise_impl=impl)
     variables, x = init(module, (2, 8, 8, 3))
     traced = _max_feature_groups(lambda v, x: module.apply(v, x, train=False), variables, x)
-    assert traced == groups  # "auto" is "dense" on the CPU the tests run on
+    assert traced == groups  # "auto" is "shifted" (no grouped convolution) on the tests' CPU
 
 
 @pytest.mark.slow

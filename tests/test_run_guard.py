@@ -124,6 +124,18 @@ def test_workdirs_from_before_the_block_registry_resume_unchanged(tmp_path):
         workdir_lib.check_config(config, tmp_path, checkpoint_step=6)
 
 
+def test_a_workdir_saved_before_upsample_impl_existed_resumes_unchanged(tmp_path):
+    config = test_config.get_config()
+    saved = json.loads(config.to_json_best_effort())
+    del saved["model"]["upsample_impl"]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert workdir_lib.check_config(config, tmp_path, checkpoint_step=6) == []
+    # Switching formulations on resume is allowed: the same function and parameters.
+    config.model.upsample_impl = "conv_transpose"
+    changes = workdir_lib.check_config(config, tmp_path, checkpoint_step=6)
+    assert [(c.field, c.safe) for c in changes] == [("model.upsample_impl", True)]
+
+
 def test_non_finite_config_values_are_refused(tmp_path):
     config = test_config.get_config()
     config.optimizer.learning_rate = float("nan")

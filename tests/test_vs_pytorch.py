@@ -45,11 +45,28 @@ def test_depthwise_impls_give_one_paper_row_each_and_one_baseline_row(vs):
     ]
 
 
+def test_upsample_impls_give_one_row_each_for_both_models(vs):
+    args = ["--dtypes=float32", "--frameworks=jax", "--upsample_impls=conv_transpose,gemm"]
+    rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])
+    assert [(row["model"], row["impl"]) for row in rows] == [
+        ("baseline", "bts_jax float32 (upsample conv_transpose)"),
+        ("baseline", "bts_jax float32 (upsample gemm)"),
+        ("paper", "bts_jax float32 (upsample conv_transpose)"),
+        ("paper", "bts_jax float32 (upsample gemm)"),
+    ]
+    # One FLOP count per model (its own formulation): GFLOP/s scale with images/s.
+    for a, b in (rows[:2], rows[2:]):
+        assert a["gflops"] / a["median"] == pytest.approx(b["gflops"] / b["median"])
+
+
 def test_bad_arguments_name_the_flag(vs):
     with pytest.raises(SystemExit, match="--frameworks"):
         vs.parse_args(["--frameworks=tensorflow"])
     with pytest.raises(SystemExit, match="--depthwise_impls"):
         vs.parse_args(["--depthwise_impls=fft"])
+    with pytest.raises(SystemExit, match="--upsample_impls"):
+        vs.parse_args(["--upsample_impls=nearest"])
+    assert vs.parse_args(["--sizes=wide"]).sizes == [("wide", vs.SIZES["wide"])]
     with pytest.raises(SystemExit):
         vs.parse_args(["--features=4,8", "--image_size=16"])  # --batch missing
 

@@ -83,6 +83,7 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
         gsconv_shuffle=model_config.gsconv_shuffle,
         # Configs written before the field existed computed depthwise convolutions "auto"matically.
         depthwise_impl=model_config.get("depthwise_impl", "auto"),
+        upsample_impl=model_config.get("upsample_impl", "auto"),
         eca_kernel_size=int(model_config.eca_kernel_size) or None,
         se_reduction=int(model_config.get("se_reduction", 16)),
         dtype=parse_dtype(dtype),
@@ -109,8 +110,9 @@ def model_summary(
 
     FLOPs come from XLA's cost analysis of the compiled forward pass (a multiply-add counts as 2),
     so they include everything XLA executes (BatchNorm, activations, pooling), not only the
-    convolutions. They are the model's own FLOPs: counted with grouped depthwise convolutions
-    whatever ``model.depthwise_impl`` is, since the block-diagonal dense form multiplies zeros.
+    convolutions. They are the model's own FLOPs, the same whatever the formulation: counted with
+    grouped depthwise convolutions and ``nn.ConvTranspose`` up-convolutions whatever
+    ``model.depthwise_impl`` and ``model.upsample_impl`` are.
     No array of the full input size is allocated for the parameter count.
 
     Args:
@@ -123,7 +125,7 @@ def model_summary(
       ``{"params": ..., "flops": ..., "gflops_per_image": ...}``.
     """
     model.check_input_shape((batch_size, image_size, image_size, in_channels))
-    model = model.clone(depthwise_impl="grouped")
+    model = model.clone(depthwise_impl="grouped", upsample_impl="conv_transpose")
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_channels), jnp.float32)
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False)

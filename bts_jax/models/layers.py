@@ -7,13 +7,22 @@ averages in float32.
 """
 
 import math
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-from jax import lax
+
+# The formulations live in their own module; these names stay importable from here.
+from bts_jax.models.formulations import (  # noqa: F401
+    DEPTHWISE_IMPLS,
+    UPSAMPLE_IMPLS,
+    UpConvGemm,
+    block_diagonal_conv,
+    resolve_depthwise_impl,
+    resolve_upsample_impl,
+    shifted_depthwise_conv,
+)
 
 # The activations a block can use. "mish" is the GSConv authors' paper-era default.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -23,14 +32,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 SHUFFLE_MODES = ("interleave", "legacy", "none")
-
-# How a depthwise convolution is computed (docs/performance.md, "Depthwise convolution"):
-# "grouped" is XLA's feature_group_count convolution; "dense" is the same convolution with the
-# (k, k, 1, C) kernel expanded to a block-diagonal (k, k, C, C) dense kernel, C times the FLOPs
-# but ~1.7x faster train steps on XLA:CPU, whose grouped convolutions (above all their kernel
-# gradients) are slow; "auto" is "dense" on CPU and "grouped" elsewhere. All three compute the
-# same function with the same parameters: they differ by float rounding only.
-DEPTHWISE_IMPLS = ("auto", "grouped", "dense")
 
 # docs/design.md section 1: eps 1e-5 and PyTorch momentum 0.1, i.e. Flax momentum 0.9.
 BATCH_NORM_EPSILON = 1e-5
@@ -91,78 +92,6 @@ def channel_shuffle(x: jax.Array, mode: str) -> jax.Array:
     return x.reshape(*lead, half, 2).swapaxes(-1, -2).reshape(*lead, channels)
 
 
-def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
-    """Returns ``"grouped"`` or ``"dense"`` for ``impl`` (``"auto"`` picks by backend).
-
-    Args:
-      impl: one of ``DEPTHWISE_IMPLS``.
-      backend: the platform the model is traced for; defaults to ``jax.default_backend()``.
-
-    Raises:
-      ValueError: ``impl`` is not one of ``DEPTHWISE_IMPLS``.
-    """
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"depthwise_impl={impl!r}; expected one of {DEPTHWISE_IMPLS}.")
-    if impl != "auto":
-        return impl
-    return "dense" if (backend or jax.default_backend()) == "cpu" else "grouped"
-
-
-def block_diagonal_conv(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides: Sequence[int],
-    padding: Any,
-    *,
-    feature_group_count: int = 1,
-    dimension_numbers: Any = None,
-    **kwargs: Any,
-) -> jax.Array:
-    """``lax.conv_general_dilated`` computing a depthwise convolution as a dense one.
-
-    A depthwise convolution (``feature_group_count`` = C_in = C_out = C, kernel (kh, kw, 1, C) in
-    Flax's HWIO layout) equals a dense convolution whose kernel is block-diagonal:
-    ``dense[i, j, c_in, c_out] = kernel[i, j, 0, c_out] * (c_in == c_out)``. The off-diagonal
-    zeros add exact zeros, and the gradient reaches only the diagonal, i.e. ``kernel``. Any other
-    convolution is passed to ``lax.conv_general_dilated`` unchanged. Flax's ``nn.Conv`` takes this
-    as its ``conv_general_dilated``, so parameters, their names and their initialisation do not
-    change.
-
-    Args:
-      lhs: input of shape (B, H, W, C) (NHWC, as ``nn.Conv`` calls it).
-      rhs: kernel of shape (kh, kw, C_in / groups, C_out).
-      window_strides: spatial strides.
-      padding: as ``lax.conv_general_dilated``.
-      feature_group_count: number of groups.
-      dimension_numbers: as ``lax.conv_general_dilated``; must be NHWC/HWIO/NHWC to expand.
-      **kwargs: passed through (dilations, precision, preferred_element_type).
-
-    Returns:
-      The convolution's output, (B, H', W', C_out).
-    """
-    channels = rhs.shape[-1]
-    # nn.Conv passes a ConvDimensionNumbers, not the layout strings: compare normalised forms.
-    nhwc = lax.conv_dimension_numbers(lhs.shape, rhs.shape, ("NHWC", "HWIO", "NHWC"))
-    is_depthwise = (
-        feature_group_count > 1
-        and rhs.shape[-2] == 1
-        and feature_group_count == channels == lhs.shape[-1]
-        and lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers) == nhwc
-    )
-    if is_depthwise:
-        rhs = rhs * jnp.eye(channels, dtype=rhs.dtype)  # (kh, kw, 1, C) -> (kh, kw, C, C)
-        feature_group_count = 1
-    return lax.conv_general_dilated(
-        lhs,
-        rhs,
-        window_strides,
-        padding,
-        feature_group_count=feature_group_count,
-        dimension_numbers=dimension_numbers,
-        **kwargs,
-    )
-
-
 def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
     """Returns ECA's adaptive 1D kernel size for a channel count (ECA-Net authors' rule).
 
@@ -218,7 +147,8 @@ class ConvBNAct(nn.Module):
           Output of shape (B, H / strides, W / strides, features).
         """
         activation = get_activation(self.act)
-        dense = resolve_depthwise_impl(self.depthwise_impl) == "dense"
+        impl = resolve_depthwise_impl(self.depthwise_impl)
+        conv_fn = {"dense": block_diagonal_conv, "shifted": shifted_depthwise_conv}.get(impl)
         x = nn.Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
@@ -227,7 +157,7 @@ class ConvBNAct(nn.Module):
             # "SAME" pads (0, 1) for stride 2 on even sizes, shifting every output by one pixel.
             padding=((self.kernel_size // 2,) * 2,) * 2,
             feature_group_count=self.groups,
-            conv_general_dilated=block_diagonal_conv if dense and self.groups > 1 else None,
+            conv_general_dilated=conv_fn if self.groups > 1 else None,
             use_bias=False,
             dtype=self.dtype,
             param_dtype=self.param_dtype,

@@ -14,7 +14,14 @@ import jax.numpy as jnp
 from bts_jax.models import attention as _attention  # noqa: F401  (registers the zoo)
 from bts_jax.models import convs as _convs  # noqa: F401  (registers the zoo)
 from bts_jax.models import registry
-from bts_jax.models.layers import DEPTHWISE_IMPLS, SHUFFLE_MODES, get_activation
+from bts_jax.models.layers import (
+    DEPTHWISE_IMPLS,
+    SHUFFLE_MODES,
+    UPSAMPLE_IMPLS,
+    UpConvGemm,
+    get_activation,
+    resolve_upsample_impl,
+)
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
 GSCONV_PLACES = frozenset({"encoder", "bottleneck", "decoder"})
@@ -82,18 +89,24 @@ class Upsample(nn.Module):
         (bilinear resize, then a 1x1 conv with bias).
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      impl: how ``"transpose"`` is computed, one of ``UPSAMPLE_IMPLS``: ``"conv_transpose"``
+        (``nn.ConvTranspose``), ``"gemm"`` (:class:`UpConvGemm`, the same function and
+        parameters) or ``"auto"`` (``"gemm"`` on CPU, ``"conv_transpose"`` elsewhere).
     """
 
     features: int
     mode: str = "transpose"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         """Maps (B, H, W, C_in) to (B, 2H, 2W, features)."""
         dtypes = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         if self.mode == "transpose":
+            if resolve_upsample_impl(self.impl) == "gemm":
+                return UpConvGemm(self.features, name="conv", **dtypes)(x)
             return nn.ConvTranspose(
                 self.features, (2, 2), strides=(2, 2), padding="VALID", name="conv", **dtypes
             )(x)
@@ -125,12 +138,15 @@ class UNet(nn.Module):
       attention: attention per group, likewise over ``eca_in`` (groups include ``skip``).
       gsconv_act: activation inside GSConv.
       gsconv_shuffle: GSConv channel shuffle mode.
-      depthwise_impl: how depthwise convolutions are computed: ``"auto"`` (``"dense"`` on CPU,
-        ``"grouped"`` elsewhere), ``"grouped"`` or ``"dense"``; the same function either way.
+      depthwise_impl: how GSConv's depthwise convolutions are computed: ``"auto"`` (``"shifted"``
+        on CPU, ``"grouped"`` elsewhere), ``"grouped"``, ``"dense"`` or ``"shifted"``; the same
+        function either way.
       eca_kernel_size: ECA kernel size for every ECA, ``None`` for the adaptive rule.
       se_reduction: reduction ratio of the squeeze-excite MLPs (``se``, ``cbam``, ``scse``).
       dtype: computation dtype (float32 or bfloat16).
       param_dtype: parameter dtype.
+      upsample_impl: how ``"transpose"`` is computed: ``"auto"`` (``"gemm"`` on CPU,
+        ``"conv_transpose"`` elsewhere), ``"conv_transpose"`` or ``"gemm"``; the same function.
     """
 
     features: Sequence[int] = (64, 128, 256, 512)
@@ -147,6 +163,7 @@ class UNet(nn.Module):
     se_reduction: int = 16
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    upsample_impl: str = "auto"  # Last, so that positional construction keeps its meaning.
 
     @property
     def downsampling_factor(self) -> int:
@@ -195,6 +212,10 @@ class UNet(nn.Module):
             raise ValueError(f"UNet.num_classes must be >= 1, got {self.num_classes}.")
         if self.upsample not in UPSAMPLE_MODES:
             raise ValueError(f"UNet.upsample={self.upsample!r}; expected one of {UPSAMPLE_MODES}.")
+        if self.upsample_impl not in UPSAMPLE_IMPLS:
+            raise ValueError(
+                f"UNet.upsample_impl={self.upsample_impl!r}; expected one of {UPSAMPLE_IMPLS}."
+            )
         if self.gsconv_shuffle not in SHUFFLE_MODES:
             raise ValueError(
                 f"UNet.gsconv_shuffle={self.gsconv_shuffle!r}; expected one of {SHUFFLE_MODES}."
@@ -281,7 +302,9 @@ class UNet(nn.Module):
 
         skip_attention = blocks["attention"]["skip"]
         for i, (features, skip) in enumerate(zip(self.features[::-1], skips[::-1], strict=True)):
-            x = Upsample(features, self.upsample, name=f"up_{i}", **dtypes)(x)
+            x = Upsample(
+                features, self.upsample, impl=self.upsample_impl, name=f"up_{i}", **dtypes
+            )(x)
             if skip_attention != "none":
                 make = registry.resolve("attention", skip_attention, "UNet.attention")
                 name = f"skip_{attention_module_name(skip_attention)}_{i}"

@@ -42,6 +42,10 @@ SAFE_CHANGES: dict[str, str] = {
         "how depthwise convolutions are computed (grouped or block-diagonal dense): the same "
         "function and parameters, results equal up to float rounding"
     ),
+    "model.upsample_impl": (
+        "how the 2x2 up-convolutions are computed (transposed convolution or one matrix "
+        "product): the same function and parameters, results equal up to float rounding"
+    ),
 }
 
 
@@ -56,6 +60,7 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.conv": "",
     "model.attention": "",
     "model.se_reduction": 16,
+    "model.upsample_impl": "auto",
 }
 
 

@@ -105,8 +105,8 @@ class UNet(nnx.Module):
           rngs: random streams; the ``params`` (or ``default``) stream seeds the weights.
           **unet_fields: the fields of the Linen :class:`bts_jax.models.UNet` (``features``,
             ``num_classes``, ``upsample``, ``gsconv_in``, ``eca_in``, ``conv``, ``attention``,
-            ``gsconv_act``, ``gsconv_shuffle``, ``depthwise_impl``, ``eca_kernel_size``,
-            ``se_reduction``, ``dtype``, ``param_dtype``).
+            ``gsconv_act``, ``gsconv_shuffle``, ``depthwise_impl``, ``upsample_impl``,
+            ``eca_kernel_size``, ``se_reduction``, ``dtype``, ``param_dtype``).
 
         Raises:
           ValueError: for an invalid field value, as the Linen UNet does.
@@ -171,7 +171,8 @@ class UNet(nnx.Module):
         ups, skip_ecas, skip_attentions, decoder = [], [], [], []
         skip = blocks["attention"]["skip"]
         for c_in, features in zip(widths[:0:-1], widths[-2::-1], strict=True):
-            ups.append(bridged(linen_unet.Upsample(features, config.upsample, **dtypes), c_in))
+            up = linen_unet.Upsample(features, config.upsample, impl=config.upsample_impl, **dtypes)
+            ups.append(bridged(up, c_in))
             skip_ecas.append(attention(skip, features) if skip == "eca" else None)
             other = skip not in ("eca", "none")
             skip_attentions.append(attention(skip, features) if other else None)
