@@ -144,9 +144,11 @@ def main(argv=None) -> int:
     def duration(seconds):
         return "unknown" if seconds is None else str(datetime.timedelta(seconds=round(seconds)))
 
+    # Counts print as counts (the metrics dict holds floats).
+    num_images, num_missed = int(result["num_images"]), int(result["num_pred_empty_only"])
     print(f"workdir: {os.path.abspath(args.workdir)}")
     print(
-        f"held-out slices: {result['num_images']} "
+        f"held-out slices: {num_images} "
         f"({', '.join(f'{n} {name}' for name, n in counts.items())}) from {args.data_dir}"
     )
     print(f"tumour Dice (all pixels): {result['dice']:.4f}")
@@ -154,7 +156,7 @@ def main(argv=None) -> int:
     print(f"mIoU: {result['miou']:.4f} (tumour IoU {result['iou_tumour']:.4f})")
     print(f"HD95 (mean per image): {result['hd95_mm']:.2f} mm")
     print(
-        f"empty predictions: {result['num_pred_empty_only']} of {result['num_images']} "
+        f"empty predictions: {num_missed} of {num_images} "
         f"({100 * result['pred_empty_share']:.1f}%)"
     )
     print(f"training wall time (from the workdir's files): {duration(train_s)}")

@@ -3,7 +3,7 @@
 Usage: python tests/multihost_worker.py PORT PROCESS_ID OUTPUT_DIR [DIE_AFTER_STEPS]
 Trains two steps of the tiny config on this host's shard of the global batches, then evaluates.
 With DIE_AFTER_STEPS, process 1 kills itself (SIGKILL) after that many steps and process 0 trains
-on, to show how a run ends when a peer is lost (a 5 s heartbeat timeout keeps the test short).
+on, to show how a run ends when a peer is lost (a 15 s heartbeat timeout keeps the test short).
 """
 
 import json
@@ -25,7 +25,9 @@ def main(port: str, process_id: str, out_dir: str, die_after_steps: str = "") ->
         f"127.0.0.1:{port}",
         2,
         int(process_id),
-        heartbeat_timeout_s=5 if die_after else 60,
+        # 15 s: short enough to keep the test short, long enough that a peer compiling on a
+        # loaded 2-core machine is not taken for lost (5 s was, in a full-suite run).
+        heartbeat_timeout_s=15 if die_after else 60,
         shutdown_timeout_s=10 if die_after else 120,
     )
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()

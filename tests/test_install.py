@@ -26,14 +26,15 @@ def _run(args, cwd, env, timeout=600):
 def installed(tmp_path_factory):
     """A fresh virtual environment with the wheel of this checkout installed, offline.
 
+    The wheel is built as a user builds it: pip fetches the build backend that pyproject.toml
+    names (setuptools>=77) into an isolated build environment, as `pip install` does.
     The dependencies are the ones already installed for the tests: their site-packages folder is
     put on the new environment's path, after its own, so only bts_jax comes from the wheel.
     """
     root = tmp_path_factory.mktemp("install")
     dist = root / "dist"
     _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index"]
-        + ["--wheel-dir", str(dist), REPO],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--wheel-dir", str(dist), REPO],
         cwd=root,
         env=os.environ,
     )
@@ -114,3 +115,5 @@ def test_every_command_runs_from_an_empty_folder(installed, tmp_path):
     assert (cwd / "c.png").is_file()
     for command in ("bts-sweep", "bts-report"):
         assert "USAGE" in _run([command, "--help"], cwd, env).upper()
+    # The program's own flags, not only absl's one-line usage.
+    assert "--workdir" in _run(["bts-sweep", "--help"], cwd, env)

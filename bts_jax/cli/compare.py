@@ -1,4 +1,4 @@
-"""Compares two trained workdirs on the same images (the paper's figure 8) in one PNG.
+r"""Compares two trained workdirs on the same images (the paper's figure 8) in one PNG.
 
     python compare.py --workdir_a workdirs/unet --workdir_b workdirs/paper --output compare.png \
         --num_images 8 --names "U-Net,Improved U-Net"

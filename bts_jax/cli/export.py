@@ -1,4 +1,4 @@
-"""Exports a trained workdir for deployment: a jax.export artifact, its preprocessing, a SavedModel.
+r"""Exports a trained workdir for deployment: a jax.export artifact, its preprocessing, SavedModel.
 
     python export.py --workdir workdirs/quickstart --output exported/quickstart
     python export.py --workdir workdirs/seed0,workdirs/seed1 --output exported/ensemble --tta \

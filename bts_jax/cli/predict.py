@@ -1,4 +1,4 @@
-"""Segments images of any size with a trained workdir: a mask PNG and an overlay PNG per image.
+r"""Segments images of any size with a trained workdir: a mask PNG and an overlay PNG per image.
 
     python predict.py --workdir workdirs/quickstart --inputs scans/ --output_dir predictions/
     python predict.py --workdir workdirs/quickstart --inputs a.png,b.jpg --output_dir out/ \

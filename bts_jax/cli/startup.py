@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable
 
-from absl import app
+from absl import app, flags
 from absl import logging as absl_logging
 
 # Libraries whose routine INFO records drown a run's own log (matched in the record's file path).
@@ -63,6 +63,25 @@ def _with_clear_errors(main: Callable[[list[str]], object]) -> Callable[[list[st
     return run
 
 
+# absl's own --help lists only the flags of the module named like argv[0]: a console command
+# (bts-train) or a two-line script defines none, its program's module does.
+HELP_FLAGS = frozenset({"-h", "--help", "-?", "--helpshort"})
+
+
+def print_program_help(main: Callable[[list[str]], object]) -> None:
+    """Prints the program's docstring and the flags of the bts_jax.cli modules it loaded.
+
+    Args:
+      main: the program's ``main``; its module's docstring says what it does and how to call it.
+    """
+    module = sys.modules.get(main.__module__)
+    print(f"USAGE: {os.path.basename(sys.argv[0])} [flags]", end="\n\n")
+    print((getattr(module, "__doc__", None) or "").strip(), end="\n\n")
+    for name in sorted(flags.FLAGS.flags_by_module_dict()):
+        if name.startswith("bts_jax.cli"):
+            print(flags.FLAGS.module_help(name), end="\n\n")
+
+
 def run_program(
     main: Callable[[list[str]], object], argv_filter: Callable[[list[str]], list[str]] | None = None
 ) -> None:
@@ -74,6 +93,9 @@ def run_program(
         preset); its errors are reported like the program's.
     """
     argv = sys.argv
+    if HELP_FLAGS & set(argv[1:]):
+        print_program_help(main)
+        return
     if argv_filter is not None:
         try:
             argv = argv_filter(argv)

@@ -1,4 +1,4 @@
-"""Runs an ablation sweep (variants x seeds x folds), then writes its report.
+r"""Runs an ablation sweep (variants x seeds x folds), then writes its report.
 
     python sweep.py --config configs/sweeps/paper_ablation.py \
         --workdir workdirs/sweeps/paper_ablation

@@ -1,4 +1,4 @@
-"""Trains a bts_jax model: parses flags, sets up processes and devices, then calls the library.
+r"""Trains a bts_jax model: parses flags, sets up processes and devices, then calls the library.
 
     python train.py --config configs/quickstart.py --workdir workdirs/quickstart
     python train.py --config configs/default.py --workdir workdirs/paper \

@@ -192,23 +192,28 @@ class InputPipeline:
         ds = self._dataset(examples, shard, order, epoch_column, local_batch, train=True)
         return (_to_numpy(batch, local_batch) for batch in ds.as_numpy_iterator())
 
-    def eval_batches(self, split: str = "validation") -> Iterator[dict[str, np.ndarray]]:
+    def eval_batches(
+        self, split: str = "validation", allow_empty: bool = False
+    ) -> Iterator[dict[str, np.ndarray]]:
         """One pass over an evaluation split, padded to `num_eval_batches` batches on every host.
 
         Args:
           split: "validation", "test", or "train" (the training images without augmentation).
+          allow_empty: give no batch for a split without images instead of raising.
 
         Returns:
           An iterator of host-local batches; padding entries have ``valid=False``.
 
         Raises:
-          ValueError: the split holds no image; the message gives every split's size and the
-            settings that made them.
+          ValueError: the split holds no image (unless ``allow_empty``); the message gives
+            every split's size and the settings that made them.
         """
         config = self.config
         local_batch = local_batch_size(config, split, self.process_count)
         examples = self.examples(split)
         if not examples:
+            if allow_empty:
+                return iter(())
             raise ValueError(self._empty_split_message(split))
         if split not in self._eval_datasets:
             shard = host_shard(examples, config.seed, self.process_index, self.process_count)
@@ -380,7 +385,7 @@ def make_dataset(
       cache: a `DataCache` to share validation and decoded pixels between calls.
 
     Returns:
-      An iterator of batches (finite).
+      An iterator of batches (finite; none for an evaluation split without images).
 
     Raises:
       ValueError: a global batch the hosts cannot share (the message names the config field), fewer
@@ -390,5 +395,6 @@ def make_dataset(
         config, process_index=process_index, process_count=process_count, cache=cache
     )
     if split != "train":
-        return pipeline.eval_batches(split)
+        # A split without images gives no batch here; the evaluations say why they cannot run.
+        return pipeline.eval_batches(split, allow_empty=True)
     return pipeline.train_epochs([int(epoch)], skip_batches)
