@@ -156,8 +156,7 @@ def main(argv=None) -> int:
     print(f"mIoU: {result['miou']:.4f} (tumour IoU {result['iou_tumour']:.4f})")
     print(f"HD95 (mean per image): {result['hd95_mm']:.2f} mm")
     print(
-        f"empty predictions: {num_missed} of {num_images} "
-        f"({100 * result['pred_empty_share']:.1f}%)"
+        f"empty predictions: {num_missed} of {num_images} ({100 * result['pred_empty_share']:.1f}%)"
     )
     print(f"training wall time (from the workdir's files): {duration(train_s)}")
     print(f"prediction time: {predict_s:.1f} s")
