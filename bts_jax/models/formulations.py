@@ -34,6 +34,18 @@ DEPTHWISE_IMPLS = ("auto", "grouped", "dense", "shifted")
 UPSAMPLE_IMPLS = ("auto", "conv_transpose", "gemm")
 
 
+def _resolve(
+    setting: str, impl: str, choices: tuple[str, ...], auto: tuple[str, str], backend: str | None
+) -> str:
+    """``impl`` checked against ``choices``; ``"auto"`` is ``auto[0]`` on CPU, else ``auto[1]``."""
+    if impl not in choices:
+        raise ValueError(f"{setting}={impl!r}; expected one of {choices}.")
+    if impl != "auto":
+        return impl
+    on_cpu, elsewhere = auto
+    return on_cpu if (backend or jax.default_backend()) == "cpu" else elsewhere
+
+
 def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     """Returns ``"grouped"``, ``"dense"`` or ``"shifted"`` for ``impl`` (``"auto"``: by backend).
 
@@ -44,11 +56,7 @@ def resolve_depthwise_impl(impl: str, backend: str | None = None) -> str:
     Raises:
       ValueError: ``impl`` is not one of ``DEPTHWISE_IMPLS``.
     """
-    if impl not in DEPTHWISE_IMPLS:
-        raise ValueError(f"depthwise_impl={impl!r}; expected one of {DEPTHWISE_IMPLS}.")
-    if impl != "auto":
-        return impl
-    return "shifted" if (backend or jax.default_backend()) == "cpu" else "grouped"
+    return _resolve("depthwise_impl", impl, DEPTHWISE_IMPLS, ("shifted", "grouped"), backend)
 
 
 def block_diagonal_conv(
@@ -116,11 +124,7 @@ def resolve_upsample_impl(impl: str, backend: str | None = None) -> str:
     Raises:
       ValueError: ``impl`` is not one of ``UPSAMPLE_IMPLS``.
     """
-    if impl not in UPSAMPLE_IMPLS:
-        raise ValueError(f"upsample_impl={impl!r}; expected one of {UPSAMPLE_IMPLS}.")
-    if impl != "auto":
-        return impl
-    return "gemm" if (backend or jax.default_backend()) == "cpu" else "conv_transpose"
+    return _resolve("upsample_impl", impl, UPSAMPLE_IMPLS, ("gemm", "conv_transpose"), backend)
 
 
 class UpConvGemm(nn.Module):
