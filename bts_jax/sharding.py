@@ -7,12 +7,17 @@ global batch and XLA inserts the collectives (docs/architecture.md).
 ``config.num_seeds = K > 1`` trains K seeds in one program on a 2-D ``("seed", "data")`` mesh of
 the same devices (`make_seed_mesh`): the seed axis has `seed_axis_size` devices, each seed's batch
 is sharded over the "data" axis and its state replicated along it.
+
+With several processes, `compiled_together` makes every process compile a step before any runs it,
+so their first collective starts together.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any
 
 import jax
 import numpy as np
@@ -138,3 +143,77 @@ def host_local(array: jax.Array, mesh: Mesh) -> np.ndarray:
     if jax.process_count() == 1:
         return np.asarray(array)
     return np.asarray(multihost_utils.global_array_to_host_local_array(array, mesh, P("data")))
+
+
+# How long a process waits at `CompiledTogether`'s barrier for the others to finish compiling: a
+# paper-size step on a slow host compiles in minutes; a process that died is found sooner by the
+# heartbeat (`bts_jax.cli.distributed`).
+COMPILE_BARRIER_TIMEOUT_S = 1800
+
+# Numbers the barriers: every process builds its steps in the same order, so the n-th barrier has
+# the same name on all of them, and no name is waited on twice.
+_barrier_numbers = itertools.count()
+
+
+class CompiledTogether:
+    """A jitted step that every process has compiled before any process runs it.
+
+    On CPU, a multi-process run's first collective sets up gloo, which gives the processes 30 s to
+    join. A process still compiling by then (on a loaded machine, or when its peer found the step
+    in its compilation cache) ends the run with "Gloo context initialization failed". So on the
+    first call this compiles the step for its arguments (jit keeps the executable: the call that
+    follows does not compile again), then waits at a barrier of the coordination service, whose
+    timeout is `COMPILE_BARRIER_TIMEOUT_S`, and only then runs it. Use `compiled_together`.
+    """
+
+    def __init__(self, step: Any, name: str):
+        self.step = step
+        self.barrier = f"bts_jax/{name}/compiled/{next(_barrier_numbers)}"
+        self.compiled = False
+
+    def lower(self, *args, **kwargs):
+        """The jitted step's ``lower`` (for ahead-of-time compilation, as benchmarks do)."""
+        return self.step.lower(*args, **kwargs)
+
+    def __call__(self, *args):
+        """Runs the step; the first call compiles it and waits for the other processes first."""
+        if not self.compiled:
+            self.step.lower(*args).compile()
+            wait_for_all_processes(self.barrier, COMPILE_BARRIER_TIMEOUT_S)
+            self.compiled = True
+        return self.step(*args)
+
+
+def compiled_together(step: Any, name: str) -> Callable:
+    """``step`` itself with one process; else a `CompiledTogether` that compiles before it meets.
+
+    Args:
+      step: a jitted function (it has ``lower``).
+      name: what the step is, for the barrier's name ("train_step").
+
+    Returns:
+      A callable with the step's signature.
+    """
+    if jax.process_count() == 1:
+        return step
+    return CompiledTogether(step, name)
+
+
+def wait_for_all_processes(name: str, timeout_s: int) -> None:
+    """Returns once every process has called this with ``name``: not a collective, so no gloo.
+
+    Args:
+      name: the barrier's name; each name is waited on once.
+      timeout_s: seconds to wait before the run ends with the coordination service's error.
+    """
+    if jax.process_count() == 1:
+        return
+    # jax.distributed has no public barrier with a timeout of our choosing; its client has
+    # (as jax.experimental.array_serialization and orbax use it).
+    from jax._src import distributed
+
+    client = distributed.global_state.client
+    if client is None:  # Processes that jax.distributed did not start (e.g. TPU pods).
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, timeout_in_ms=int(timeout_s * 1000))

@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import subprocess
 
 import ml_collections
 
@@ -25,3 +26,36 @@ def copy_workdir(workdir: str, parent) -> str:
     copy = parent / os.path.basename(workdir)
     shutil.copytree(workdir, copy)
     return str(copy)
+
+
+class LoggedProcess:
+    """A child process whose stdout and stderr go to a file instead of a pipe.
+
+    Processes started together and then read one after the other through pipes can deadlock: a
+    process nobody reads yet blocks once its pipe holds 64 KiB (warnings on a loaded machine are
+    enough), before it reaches the collective or the shutdown barrier that the process being read
+    waits on. A file never fills, so every process runs to its end.
+    """
+
+    def __init__(self, command: list[str], log_path, **popen_kwargs):
+        self.log_path = os.fspath(log_path)
+        with open(self.log_path, "w") as log:
+            self.process = subprocess.Popen(
+                command, stdout=log, stderr=subprocess.STDOUT, text=True, **popen_kwargs
+            )
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the process has ended (negative: killed by that signal)."""
+        return self.process.returncode
+
+    def output(self, timeout: float) -> str:
+        """Waits up to ``timeout`` seconds for the process to end; returns all it printed."""
+        self.process.wait(timeout=timeout)
+        return read_text(self.log_path)
+
+    def kill(self) -> None:
+        """Ends the process now if it still runs (e.g. when a test using it fails)."""
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()

@@ -9,13 +9,13 @@ benchmark run as subprocesses.
 import json
 import os
 import shutil
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
+from helpers import LoggedProcess
 
 from bts_jax import data as data_lib
 from bts_jax import inference
@@ -49,25 +49,21 @@ def scripts(workdir, tmp_path_factory):
         ],
     }
     procs = {
-        name: subprocess.Popen(
+        name: LoggedProcess(
             [sys.executable, *command],
+            out.parent / f"{name}.log",
             cwd=REPO,
             env={**os.environ, "JAX_PLATFORMS": "cpu"},
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
         for name, command in commands.items()
     }
     yield procs, out
     for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        proc.kill()
 
 
-def _wait(proc: subprocess.Popen) -> str:
-    output, _ = proc.communicate(timeout=300)
+def _wait(proc: LoggedProcess) -> str:
+    output = proc.output(timeout=300)
     assert proc.returncode == 0, output[-3000:]
     return output
 

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import copy_workdir
+from helpers import LoggedProcess, copy_workdir
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -72,25 +72,16 @@ def scripts(workdir, tmp_path_factory):
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = {
-        name: subprocess.Popen(
-            [sys.executable, *command],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        name: LoggedProcess([sys.executable, *command], out / f"{name}.log", cwd=REPO, env=env)
         for name, command in commands.items()
     }
     yield procs, out
     for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        proc.kill()
 
 
-def _wait(proc: subprocess.Popen) -> str:
-    output, _ = proc.communicate(timeout=300)
+def _wait(proc: LoggedProcess) -> str:
+    output = proc.output(timeout=300)
     assert proc.returncode == 0, output[-3000:]
     return output
 

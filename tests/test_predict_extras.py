@@ -8,13 +8,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import copy_workdir
+from helpers import LoggedProcess, copy_workdir
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -61,25 +60,16 @@ def scripts(workdirs, tmp_path_factory):
     }
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     procs = {
-        name: subprocess.Popen(
-            [sys.executable, *command],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        name: LoggedProcess([sys.executable, *command], out / f"{name}.log", cwd=REPO, env=env)
         for name, command in commands.items()
     }
     yield procs, out
     for proc in procs.values():
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+        proc.kill()
 
 
-def _wait(proc: subprocess.Popen) -> str:
-    output, _ = proc.communicate(timeout=300)
+def _wait(proc: LoggedProcess) -> str:
+    output = proc.output(timeout=300)
     assert proc.returncode == 0, output[-3000:]
     return output
 

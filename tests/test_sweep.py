@@ -7,6 +7,7 @@ import sys
 
 import ml_collections
 import pytest
+from helpers import LoggedProcess
 
 from bts_jax import train as train_lib
 from bts_jax import workdir as workdir_lib
@@ -285,20 +286,18 @@ def test_two_processes_run_cells_concurrently_and_report_like_a_sequential_run(t
 
     def sweep(workdir, *flags):
         command = [sys.executable, "sweep.py", f"--config={definition}", f"--workdir={workdir}"]
-        return subprocess.Popen(
-            [*command, "--nomodel_stats", *flags],
-            cwd=REPO,
-            env=env,
-            text=True,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-        )
+        log = tmp_path / f"{os.path.basename(workdir)}{''.join(flags)}.log"
+        return LoggedProcess([*command, "--nomodel_stats", *flags], log, cwd=REPO, env=env)
 
     concurrent = [sweep(tmp_path / "pair", "--cell", str(k)) for k in (0, 1)]
     sequential = sweep(tmp_path / "one")
-    for proc in (*concurrent, sequential):
-        output, _ = proc.communicate(timeout=900)
-        assert proc.returncode == 0, output[-3000:]
+    try:
+        for proc in (*concurrent, sequential):
+            output = proc.output(timeout=900)
+            assert proc.returncode == 0, output[-3000:]
+    finally:
+        for proc in (*concurrent, sequential):
+            proc.kill()
     assert not os.path.exists(tmp_path / "pair" / "report.md")  # --cell leaves it to report.py
     done = subprocess.run(
         [sys.executable, "report.py", str(tmp_path / "pair"), "--nomodel_stats"],

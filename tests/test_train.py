@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import read_text, tiny_config
+from helpers import LoggedProcess, read_text, tiny_config
 
 from bts_jax import data as data_lib
 from bts_jax import evaluation, sharding
@@ -330,22 +330,44 @@ def _free_port():
         return s.getsockname()[1]
 
 
+def test_compiled_together_compiles_once_and_is_the_step_itself_with_one_process():
+    traces = []
+
+    @jax.jit
+    def step(x):
+        traces.append(x.shape)
+        return x * 2.0
+
+    assert sharding.compiled_together(step, "step") is step  # one process: nothing to meet
+    # Forced as with several processes: the barrier returns at once with one process.
+    together = sharding.CompiledTogether(step, "step")
+    x = np.arange(4.0, dtype=np.float32)
+    np.testing.assert_array_equal(together(x), 2.0 * x)
+    np.testing.assert_array_equal(together(x), 2.0 * x)
+    # Compiled ahead for the barrier, then run: traced once, so compiled once.
+    assert traces == [(4,)] and together.compiled
+    assert together.barrier.startswith("bts_jax/step/compiled/")
+    assert sharding.CompiledTogether(step, "step").barrier != together.barrier
+
+
 @pytest.mark.slow
 def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_path):
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
     worker = os.path.join(REPO, "tests", "multihost_worker.py")
     procs = [
-        subprocess.Popen(
+        LoggedProcess(
             [sys.executable, worker, str(port), str(i), str(tmp_path)],
+            tmp_path / f"process_{i}.log",
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
         for i in range(2)
     ]
-    outputs = [p.communicate(timeout=400)[0] for p in procs]
+    try:
+        outputs = [p.output(timeout=400) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
     for p, out in zip(procs, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
 
@@ -698,26 +720,24 @@ def test_a_lost_process_ends_the_other_with_an_error_naming_it(tmp_path):
     """Process 1 is killed after its first step; process 0 must not hang in the next collective."""
     port = _free_port()
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": REPO, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # Without the suite's compilation cache: a process that finds its step there reaches the
-    # first collective while its peer still compiles, and gloo's 30 s set-up deadline ends the
-    # run before the peer can be lost.
-    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     worker = os.path.join(REPO, "tests", "multihost_worker.py")
     procs = [
-        subprocess.Popen(
+        LoggedProcess(
             [sys.executable, worker, str(port), str(i), str(tmp_path), "1"],
+            tmp_path / f"process_{i}.log",
             env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
         )
         for i in range(2)
     ]
-    lost = procs[1].communicate(timeout=400)[0]
-    assert procs[1].returncode == -signal.SIGKILL, lost[-3000:]
-    died = time.monotonic()
-    # The worker's heartbeat timeout is 15 s: well within a minute, even on a loaded machine.
-    output = procs[0].communicate(timeout=120)[0]
+    try:
+        lost = procs[1].output(timeout=400)
+        assert procs[1].returncode == -signal.SIGKILL, lost[-3000:]
+        died = time.monotonic()
+        # The worker's heartbeat timeout is 15 s: well within a minute, even on a loaded machine.
+        output = procs[0].output(timeout=120)
+    finally:
+        for p in procs:
+            p.kill()
     assert time.monotonic() - died < 60
     assert procs[0].returncode != 0
     assert "The following tasks are unhealthy (stopped sending heartbeats):\n1\n" in output

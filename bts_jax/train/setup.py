@@ -15,7 +15,7 @@ from jax.sharding import Mesh
 from bts_jax import data as data_lib
 from bts_jax import workdir as workdir_lib
 from bts_jax.models import build_model
-from bts_jax.sharding import make_mesh
+from bts_jax.sharding import compiled_together, make_mesh
 from bts_jax.train import seeds
 from bts_jax.train.config_checks import validate_config
 from bts_jax.train.optim import create_learning_rate_schedule, create_optimizer
@@ -86,9 +86,16 @@ def setup_run(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> Ru
         eval_mesh=eval_mesh,
         steps_per_epoch=steps,
         total_steps=total,
-        train_fn=seeds.compile_train_step(config, model, optimizer, mesh),
-        eval_fn=make_eval_step(config, model, eval_mesh, with_predictions=True),
-        eval_counts_fn=make_eval_step(config, model, eval_mesh, with_predictions=False),
+        # Compiled by every process before any runs them (no-op with one process).
+        train_fn=compiled_together(
+            seeds.compile_train_step(config, model, optimizer, mesh), "train_step"
+        ),
+        eval_fn=compiled_together(
+            make_eval_step(config, model, eval_mesh, with_predictions=True), "eval_step"
+        ),
+        eval_counts_fn=compiled_together(
+            make_eval_step(config, model, eval_mesh, with_predictions=False), "eval_counts_step"
+        ),
     )
 
 
