@@ -14,6 +14,7 @@ inf) are dropped before testing; ``n`` counts the pairs that were used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Sequence
 
@@ -161,19 +162,10 @@ def paired_ttest(
     n = len(d)
     nan = math.nan
 
-    def result(estimate, low, high, statistic, pvalue, effect):
-        return PairedComparison(
-            test="paired t-test",
-            n=n,
-            estimate=estimate,
-            ci_low=low,
-            ci_high=high,
-            statistic=statistic,
-            pvalue=pvalue,
-            effect=effect,
-            effect_name="cohens_dz",
-            confidence=confidence,
-        )
+    # result(estimate, ci_low, ci_high, statistic, pvalue, effect): the fields that vary.
+    result = functools.partial(
+        PairedComparison, "paired t-test", n, effect_name="cohens_dz", confidence=confidence
+    )
 
     if n < 2:
         return result(float(d[0]) if n else nan, nan, nan, nan, nan, nan)
@@ -287,19 +279,14 @@ def wilcoxon_paired(
     n = len(d)
     nan = math.nan
 
-    def result(estimate, low, high, statistic, pvalue, effect):
-        return PairedComparison(
-            test="Wilcoxon signed-rank",
-            n=n,
-            estimate=estimate,
-            ci_low=low,
-            ci_high=high,
-            statistic=statistic,
-            pvalue=pvalue,
-            effect=effect,
-            effect_name="rank_biserial",
-            confidence=confidence,
-        )
+    # result(estimate, ci_low, ci_high, statistic, pvalue, effect): the fields that vary.
+    result = functools.partial(
+        PairedComparison,
+        "Wilcoxon signed-rank",
+        n,
+        effect_name="rank_biserial",
+        confidence=confidence,
+    )
 
     if n == 0:
         return result(nan, nan, nan, nan, nan, nan)
