@@ -59,28 +59,17 @@ def final_evaluation(
     Returns:
       The validation metrics of the best checkpoint (with its ``step``).
     """
-    abstract = abstract_train_state(config, run.model, run.optimizer, run.eval_mesh)
-    selected = workdir_lib.restore_train_state(workdir, abstract, "best")
+    selected = _restore(config, run, workdir, "best")
     drawn = pipeline.examples("validation")[: int(config.num_predictions)]
     result = None
     for split in _final_splits(pipeline):
-        found = evaluation.evaluate(
-            run.eval_fn,
-            selected,
-            pipeline.eval_batches(split),
-            run.eval_mesh,
-            num_classes=run.model.num_classes,
-            keep_ids=[e.id for e in drawn] if split == "validation" else (),
-        )
-        found.metrics["step"] = int(selected.step)
-        if jax.process_index() == 0:
-            labels = {e.id: e.label for e in pipeline.examples(split)}
-            evaluation.write_evaluation(found, workdir, split, labels)
-            if split == "validation":
+        keep_ids = [e.id for e in drawn] if split == "validation" else ()
+        found = _score(run, selected, pipeline, workdir, split, keep_ids)
+        if split == "validation":
+            if jax.process_index() == 0:
                 figures.save_prediction_overlays(
                     os.path.join(workdir, PREDICTIONS_DIR), drawn, found.predictions, config.data
                 )
-        if split == "validation":
             result = found.metrics
     return result
 
@@ -88,6 +77,36 @@ def final_evaluation(
 def _final_splits(pipeline: data_lib.InputPipeline) -> list[str]:
     # The test split is reported; a config without one (test_fraction=0) has only validation.
     return ["validation", "test"] if pipeline.examples("test") else ["validation"]
+
+
+def _restore(config: ml_collections.ConfigDict, run: RunSetup, workdir: str, which: str) -> Any:
+    # Restored straight onto the eval mesh the run's eval step was compiled for.
+    abstract = abstract_train_state(config, run.model, run.optimizer, run.eval_mesh)
+    return workdir_lib.restore_train_state(workdir, abstract, which)
+
+
+def _score(
+    run: RunSetup,
+    state: Any,
+    pipeline: data_lib.InputPipeline,
+    workdir: str,
+    split: str,
+    keep_ids=(),
+) -> evaluation.Evaluation:
+    """``state`` evaluated on ``split`` with every metric; its files written by process 0."""
+    found = evaluation.evaluate(
+        run.eval_fn,
+        state,
+        pipeline.eval_batches(split),
+        run.eval_mesh,
+        num_classes=run.model.num_classes,
+        keep_ids=keep_ids,
+    )
+    found.metrics["step"] = int(state.step)
+    if jax.process_index() == 0:
+        labels = {e.id: e.label for e in pipeline.examples(split)}
+        evaluation.write_evaluation(found, workdir, split, labels)
+    return found
 
 
 def evaluate_checkpoint(
@@ -117,20 +136,8 @@ def evaluate_checkpoint(
     """
     run = run or setup_run(config)
     pipeline = pipeline or make_input_pipeline(config)
-    abstract = abstract_train_state(config, run.model, run.optimizer, run.eval_mesh)
-    restored = workdir_lib.restore_train_state(workdir, abstract, which)
-    found = evaluation.evaluate(
-        run.eval_fn,
-        restored,
-        pipeline.eval_batches(split),
-        run.eval_mesh,
-        num_classes=run.model.num_classes,
-    )
-    found.metrics["step"] = int(restored.step)
-    if jax.process_index() == 0:
-        labels = {e.id: e.label for e in pipeline.examples(split)}
-        evaluation.write_evaluation(found, workdir, split, labels)
-    return found.metrics
+    restored = _restore(config, run, workdir, which)
+    return _score(run, restored, pipeline, workdir, split).metrics
 
 
 def run_summary(workdir: str, result: dict[str, float]) -> str:
