@@ -214,7 +214,7 @@ def _comparison_table(sweep: SweepDefinition, comparisons: Sequence[Mapping[str,
         "",
         f"**Power.** *Detectable* is the smallest difference the comparison would find with "
         f"probability 0.8 at Holm's strictest level (alpha / {len(tested) or 1} = "
-        f"{fmt(level, 4)}), from the spread of its paired differences (statsmodels' noncentral "
+        f"{fmt(level, 4)}), from the spread of its paired differences (scipy's noncentral "
         "t; the t-test's figure for the Wilcoxon rows): a *not significant* row means no "
         "difference larger than that. *Seeds for 0.01* is how many seeds a difference of 0.01 "
         "would need at that spread.",
