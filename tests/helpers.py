@@ -1,8 +1,11 @@
 """Helpers shared by the test modules (pytest puts tests/ on the path: ``import helpers``)."""
 
+import contextlib
 import os
 import shutil
 import subprocess
+import sys
+from collections.abc import Iterator, Mapping
 
 import ml_collections
 
@@ -54,8 +57,38 @@ class LoggedProcess:
         self.process.wait(timeout=timeout)
         return read_text(self.log_path)
 
+    def successful_output(self, timeout: float = 300) -> str:
+        """``output(timeout)``, failing the test with the output's tail if the exit was not 0."""
+        output = self.output(timeout)
+        assert self.returncode == 0, output[-3000:]
+        return output
+
     def kill(self) -> None:
         """Ends the process now if it still runs (e.g. when a test using it fails)."""
         if self.process.poll() is None:
             self.process.kill()
             self.process.wait()
+
+
+@contextlib.contextmanager
+def running_scripts(
+    commands: Mapping[str, list[str]], log_dir, cwd: str
+) -> Iterator[dict[str, LoggedProcess]]:
+    """Starts each named script (``[script, *flags]``) with this Python on the CPU, all at once.
+
+    Yields the processes by name, each logging to ``log_dir/NAME.log``; kills those still running
+    on exit, so a failing test leaves none behind. Tests that start their scripts in a fixture
+    wait for each in turn with ``successful_output``, so the scripts run side by side.
+    """
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    procs = {
+        name: LoggedProcess(
+            [sys.executable, *command], os.path.join(log_dir, f"{name}.log"), cwd=cwd, env=env
+        )
+        for name, command in commands.items()
+    }
+    try:
+        yield procs
+    finally:
+        for proc in procs.values():
+            proc.kill()

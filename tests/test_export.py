@@ -9,13 +9,12 @@ benchmark run as subprocesses.
 import json
 import os
 import shutil
-import sys
 
 import jax
 import numpy as np
 import pytest
 import tensorflow as tf
-from helpers import LoggedProcess
+from helpers import running_scripts
 
 from bts_jax import data as data_lib
 from bts_jax import inference
@@ -48,24 +47,8 @@ def scripts(workdir, tmp_path_factory):
             "--repeats=1",
         ],
     }
-    procs = {
-        name: LoggedProcess(
-            [sys.executable, *command],
-            out.parent / f"{name}.log",
-            cwd=REPO,
-            env={**os.environ, "JAX_PLATFORMS": "cpu"},
-        )
-        for name, command in commands.items()
-    }
-    yield procs, out
-    for proc in procs.values():
-        proc.kill()
-
-
-def _wait(proc: LoggedProcess) -> str:
-    output = proc.output(timeout=300)
-    assert proc.returncode == 0, output[-3000:]
-    return output
+    with running_scripts(commands, out.parent, cwd=REPO) as procs:
+        yield procs, out
 
 
 def _images() -> list[np.ndarray]:
@@ -190,7 +173,7 @@ def test_tflite_reproduces_the_probabilities(shifted, tmp_path):
 
 def test_export_script(workdir, scripts):
     procs, out = scripts
-    output = _wait(procs["export"])
+    output = procs["export"].successful_output()
     names = (export.EXPORT_FILE, export.SETTINGS_FILE, export.SAVED_MODEL_DIR, export.TFLITE_FILE)
     for name in names:
         assert f"Wrote {out / name}" in output
@@ -211,6 +194,6 @@ def test_export_script(workdir, scripts):
 
 def test_export_throughput_benchmark(scripts):
     procs, _ = scripts
-    output = _wait(procs["benchmark"])
+    output = procs["benchmark"].successful_output()
     assert "same masks: True" in output
     assert "| forward only (images/s) |" in output

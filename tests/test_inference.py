@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import LoggedProcess, copy_workdir
+from helpers import copy_workdir, running_scripts
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -70,20 +70,8 @@ def scripts(workdir, tmp_path_factory):
             "--names=U-Net,Improved U-Net",
         ],
     }
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = {
-        name: LoggedProcess([sys.executable, *command], out / f"{name}.log", cwd=REPO, env=env)
-        for name, command in commands.items()
-    }
-    yield procs, out
-    for proc in procs.values():
-        proc.kill()
-
-
-def _wait(proc: LoggedProcess) -> str:
-    output = proc.output(timeout=300)
-    assert proc.returncode == 0, output[-3000:]
-    return output
+    with running_scripts(commands, out, cwd=REPO) as procs:
+        yield procs, out
 
 
 # ----------------------------------------------------------------------------- loading
@@ -292,7 +280,7 @@ def test_compare_workdirs_writes_the_figure_and_warns_on_split_mismatch(workdir,
 @pytest.mark.slow
 def test_evaluate_script(workdir, scripts):
     procs, _ = scripts
-    output = _wait(procs["evaluate"])
+    output = procs["evaluate"].successful_output()
     saved = os.path.join(os.path.abspath(workdir), "eval_validation.json")
     assert f"Saved {saved}" in output
     with open(saved) as f:
@@ -304,7 +292,7 @@ def test_evaluate_script(workdir, scripts):
 @pytest.mark.slow
 def test_predict_script(scripts):
     procs, out = scripts
-    output = _wait(procs["predict"])
+    output = procs["predict"].successful_output()
     assert f"Wrote 2 masks and 2 overlays to {out / 'predictions'}" in output
     assert sorted(os.listdir(out / "predictions")) == [
         "10_mask.png",
@@ -318,7 +306,7 @@ def test_predict_script(scripts):
 @pytest.mark.slow
 def test_compare_script(scripts):
     procs, out = scripts
-    output = _wait(procs["compare"])
+    output = procs["compare"].successful_output()
     assert f"Wrote {out / 'compare.png'}" in output
     with Image.open(out / "compare.png") as figure:
         assert figure.size == (1000, 500)

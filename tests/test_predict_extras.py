@@ -8,12 +8,11 @@ import json
 import os
 import re
 import shutil
-import sys
 
 import jax
 import numpy as np
 import pytest
-from helpers import LoggedProcess, copy_workdir
+from helpers import copy_workdir, running_scripts
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -58,20 +57,8 @@ def scripts(workdirs, tmp_path_factory):
         ],
         "benchmark": ["benchmarks/postprocess_effect.py", f"--workdir={a}", "--min_sizes=3"],
     }
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    procs = {
-        name: LoggedProcess([sys.executable, *command], out / f"{name}.log", cwd=REPO, env=env)
-        for name, command in commands.items()
-    }
-    yield procs, out
-    for proc in procs.values():
-        proc.kill()
-
-
-def _wait(proc: LoggedProcess) -> str:
-    output = proc.output(timeout=300)
-    assert proc.returncode == 0, output[-3000:]
-    return output
+    with running_scripts(commands, out, cwd=REPO) as procs:
+        yield procs, out
 
 
 def _images():
@@ -274,7 +261,7 @@ def test_settings_tag_and_leakage_warning(workdirs, tmp_path):
 @pytest.mark.slow
 def test_predict_script_with_ensemble_tta_and_postprocessing(scripts):
     procs, out = scripts
-    output = _wait(procs["predict"])
+    output = procs["predict"].successful_output()
     assert f"Wrote 1 masks and 1 overlays and 1 probability maps to {out / 'predictions'}" in output
     assert sorted(os.listdir(out / "predictions")) == [
         "10_mask.png",
@@ -291,7 +278,7 @@ def test_predict_script_with_ensemble_tta_and_postprocessing(scripts):
 @pytest.mark.slow
 def test_evaluate_script_with_an_ensemble(scripts):
     procs, out = scripts
-    output = _wait(procs["evaluate"])
+    output = procs["evaluate"].successful_output()
     saved = out / "eval" / "eval_validation_ensemble2_tta-flips_min3.json"
     assert f"Saved {saved}" in output
     with open(saved) as f:
@@ -303,7 +290,7 @@ def test_evaluate_script_with_an_ensemble(scripts):
 @pytest.mark.slow
 def test_postprocess_effect_benchmark(scripts):
     procs, _ = scripts
-    output = _wait(procs["benchmark"])
+    output = procs["benchmark"].successful_output()
     for row in ("| plain |", "| TTA flips (4 views) |", "| min_size 3 |", "(12 images)"):
         assert row in output, output[-2000:]
 
