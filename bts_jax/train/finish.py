@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Collection
 from typing import Any
 
 import jax
@@ -91,7 +92,7 @@ def _score(
     pipeline: data_lib.InputPipeline,
     workdir: str,
     split: str,
-    keep_ids=(),
+    keep_ids: Collection[str] = (),
 ) -> evaluation.Evaluation:
     """``state`` evaluated on ``split`` with every metric; its files written by process 0."""
     found = evaluation.evaluate(
