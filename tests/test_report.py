@@ -4,6 +4,7 @@ import csv
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 
@@ -15,9 +16,9 @@ from PIL import Image
 from bts_jax import evaluation
 from bts_jax import workdir as workdir_lib
 from bts_jax.configs import test as test_config
-from bts_jax.experiments import cells, power, report, results, stats, sweeps
+from bts_jax.experiments import cells, power, provenance, report, results, stats, sweeps
 from bts_jax.experiments import claims as claims_lib
-from bts_jax.workdir import layout
+from bts_jax.workdir import environment, layout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IDS = [str(i) for i in range(101, 113)]  # 12 test images
@@ -482,3 +483,96 @@ def test_a_sweep_with_a_test_folder_reads_each_cells_external_test_files(tmp_pat
     assert len(summary["finished"]) == 4 and summary["missing"] == []
     text = (tmp_path / report.REPORT_FILE).read_text()
     assert "**Test set**: the external folder `/data/figshare`: the last 0.15 of each" in text
+
+
+def _score_on_folder(root, folder, fingerprints):
+    """Makes a fake sweep one scored on ``folder``: each cell's test files are copied to its
+    external-test files, with the given fingerprint of the images scored (None: not recorded)."""
+    definition = json.loads((root / sweeps.SWEEP_FILE).read_text())
+    definition.update(test_folder=folder, test_heldout_fraction=0.0)
+    (root / sweeps.SWEEP_FILE).write_text(json.dumps(definition))
+    for (variant, seed), fingerprint in fingerprints.items():
+        cell = sweeps.cell_dir(str(root), variant, seed)
+        with open(os.path.join(cell, results.EVAL_FILE)) as f:
+            scored = json.load(f)
+        if fingerprint is not None:
+            scored.update(test_folder=folder, test_data=fingerprint)
+        with open(os.path.join(cell, layout.eval_file(sweeps.EXTERNAL_TEST)), "w") as f:
+            json.dump(scored, f)
+        shutil.copy(
+            os.path.join(cell, results.PER_IMAGE_FILE),
+            os.path.join(cell, layout.per_image_file(sweeps.EXTERNAL_TEST)),
+        )
+
+
+def test_the_report_checks_every_cell_was_scored_on_the_folders_images(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    folder = os.path.join(REPO, "bts_jax", "data", "sample")
+    _score_on_folder(tmp_path, folder, {})
+    examples = cells.test_examples(sweeps.load_sweep(str(tmp_path)))
+    same = cells.test_data_fingerprint(examples)
+    assert same == environment.data_fingerprint({"any": examples})["any"]
+    assert same["examples"] == 60
+    recorded = {("unet", 0): same, ("unet", 1): same, ("paper", 0): same, ("paper", 1): None}
+    _score_on_folder(tmp_path, folder, recorded)
+    found = _summary(tmp_path)["provenance"]["test_images"]
+    assert found == {
+        "recorded": [
+            {
+                "description": provenance.describe_images(same),
+                "runs": ["unet/seed_0", "unet/seed_1", "paper/seed_0"],
+            }
+        ],
+        "unrecorded": ["paper/seed_1"],
+        "now": provenance.describe_images(same),
+        "warnings": [],
+    }
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "- Test images not recorded by 1 cell(s)" in text
+    assert f"- The test folder now: {provenance.describe_images(same)}." in text
+    # A cell scored on other images is named, and so is a folder that changed since scoring.
+    _score_on_folder(tmp_path, folder, {("paper", 1): {**same, "examples": 59, "sha256": "f" * 64}})
+    different, changed = _summary(tmp_path)["provenance"]["test_images"]["warnings"]
+    assert "different test images" in different and "paper/seed_1: 59 images" in different
+    assert changed.startswith("the test folder has changed since scoring: it now holds 60 images")
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "- **Warning: the cells were scored on different test images" in text
+
+
+def test_exported_results_give_the_same_report_without_the_checkpoints(tmp_path):
+    source, copy = tmp_path / "sweep", tmp_path / "kept"
+    make_sweep(source, {"unet": SAME, "paper": {"dice": 0.02, "miou": 0.72, "bottom": 8}})
+    (source / cells.REPRODUCIBILITY_FILE).write_text(
+        json.dumps({"cell": "unet/seed_0", "identical": True, "compared": [], "differences": []})
+    )
+    for variant in ("unet", "paper"):  # what export leaves behind: checkpoints, curves
+        cell = sweeps.cell_dir(str(source), variant, 0)
+        os.makedirs(os.path.join(cell, layout.BEST_DIR, "100"))
+        (tmp_path / "sweep" / variant / "seed_0" / layout.LOSS_FIGURE).write_bytes(b"png")
+        workdir_lib.write_environment(cell, _environment())
+    # An unfinished cell is not exported.
+    running = sweeps.cell_dir(str(source), "paper", 2)
+    (tmp_path / "sweep" / "paper" / "seed_2" / sweeps.CELL_FILE).write_text('{"status": "running"}')
+
+    exported = results.export_results(source, copy)
+    assert exported == ["unet/seed_0", "unet/seed_1", "unet/seed_2", "paper/seed_0", "paper/seed_1"]
+    assert not os.path.exists(os.path.join(copy, os.path.relpath(running, source)))
+    kept = sorted(os.listdir(copy / "unet" / "seed_0"))
+    assert kept == sorted(
+        [*results.RESULT_FILES[:3], results.EVAL_FILE, results.PER_IMAGE_FILE, layout.METRICS_JSONL]
+    )  # no data_split.json in a fake cell; no best/, no loss.png
+    original, again = _summary(source), _summary(copy)
+    for key in ("variants", "comparisons", "claims", "provenance", "reproducibility", "split"):
+        assert again[key] == original[key], key
+    definition = sweeps.load_sweep(str(copy))  # sweep.py counts the exported cells as done
+    states = [cells.cell_state(c, definition) for c in sweeps.expand_cells(definition, str(copy))]
+    assert states.count(cells.DONE) == 5 and states.count(cells.NEW) == 1
+    # Exporting again adds what finished since; another sweep's folder is refused.
+    (source / "paper" / "seed_2" / sweeps.CELL_FILE).write_text('{"status": "done"}')
+    assert len(results.export_results(source, copy)) == 6
+    with pytest.raises(ValueError, match="into itself"):
+        results.export_results(source, source)
+    other = tmp_path / "other"
+    make_sweep(other, {"unet": SAME, "paper": SAME}, seeds=(0,))
+    with pytest.raises(ValueError, match=r"other.*holds another sweep"):
+        results.export_results(source, other)

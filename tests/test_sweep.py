@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -118,6 +119,36 @@ def test_a_second_run_trains_nothing(finished):
         tiny_sweep(), directory, repo_root=REPO, train_fn=trainer, write_report=False
     )
     assert trainer.cells == [] and result["trained"] == [] and len(result["skipped"]) == 4
+
+
+@pytest.mark.slow
+def test_a_sweep_continues_in_its_exported_results(finished, tmp_path):
+    directory, *_ = finished
+    definition = tmp_path / "tiny.py"  # tiny_sweep() as a file, for the script
+    definition.write_text(
+        f"import sys\nsys.path.insert(0, {os.path.dirname(__file__)!r})\n"
+        "from test_sweep import tiny_sweep\n\n\ndef get_config():\n    return tiny_sweep()\n"
+    )
+    copy = tmp_path / "kept"
+    command = [sys.executable, "sweep.py", f"--config={definition}", f"--workdir={directory}"]
+    done = subprocess.run(
+        [*command, f"--export_results={copy}"], cwd=REPO, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Exported 4 finished cell(s) to {copy}." in done.stdout
+    assert not os.path.exists(copy / "unet" / "seed_1" / "best")
+    # Continued in the copy, the sweep trains only the cell taken out of it, to the same report.
+    shutil.rmtree(copy / "unet" / "seed_1")
+    trainer = CountingTrainer()
+    result = runner.run_sweep(
+        tiny_sweep(), copy, repo_root=REPO, train_fn=trainer, model_stats=False
+    )
+    assert trainer.cells == ["unet/seed_1"] and len(result["skipped"]) == 3
+    with open(os.path.join(directory, "summary.json")) as f:
+        original = json.load(f)
+    with open(copy / "summary.json") as f:
+        again = json.load(f)
+    assert again["comparisons"] == original["comparisons"]
 
 
 @pytest.mark.parametrize(
@@ -248,6 +279,10 @@ def test_a_test_folder_scores_every_cell_and_a_rerun_is_bit_identical(tmp_path):
     with open(os.path.join(directory, "summary.json")) as f:
         summary = json.load(f)
     assert summary["sweep"]["test_folder"] == sample and len(summary["finished"]) == 1
+    # The cell recorded which images it was scored on; the folder still holds them.
+    assert scored["test_data"]["examples"] == 60
+    scored_on = summary["provenance"]["test_images"]
+    assert scored_on["recorded"][0]["runs"] == ["unet/seed_0"] and scored_on["warnings"] == []
     record = runner.reproduce_cell(sweep, directory, 0)
     assert record["identical"], record["differences"]
     assert "best checkpoint: params and batch_stats" in record["compared"]
@@ -293,8 +328,7 @@ def test_two_processes_run_cells_concurrently_and_report_like_a_sequential_run(t
     sequential = sweep(tmp_path / "one")
     try:
         for proc in (*concurrent, sequential):
-            output = proc.output(timeout=900)
-            assert proc.returncode == 0, output[-3000:]
+            proc.successful_output(timeout=900)
     finally:
         for proc in (*concurrent, sequential):
             proc.kill()

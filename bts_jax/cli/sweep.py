@@ -7,6 +7,8 @@ r"""Runs an ablation sweep (variants x seeds x folds), then writes its report.
 
 Run it again with the same arguments to continue after an interruption: finished cells are skipped
 and an interrupted cell resumes from its checkpoints. ``report.py DIR`` rewrites the report alone.
+``--export_results DEST`` copies the finished cells' results without their checkpoints (to keep,
+or to continue the sweep elsewhere: ``sweep.py`` on DEST trains only the cells still missing).
 """
 
 import os
@@ -45,6 +47,12 @@ def define_flags() -> None:
         "Train finished cell K again from scratch and say whether the rerun is bit-identical "
         "(DIR/reproducibility.json, shown in the report).",
     )
+    flags.DEFINE_string(
+        "export_results",
+        None,
+        "Copy the finished cells' results (no checkpoints) and sweep.json to this folder, which "
+        "report.py reads and sweep.py continues; run nothing.",
+    )
     flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -52,9 +60,15 @@ def main(argv: list[str]) -> None:
     """Trains the sweep's unfinished cells, then writes its report."""
     cli_flags.no_extra_arguments(argv)
     from bts_jax.experiments import runner
+    from bts_jax.experiments.results import export_results
 
     if FLAGS.list:
         print("\n".join(runner.list_cells(FLAGS.config, FLAGS.workdir)))
+        return
+    if FLAGS.export_results:
+        runner.prepare_sweep(FLAGS.config, FLAGS.workdir)  # the config must match the folder
+        exported = export_results(FLAGS.workdir, FLAGS.export_results)
+        print(f"Exported {len(exported)} finished cell(s) to {FLAGS.export_results}.")
         return
     if FLAGS.reproduce is not None:
         record = runner.reproduce_cell(FLAGS.config, FLAGS.workdir, FLAGS.reproduce)

@@ -25,16 +25,17 @@ from bts_jax import workdir as workdir_lib
 from bts_jax.data import splits
 from bts_jax.experiments.sweeps import (
     EXTERNAL_TEST,
+    REPRODUCIBILITY_FILE,
     Cell,
     SweepDefinition,
     read_cell_status,
 )
+from bts_jax.workdir.environment import data_fingerprint
 from bts_jax.workdir.layout import METRICS_JSONL, eval_file, per_image_file
 
 # Cell states, as `cell_state` gives them and ``sweep.py --list`` prints them.
 DONE, RUNNING, STARTED, NEW = "done", "running", "started", "new"
 UNSCORED = "trained, not yet scored on the test folder"
-REPRODUCIBILITY_FILE = "reproducibility.json"
 REPRODUCE_DIR = ".reproduce"
 
 
@@ -81,14 +82,23 @@ def test_examples(definition: SweepDefinition) -> list[data_lib.Example] | None:
     return list(data_lib.get_examples(folder, validate=True))
 
 
+def test_data_fingerprint(examples: Sequence[data_lib.Example]) -> dict[str, Any]:
+    """The test images' fingerprint: ``{"examples", "bytes", "sha256"}`` of their ids, names, sizes.
+
+    The same fingerprint `bts_jax.workdir.environment` records of a run's own splits, so a report
+    can tell whether every cell was scored on the same files (and whether the folder changed since).
+    """
+    return data_fingerprint({EXTERNAL_TEST: examples})[EXTERNAL_TEST]
+
+
 def score_on_test_folder(
     cell: Cell, definition: SweepDefinition, examples: Sequence[data_lib.Example]
 ) -> str:
     """Scores a cell's best checkpoint on the test folder's images, each at its own size.
 
     Writes ``eval_external_test.json`` (the metrics of `bts_jax.inference.scoring
-    .evaluate_examples`, the checkpoint's step and where the images came from) and
-    ``per_image_external_test.csv`` into the cell.
+    .evaluate_examples`, the checkpoint's step, where the images came from and their
+    `test_data_fingerprint` as ``test_data``) and ``per_image_external_test.csv`` into the cell.
 
     Args:
       cell: a trained cell.
@@ -105,6 +115,7 @@ def score_on_test_folder(
         step=workdir_lib.resolve_checkpoint(cell.workdir, "best")[1],
         test_folder=os.path.abspath(definition.test_folder),
         test_heldout_fraction=definition.test_heldout_fraction,
+        test_data=test_data_fingerprint(examples),
     )
     labels = {e.id: e.label for e in examples}
     path, _ = evaluation.write_evaluation(found, cell.workdir, EXTERNAL_TEST, labels)

@@ -262,6 +262,24 @@ def _claim_lines(claims: Sequence[Mapping[str, Any]], alpha: float) -> list[str]
     return lines + [""]
 
 
+def _test_image_lines(found: Mapping[str, Any]) -> list[str]:
+    lines = [
+        f"- Test images scored, as recorded by {len(group['runs'])} cell(s): "
+        f"{group['description']}."
+        for group in found["recorded"]
+    ]
+    if found["unrecorded"]:
+        lines.append(
+            f"- Test images not recorded by {len(found['unrecorded'])} cell(s) (scored by code "
+            "that did not record them yet)."
+        )
+    now = found["now"] or "not readable where the report was written"
+    lines.append(f"- The test folder now: {now}.")
+    for warning in found["warnings"]:
+        lines.append(f"- **Warning: {warning}.**")
+    return lines
+
+
 def _provenance_lines(
     provenance: Mapping[str, Any] | None, reproducibility: Mapping[str, Any] | None
 ) -> list[str]:
@@ -273,6 +291,8 @@ def _provenance_lines(
             lines.append(f"- No environment.json: {', '.join(provenance['missing'])}.")
         for warning in provenance["warnings"]:
             lines.append(f"- **Warning: the cells ran in different environments.** {warning}.")
+        if "test_images" in provenance:
+            lines += _test_image_lines(provenance["test_images"])
     if reproducibility is None:
         lines.append(
             "- Reproducibility: not checked (`sweep.py --reproduce K` trains a cell again)."

@@ -3,7 +3,9 @@
 Each run records its environment (`bts_jax.workdir.environment`: versions, devices, XLA flags,
 code, data fingerprints). A report lists the distinct environments of its cells, and warns when
 cells differ in versions, devices, flags or data, or ran different code: figures compared across
-such cells may differ for reasons other than the variants.
+such cells may differ for reasons other than the variants. A sweep scored on an external test
+folder also checks that every cell was scored on the same images, and that the folder still holds
+them (`test_images`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,51 @@ def describe(record: dict[str, Any]) -> str:
     )
 
 
+def describe_images(fingerprint: dict[str, Any]) -> str:
+    """A data fingerprint in a few words: ``"310 images, 1,234 bytes (sha256 prefix)"``."""
+    return (
+        f"{fingerprint['examples']} images, {fingerprint['bytes']:,} bytes "
+        f"({fingerprint['sha256'][:12]})"
+    )
+
+
+def test_images(runs: Sequence[Run], now: dict[str, Any] | None) -> dict[str, Any]:
+    """Which external test images the cells were scored on, and whether the folder still holds them.
+
+    Args:
+      runs: the finished runs (their ``test_data``: the fingerprint recorded when scored).
+      now: the fingerprint of the sweep's test images as the folder holds them now
+        (`bts_jax.experiments.cells.test_data_fingerprint`), or None if it cannot be read.
+
+    Returns:
+      ``{"recorded": [{"description", "runs": [cell names]}], "unrecorded": [cell names],
+      "now": description or None, "warnings": [lines]}``: a warning when cells were scored on
+      different images, or on images other than the folder's now.
+    """
+    groups: dict[str, list[str]] = {}
+    unrecorded = []
+    for run in runs:
+        if run.test_data is None:
+            unrecorded.append(run.name)
+        else:
+            groups.setdefault(describe_images(run.test_data), []).append(run.name)
+    now_text = None if now is None else describe_images(now)
+    warnings = []
+    if len(groups) > 1:
+        warnings.append(
+            "the cells were scored on different test images: "
+            + "; ".join(f"{', '.join(names)}: {text}" for text, names in groups.items())
+        )
+    if now_text is not None and any(text != now_text for text in groups):
+        warnings.append(f"the test folder has changed since scoring: it now holds {now_text}")
+    return {
+        "recorded": [{"description": t, "runs": names} for t, names in groups.items()],
+        "unrecorded": unrecorded,
+        "now": now_text,
+        "warnings": warnings,
+    }
+
+
 def environments(runs: Sequence[Run]) -> dict[str, Any]:
     """The distinct environments of a sweep's runs, and warnings where they differ.
 
@@ -54,7 +101,7 @@ def environments(runs: Sequence[Run]) -> dict[str, Any]:
     records: dict[str, dict[str, Any]] = {}
     missing = []
     for run in runs:
-        name = f"{run.variant}/seed_{run.seed}" + ("" if run.fold is None else f"/fold_{run.fold}")
+        name = run.name
         if run.environment is None:
             missing.append(name)
             continue

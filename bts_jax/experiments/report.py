@@ -22,11 +22,11 @@ from bts_jax.experiments.analysis import (
     summarize_types,
     summarize_variant,
 )
-from bts_jax.experiments.cells import read_reproducibility
+from bts_jax.experiments.cells import read_reproducibility, test_data_fingerprint, test_examples
 from bts_jax.experiments.claims import claim_verdicts
 from bts_jax.experiments.figures import plot_test_dice, plot_validation_curves
 from bts_jax.experiments.markdown import report_markdown, write_summary_csv
-from bts_jax.experiments.provenance import environments
+from bts_jax.experiments.provenance import environments, test_images
 from bts_jax.experiments.results import load_runs, split_protocol
 from bts_jax.experiments.sweeps import SweepDefinition, load_sweep
 
@@ -39,6 +39,15 @@ VAL_MIOU_FIGURE = "val_miou.png"
 # A caller-supplied figure of predictions (the paper's figure 8): called with the loaded sweep and
 # the output folder, returns the written PNG's path (or None for no figure).
 PredictionFigure = Callable[[SweepDefinition, str], "str | None"]
+
+
+def _test_images_now(sweep: SweepDefinition) -> dict | None:
+    """The fingerprint of the sweep's test images in its folder now (None: unreadable)."""
+    try:
+        return test_data_fingerprint(test_examples(sweep))
+    except (OSError, ValueError):
+        # A report may be written where the folder is not (e.g. gathered from a cluster).
+        return None
 
 
 def write_report(
@@ -108,6 +117,8 @@ def write_report(
         "summary_json": os.path.join(directory, SUMMARY_JSON),
     }
     provenance = environments(runs)
+    if sweep.test_folder:
+        provenance["test_images"] = test_images(runs, _test_images_now(sweep))
     reproducibility = read_reproducibility(directory)
     markdown = report_markdown(
         sweep,

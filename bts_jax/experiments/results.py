@@ -1,4 +1,9 @@
-"""A sweep's finished cells read back from its folder: configs, test metrics, per-image rows."""
+"""A sweep's finished cells read back from its folder: configs, test metrics, per-image rows.
+
+`export_results` copies what the report reads of every finished cell, without its checkpoints, to
+another folder: a sweep's results to keep beside a paper or in a repository (kilobytes a cell
+instead of megabytes), which ``report.py`` reads and ``sweep.py`` continues like the original.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import csv
 import dataclasses
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,9 +19,24 @@ import numpy as np
 
 from bts_jax import jsonio
 from bts_jax.evaluation import PER_IMAGE_COLUMNS
-from bts_jax.experiments.sweeps import CELL_FILE, SweepDefinition, cell_dir, read_cell_status
+from bts_jax.experiments.sweeps import (
+    CELL_FILE,
+    REPRODUCIBILITY_FILE,
+    SWEEP_FILE,
+    SweepDefinition,
+    cell_dir,
+    load_sweep,
+    read_cell_status,
+)
 from bts_jax.workdir.environment import read_environment
-from bts_jax.workdir.layout import CONFIG_FILE, METRICS_JSONL, eval_file, per_image_file
+from bts_jax.workdir.layout import (
+    CONFIG_FILE,
+    ENVIRONMENT_FILE,
+    METRICS_JSONL,
+    SPLIT_FILE,
+    eval_file,
+    per_image_file,
+)
 
 # The files of a finished cell that the report reads, for a sweep scored on the cells' own
 # test split; a sweep with a test folder reads eval_external_test.json and its CSV instead.
@@ -39,6 +60,9 @@ class Run:
       history: the per-epoch records of ``metrics.jsonl``.
       wall_s: the run's wall-clock seconds (``cell.json``).
       environment: the last record of its ``environment.json`` (None for runs without one).
+      test_data: the fingerprint of the external test images it was scored on
+        (`bts_jax.experiments.cells.test_data_fingerprint`; None without a test folder, or for
+        cells scored before it was recorded).
     """
 
     variant: str
@@ -51,6 +75,14 @@ class Run:
     history: list[dict[str, Any]]
     wall_s: float
     environment: dict[str, Any] | None = None
+    test_data: dict[str, Any] | None = None
+
+    @property
+    def name(self) -> str:
+        """The cell's name, as ``sweep.py --list`` prints it: ``"unet/seed_0"``."""
+        return f"{self.variant}/seed_{self.seed}" + (
+            "" if self.fold is None else f"/fold_{self.fold}"
+        )
 
     @property
     def key(self) -> tuple[int, int | None]:
@@ -125,7 +157,8 @@ def _load_cell(path: str, test_split: str) -> tuple[dict[str, Any] | None, str]:
             return None, f"done but {name} is missing"
     config = jsonio.read_json(os.path.join(path, CONFIG_FILE))
     evaluated = jsonio.read_json(os.path.join(path, eval_name))
-    test = {k: _float(v) for k, v in evaluated.items() if not isinstance(v, str)}
+    # Numbers (null read as NaN); the strings and the fingerprint say where the images came from.
+    test = {k: _float(v) for k, v in evaluated.items() if v is None or isinstance(v, int | float)}
     files = {
         "config": config,
         "test": test,
@@ -133,6 +166,7 @@ def _load_cell(path: str, test_split: str) -> tuple[dict[str, Any] | None, str]:
         "history": jsonio.read_jsonl(os.path.join(path, METRICS_JSONL)),
         "wall_s": _float(status.get("wall_s")),
         "environment": (read_environment(path) or [None])[-1],
+        "test_data": evaluated.get("test_data"),
     }
     return files, ""
 
@@ -183,3 +217,54 @@ def split_protocol(runs: Sequence[Run]) -> dict[str, Any]:
         "same_test_images": len(test_sets) <= 1,
         "num_test_images": sorted({len(s) for s in test_sets}),
     }
+
+
+# A finished cell's results without its checkpoints, curves and predictions: what the report reads,
+# where the run came from (environment, data split), and what makes `sweep.py` count it as done.
+RESULT_FILES = (CELL_FILE, CONFIG_FILE, ENVIRONMENT_FILE, SPLIT_FILE, METRICS_JSONL)
+SWEEP_RESULT_FILES = (SWEEP_FILE, REPRODUCIBILITY_FILE)
+
+
+def export_results(directory: str | os.PathLike, destination: str | os.PathLike) -> list[str]:
+    """Copies the finished cells' results (no checkpoints) and ``sweep.json`` to ``destination``.
+
+    Each finished cell keeps `RESULT_FILES` and its evaluation files (``eval_*.json``,
+    ``per_image_*.csv``), in the same layout. ``report.py DESTINATION`` then writes the same report
+    as on the original folder, and ``sweep.py`` on it counts those cells as done and trains the
+    rest. Exporting again into the same destination adds the cells finished since.
+
+    Args:
+      directory: the sweep folder.
+      destination: the folder to copy into (created if needed); it may hold an earlier export of
+        the same sweep, not another sweep.
+
+    Returns:
+      The names of the exported cells, e.g. ``["unet/seed_0", ...]``.
+
+    Raises:
+      FileNotFoundError: ``directory`` is not a sweep folder.
+      ValueError: ``destination`` is ``directory``, or holds another sweep's ``sweep.json``.
+    """
+    directory, destination = os.path.abspath(directory), os.path.abspath(destination)
+    sweep = load_sweep(directory)
+    if destination == directory:
+        raise ValueError(f"Cannot export the sweep {directory} into itself.")
+    if os.path.isfile(os.path.join(destination, SWEEP_FILE)):
+        other = load_sweep(destination)
+        if other.to_json() != sweep.to_json():
+            raise ValueError(
+                f"{destination} holds another sweep ({other.name!r}, {SWEEP_FILE} differs from "
+                f"{directory}'s): export into an empty folder or an export of this sweep."
+            )
+    runs, _ = load_runs(sweep, directory)
+    for run in runs:
+        target = os.path.join(destination, os.path.relpath(run.path, directory))
+        os.makedirs(target, exist_ok=True)
+        for name in sorted(os.listdir(run.path)):
+            evaluation = name.startswith("eval_") or name.startswith("per_image_")
+            if name in RESULT_FILES or evaluation:
+                shutil.copy2(os.path.join(run.path, name), os.path.join(target, name))
+    for name in SWEEP_RESULT_FILES:
+        if os.path.isfile(os.path.join(directory, name)):
+            shutil.copy2(os.path.join(directory, name), os.path.join(destination, name))
+    return [run.name for run in runs]

@@ -23,6 +23,7 @@ from bts_jax.config_tools import apply_overrides, flatten
 
 SWEEP_FILE = "sweep.json"
 CELL_FILE = "cell.json"
+REPRODUCIBILITY_FILE = "reproducibility.json"  # `bts_jax.experiments.cells.reproduce`
 # The evaluation of a cell on the sweep's test folder: eval_external_test.json and its CSV.
 EXTERNAL_TEST = "external_test"
 
