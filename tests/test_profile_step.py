@@ -1,5 +1,5 @@
 """benchmarks/profile_step.py: wall time shared among concurrent operations, and the classification
-of a real compiled train step's operations."""
+of a real compiled train step's operations (benchmarks/hlo_ops.py, as profile_step.hlo)."""
 
 import importlib.util
 import pathlib
@@ -52,7 +52,7 @@ def test_overlapping_operations_share_the_time_they_run_together(profile_step):
     ],
 )
 def test_layer_path_reads_the_module_and_the_pass(profile_step, op_name, expected):
-    assert profile_step.layer_path(op_name) == expected
+    assert profile_step.hlo.layer_path(op_name) == expected
 
 
 def test_a_real_step_is_classified_by_pass_and_layer(profile_step):
@@ -64,14 +64,14 @@ def test_a_real_step_is_classified_by_pass_and_layer(profile_step):
     config.data.image_size = 16
     config.batch_size = 2
     compiled, state, batch, kernels, _ = profile_step.build_step(config)
-    module = profile_step.parse_hlo(compiled.as_text())
+    module = profile_step.hlo.parse_hlo(compiled.as_text())
     assert kernels["enc_0/conv_0/conv"] == (3, 3, 1, 4)
     with_convs = {}
     for name, instruction in module.by_name.items():
         if module.owner[name].startswith("main") and instruction.opcode not in ("parameter",):
-            inner = [instruction, *profile_step.called_instructions(module, instruction)]
+            inner = [instruction, *profile_step.hlo.called_instructions(module, instruction)]
             if any(i.opcode in ("convolution", "dot") for i in inner):
-                with_convs[name] = profile_step.classify(module, name, kernels)
+                with_convs[name] = profile_step.hlo.classify(module, name, kernels)
     categories = {info.category for info in with_convs.values()}
     # Every 3x3 convolution has a forward pass, an input gradient and a kernel gradient; the
     # up-convolution (a GEMM on CPU) and the head have their own.
