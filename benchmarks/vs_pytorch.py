@@ -43,14 +43,27 @@ change was worth, is in docs/performance.md.
 """
 
 import argparse
-import copy
 import importlib
 import importlib.util
 import os
 import statistics
+import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+
+
+def _sibling(name: str):
+    """benchmarks/<name>.py, loaded from beside this file (no package, no sys.path edit)."""
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up while it executes
+    spec.loader.exec_module(module)
+    return module
+
+
+# The library's train step and the PyTorch twin's, each an Impl (benchmarks/step_impls.py).
+step_impls = _sibling("step_impls")
 
 SIZES = {
     "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),
@@ -141,31 +154,6 @@ def _split(value: str, allowed, setting: str) -> list[str]:
     return names
 
 
-def _lib(name: str):
-    """The library function ``name`` wherever this version of bts_jax keeps it (old ones too)."""
-    modules = ("bts_jax.train.steps", "bts_jax.train.state", "bts_jax.train.optim")
-    modules += ("bts_jax.sharding", "bts_jax.steps", "bts_jax.state", "bts_jax.train_lib")
-    for module in modules:
-        try:
-            found = getattr(importlib.import_module(module), name, None)
-        except ImportError:
-            continue
-        if found is not None:
-            return found
-    raise ImportError(f"bts_jax has no {name} in {', '.join(modules)}")
-
-
-@dataclass
-class Impl:
-    """One implementation of the train step being timed."""
-
-    name: str
-    run: Callable[[int], None]  # runs n steps and waits for them
-    dtype: str = "float32"
-    memory: Callable[[], float | None] = lambda: None  # peak bytes during its timed rounds
-    images_per_s: list[float] = field(default_factory=list)
-
-
 def make_config(
     size: dict, model: dict, dtype: str, depthwise_impl: str = "auto", upsample_impl: str = "auto"
 ):
@@ -199,54 +187,6 @@ def make_batch(size: dict, seed: int = 0) -> dict:
     }
 
 
-def jax_impl(config, batch: dict, mesh):
-    """Builds the library's train step for ``config``; returns (Impl, state, model, FLOPs/step)."""
-    import jax
-    import optax
-
-    from bts_jax.models import build_model
-
-    model = build_model(config.model, dtype=config.dtype)
-    optimizer = _lib("create_optimizer")(config.optimizer, optax.constant_schedule(1e-4))
-    state = _lib("create_train_state")(config, model, optimizer, mesh)
-    step = _lib("make_train_step")(config, model, optimizer, mesh)
-    device_batch = _lib("make_global_batch")(batch, mesh)
-    # Keep an undonated copy of the initial variables for the agreement check and the twin.
-    initial = jax.device_get({"params": state.params, "batch_stats": state.batch_stats})
-    start = time.perf_counter()
-    compiled = step.lower(state, device_batch).compile()
-    print(f"  bts_jax {config.dtype}: compiled in {time.perf_counter() - start:.1f} s")
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    memory = compiled.memory_analysis()
-    holder = {"state": state}
-
-    def run(n: int) -> None:
-        state = holder["state"]
-        for _ in range(n):
-            state, step_metrics = compiled(state, device_batch)
-        jax.block_until_ready(step_metrics["loss"])
-        holder["state"] = state
-
-    def peak_bytes():
-        if memory is None:
-            return None
-        return (
-            memory.temp_size_in_bytes
-            + memory.argument_size_in_bytes
-            + memory.output_size_in_bytes
-            - memory.alias_size_in_bytes
-        )
-
-    name = f"bts_jax {config.dtype}"
-    if config.model.gsconv_in and config.model.depthwise_impl != "auto":
-        name += f" (depthwise {config.model.depthwise_impl})"
-    if config.model.upsample_impl != "auto":
-        name += f" (upsample {config.model.upsample_impl})"
-    impl = Impl(name, run, dtype=config.dtype, memory=peak_bytes)
-    return impl, initial, model, float(cost["flops"])
-
-
 def reference_flops(size: dict, model_name: str, batch: dict, mesh) -> float:
     """FLOPs of one float32 train step in the model's own formulation, the same for every row.
 
@@ -261,123 +201,25 @@ def reference_flops(size: dict, model_name: str, batch: dict, mesh) -> float:
 
     config = make_config(size, MODELS[model_name], "float32", "grouped", "conv_transpose")
     model = build_model(config.model)
-    optimizer = _lib("create_optimizer")(config.optimizer, optax.constant_schedule(1e-4))
-    state = jax.eval_shape(lambda: _lib("create_train_state")(config, model, optimizer, mesh))
-    step = _lib("make_train_step")(config, model, optimizer, mesh)
-    cost = step.lower(state, _lib("make_global_batch")(batch, mesh)).cost_analysis()
+    optimizer = step_impls.library_function("create_optimizer")(
+        config.optimizer, optax.constant_schedule(1e-4)
+    )
+    state = jax.eval_shape(
+        lambda: step_impls.library_function("create_train_state")(config, model, optimizer, mesh)
+    )
+    step = step_impls.library_function("make_train_step")(config, model, optimizer, mesh)
+    cost = step.lower(
+        state, step_impls.library_function("make_global_batch")(batch, mesh)
+    ).cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return float(cost["flops"])
 
 
-def _torch_unet():
-    """benchmarks/torch_unet.py, loaded from beside this file (no package, no sys.path edit)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_unet.py")
-    spec = importlib.util.spec_from_file_location("torch_unet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def torch_twin(config, initial: dict):
-    """The PyTorch twin of ``config``'s model holding the Flax ``initial`` variables."""
-    from bts_jax.models import eca_kernel_size
-
-    torch_unet = _torch_unet()
-
-    places = lambda value: {p for p in value.split(",") if p}  # noqa: E731
-    k = int(config.model.eca_kernel_size)
-    twin = torch_unet.UNet(
-        config.model.features,
-        places(config.model.gsconv_in),
-        places(config.model.eca_in),
-        (lambda c: k) if k else eca_kernel_size,
-        gsconv_act=config.model.gsconv_act,
-        gsconv_shuffle=config.model.gsconv_shuffle,
-        num_classes=int(config.model.num_classes),
-    )
-    torch_unet.load_flax_variables(twin, initial)
-    return twin
-
-
-def check_agreement(model, initial: dict, twin, batch: dict, tolerance: float) -> dict[str, float]:
-    """Max relative logit error of the twin against the Flax model, in eval and train mode.
-
-    Args:
-      model: the Flax UNet (float32).
-      initial: its variables.
-      twin: the PyTorch twin with the same weights (left unchanged: train mode runs on a copy).
-      batch: from :func:`make_batch`.
-      tolerance: the largest relative error accepted.
-
-    Returns:
-      ``{"eval": error, "train": error}``, each ``max|jax - torch| / max|jax|``.
-
-    Raises:
-      SystemExit: when an error exceeds ``tolerance``; nothing is timed then.
-    """
-    import jax
-    import numpy as np
-    import torch
-
-    x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous()
-    # Jitted: one compile per mode instead of one per operation of an eager apply.
-    apply = {
-        "eval": jax.jit(lambda v, x: model.apply(v, x, train=False)),
-        "train": jax.jit(lambda v, x: model.apply(v, x, train=True, mutable=["batch_stats"])[0]),
-    }
-    errors = {}
-    for mode in ("eval", "train"):
-        train = mode == "train"
-        logits = apply[mode](initial, batch["image"])
-        net = copy.deepcopy(twin).train(train)
-        with torch.no_grad():
-            theirs = net(x).permute(0, 2, 3, 1).numpy()
-        ours = np.asarray(logits, np.float32)
-        errors[mode] = float(np.max(np.abs(ours - theirs)) / max(np.max(np.abs(ours)), 1e-12))
-    print(f"  max relative logit error: eval {errors['eval']:.1e}, train {errors['train']:.1e}")
-    if max(errors.values()) > tolerance:
-        raise SystemExit(
-            f"The PyTorch twin disagrees with bts_jax (tolerance {tolerance}); not timing."
-        )
-    return errors
-
-
-def torch_impl(twin, batch: dict, compile_model: bool):
-    """The PyTorch train step (forward, same loss, backward, Adam) of ``twin``, on its device."""
-    import torch
-
-    torch_unet = _torch_unet()
-
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    net = copy.deepcopy(twin).to(device).train()
-    optimizer = torch.optim.Adam(net.parameters(), lr=1e-4)
-    forward = torch.compile(net) if compile_model else net
-    x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
-    mask = torch.from_numpy(batch["mask"]).to(device)
-
-    def run(n: int) -> None:
-        for _ in range(n):
-            optimizer.zero_grad(set_to_none=True)
-            loss = torch_unet.segmentation_loss(forward(x), mask)
-            loss.backward()
-            optimizer.step()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        else:
-            loss.item()
-
-    def peak_bytes():
-        return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
-
-    name = "torch.compile float32" if compile_model else "torch eager float32"
-    return Impl(name, run, memory=peak_bytes)
-
-
-def time_impls(impls: list[Impl], batch_size: int, args) -> None:
+def time_impls(impls: list[step_impls.Impl], batch_size: int, args) -> None:
     """Warms each up, then times ``args.repeats`` rounds, alternating implementations per round."""
     for impl in impls:
         impl.run(max(args.warmup, 1))
-    cuda = _cuda_available()
+    cuda = step_impls.cuda_available()
     for _ in range(args.repeats):
         for impl in impls:
             if cuda and impl.name.startswith("torch"):
@@ -387,14 +229,6 @@ def time_impls(impls: list[Impl], batch_size: int, args) -> None:
             start = time.perf_counter()
             impl.run(args.steps)
             impl.images_per_s.append(args.steps * batch_size / (time.perf_counter() - start))
-
-
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def device_description() -> tuple[str, str]:
@@ -422,23 +256,6 @@ def _peak_flops(kind: str, dtype: str, tf32: str = "default") -> float | None:
         if name in kind:
             return peaks.get(dtype)
     return None
-
-
-def set_tf32(setting: str) -> str:
-    """Applies ``--tf32`` to JAX and (if imported) PyTorch; returns a line describing it."""
-    import jax
-
-    if setting == "default":
-        return "TF32: each framework's default"
-    on = setting == "on"
-    jax.config.update("jax_default_matmul_precision", "tensorfloat32" if on else "float32")
-    try:
-        import torch
-    except ImportError:
-        return f"TF32: {setting} (JAX)"
-    torch.backends.cuda.matmul.allow_tf32 = on
-    torch.backends.cudnn.allow_tf32 = on
-    return f"TF32: {setting} in both frameworks (JAX precision and torch allow_tf32)"
 
 
 def format_rows(rows: list[dict], gpu: bool) -> str:
@@ -486,23 +303,23 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     for dtype in args.dtypes if timed else ["float32"]:
         for depthwise_impl, upsample_impl in variants if timed else variants[:1]:
             config = make_config(size, MODELS[model_name], dtype, depthwise_impl, upsample_impl)
-            impl, initial, model, _ = jax_impl(config, batch, mesh)
+            impl, initial, model, _ = step_impls.jax_impl(config, batch, mesh)
             if dtype == "float32" and reference is None:
                 reference = (initial, model)
             if timed:
                 impls.append(impl)
     if reference is None:  # bfloat16 only: the float32 model is the reference.
         config = make_config(size, MODELS[model_name], "float32", *variants[0])
-        _, initial, model, _ = jax_impl(config, batch, mesh)
+        _, initial, model, _ = step_impls.jax_impl(config, batch, mesh)
         reference = (initial, model)
     wants_torch = [f for f in args.frameworks if f.startswith("torch")]
     if wants_torch:
-        twin = torch_twin(make_config(size, MODELS[model_name], "float32"), reference[0])
-        check_agreement(reference[1], reference[0], twin, batch, args.tolerance)
+        twin = step_impls.torch_twin(make_config(size, MODELS[model_name], "float32"), reference[0])
+        step_impls.check_agreement(reference[1], reference[0], twin, batch, args.tolerance)
         for framework in wants_torch:
             compile_model = framework == "torch_compile"
             try:
-                impl = torch_impl(twin, batch, compile_model)
+                impl = step_impls.torch_impl(twin, batch, compile_model)
                 impl.run(1)  # compiles; a failure here drops the row, not the run
             except Exception as error:
                 print(f"  {framework}: skipped ({type(error).__name__}: {str(error)[:200]})")
@@ -549,9 +366,9 @@ def main(argv: Sequence[str] | None = None) -> list[dict]:
     else:
         torch_info = "torch not used"
     description, kind = device_description()
-    mesh = _lib("make_mesh")(jax.devices()[:1])
+    mesh = step_impls.library_function("make_mesh")(jax.devices()[:1])
     print(f"device: {description}; jax {jax.__version__}; {torch_info}")
-    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {set_tf32(args.tf32)}")
+    print(f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}; {step_impls.set_tf32(args.tf32)}")
     print(f"timing: {args.repeats} rounds x {args.steps} steps after {args.warmup} warm-up steps")
     rows = []
     for size_name, size in args.sizes:

@@ -1,5 +1,5 @@
-"""The side-by-side benchmark (benchmarks/vs_pytorch.py): JAX-only mode, and the PyTorch twin when
-PyTorch is installed (`pip install -e ".[bench]"`)."""
+"""The side-by-side benchmark (benchmarks/vs_pytorch.py, its steps in step_impls.py): JAX-only mode,
+and the PyTorch twin when PyTorch is installed (`pip install -e ".[bench]"`)."""
 
 import copy
 import importlib.util
@@ -81,22 +81,22 @@ def built(vs, request):
     config = vs.make_config(SIZE, vs.MODELS[request.param], "float32")
     batch = vs.make_batch(SIZE)
     mesh = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("data",))
-    _, initial, model, flops = vs.jax_impl(config, batch, mesh)
+    _, initial, model, flops = vs.step_impls.jax_impl(config, batch, mesh)
     assert flops > 0
-    return config, batch, initial, model, vs.torch_twin(config, initial)
+    return config, batch, initial, model, vs.step_impls.torch_twin(config, initial)
 
 
 def test_torch_twin_agrees_and_refuses_on_mismatch(vs, built):
     import torch
 
     _, batch, initial, model, twin = built
-    errors = vs.check_agreement(model, initial, twin, batch, tolerance=1e-4)
+    errors = vs.step_impls.check_agreement(model, initial, twin, batch, tolerance=1e-4)
     assert max(errors.values()) < 1e-4
     broken = copy.deepcopy(twin)
     with torch.no_grad():
         broken.head.bias.add_(1.0)
     with pytest.raises(SystemExit, match="disagrees"):
-        vs.check_agreement(model, initial, broken, batch, tolerance=1e-4)
+        vs.step_impls.check_agreement(model, initial, broken, batch, tolerance=1e-4)
 
 
 def test_torch_loss_equals_bts_jax_loss():
@@ -117,7 +117,7 @@ def test_torch_loss_equals_bts_jax_loss():
 
 def test_torch_train_step_runs_on_a_copy_of_the_twin(vs, built):
     _, batch, initial, _, twin = built
-    impl = vs.torch_impl(twin, batch, compile_model=False)
+    impl = vs.step_impls.torch_impl(twin, batch, compile_model=False)
     impl.run(1)
     # torch_impl trains a copy: the twin keeps the Flax weights.
     head = twin.head.weight.detach().numpy()[:, :, 0, 0].T
