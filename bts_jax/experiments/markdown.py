@@ -98,9 +98,10 @@ def report_markdown(
     lines += _claim_lines(claims, alpha)
     lines += _provenance_lines(provenance, reproducibility)
     if missing:
+        # No paths: the report sits in the sweep folder, where each cell is <variant>/seed_<n>.
         lines += ["## Missing cells", "", "Not averaged:", ""]
         for m in missing:
-            lines.append(f"- {_cell_name(m.variant, m.seed, m.fold)}: {m.reason} (`{m.path}`)")
+            lines.append(f"- {_cell_name(m.variant, m.seed, m.fold)}: {m.reason}")
         lines.append("")
     lines += ["## Figures", ""]
     for title, path in figures.items():
