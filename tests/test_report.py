@@ -1,6 +1,7 @@
 """The sweep report on fake sweep folders (synthetic numbers, no training)."""
 
 import csv
+import glob
 import json
 import math
 import os
@@ -576,3 +577,21 @@ def test_exported_results_give_the_same_report_without_the_checkpoints(tmp_path)
     make_sweep(other, {"unet": SAME, "paper": SAME}, seeds=(0,))
     with pytest.raises(ValueError, match=r"other.*holds another sweep"):
         results.export_results(source, other)
+
+
+# Sweeps whose results the repository keeps (sweep.py --export_results), e.g. under docs/results/.
+KEPT_SWEEPS = sorted(glob.glob(os.path.join(REPO, "docs", "results", "*", sweeps.SWEEP_FILE)))
+
+
+@pytest.mark.parametrize(
+    "sweep_file", KEPT_SWEEPS, ids=lambda p: os.path.basename(os.path.dirname(p))
+)
+def test_kept_sweep_results_read_back_whole_and_consistent(sweep_file):
+    directory = os.path.dirname(sweep_file)
+    runs, missing = results.load_runs(sweeps.load_sweep(directory), directory)
+    assert runs
+    # A kept cell is whole: the only cells missing are those not run yet.
+    assert [m.reason for m in missing if m.reason != "no cell folder"] == []
+    # Every cell was scored on the same test images, in the same environment.
+    assert len({tuple(sorted(run.per_image["id"])) for run in runs}) == 1
+    assert provenance.environments(runs)["warnings"] == []
