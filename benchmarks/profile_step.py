@@ -43,16 +43,17 @@ from __future__ import annotations
 
 import collections
 import glob
-import importlib.util
 import os
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The HLO parsing and classification, beside this script (its folder is sys.path[0] when run, and
+# on pytest's path for the tests).
+import hlo_ops as hlo
 import jax
 import numpy as np
 from absl import app, flags
@@ -60,25 +61,11 @@ from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
-
-def _sibling(name: str):
-    """benchmarks/<name>.py, loaded from beside this file (no package, no sys.path edit)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
 config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Experiment config file.")
 flags.DEFINE_integer("steps", 5, "Profiled steps.")
 flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
 flags.DEFINE_integer("top", 15, "Rows of the operation and layer tables.")
 flags.DEFINE_string("trace_dir", "", "Keep the trace here (for XProf/TensorBoard); default: temp.")
-
-# The HLO parsing and classification (benchmarks/hlo_ops.py), loaded from beside this file.
-hlo = _sibling("hlo_ops")
 
 
 # ----------------------------------------------------------------------------- the trace

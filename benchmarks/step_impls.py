@@ -9,8 +9,6 @@ frameworks. PyTorch is imported only inside the torch functions, so the JAX side
 
 import copy
 import importlib
-import importlib.util
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -91,20 +89,12 @@ def jax_impl(config, batch: dict, mesh):
     return impl, initial, model, float(cost["flops"])
 
 
-def _torch_unet():
-    """benchmarks/torch_unet.py, loaded from beside this file (no package, no sys.path edit)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch_unet.py")
-    spec = importlib.util.spec_from_file_location("torch_unet", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def torch_twin(config, initial: dict):
     """The PyTorch twin of ``config``'s model holding the Flax ``initial`` variables."""
-    from bts_jax.models import eca_kernel_size
+    # The twin (beside this file) imports PyTorch, so it is imported only when asked for.
+    import torch_unet
 
-    torch_unet = _torch_unet()
+    from bts_jax.models import eca_kernel_size
 
     places = lambda value: {p for p in value.split(",") if p}  # noqa: E731
     k = int(config.model.eca_kernel_size)
@@ -167,8 +157,7 @@ def check_agreement(model, initial: dict, twin, batch: dict, tolerance: float) -
 def torch_impl(twin, batch: dict, compile_model: bool):
     """The PyTorch train step (forward, same loss, backward, Adam) of ``twin``, on its device."""
     import torch
-
-    torch_unet = _torch_unet()
+    import torch_unet
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = copy.deepcopy(twin).to(device).train()

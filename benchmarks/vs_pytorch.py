@@ -43,27 +43,14 @@ change was worth, is in docs/performance.md.
 """
 
 import argparse
-import importlib
-import importlib.util
 import os
 import statistics
-import sys
 import time
 from collections.abc import Sequence
 
-
-def _sibling(name: str):
-    """benchmarks/<name>.py, loaded from beside this file (no package, no sys.path edit)."""
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # its dataclasses look their module up while it executes
-    spec.loader.exec_module(module)
-    return module
-
-
-# The library's train step and the PyTorch twin's, each an Impl (benchmarks/step_impls.py).
-step_impls = _sibling("step_impls")
+# The library's train step and the PyTorch twin's, each an Impl, beside this script (its folder is
+# sys.path[0] when run, and on pytest's path for the tests).
+import step_impls
 
 SIZES = {
     "test": dict(features=(4, 8, 16, 32), image_size=32, batch=8),

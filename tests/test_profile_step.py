@@ -1,24 +1,15 @@
 """benchmarks/profile_step.py: wall time shared among concurrent operations, and the classification
 of a real compiled train step's operations (benchmarks/hlo_ops.py, as profile_step.hlo)."""
 
-import importlib.util
-import pathlib
-import sys
-
 import pytest
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def profile_step():
-    path = ROOT / "benchmarks" / "profile_step.py"
-    spec = importlib.util.spec_from_file_location("profile_step", path)
-    module = importlib.util.module_from_spec(spec)
-    # Registered first: its dataclasses look their module up while the module executes.
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    # Imported on first use: the module defines the script's absl flags.
+    import profile_step
+
+    return profile_step
 
 
 def test_overlapping_operations_share_the_time_they_run_together(profile_step):

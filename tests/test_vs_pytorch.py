@@ -2,25 +2,19 @@
 and the PyTorch twin when PyTorch is installed (`pip install -e ".[bench]"`)."""
 
 import copy
-import importlib.util
-import pathlib
 
 import jax
 import numpy as np
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 TINY = ["--features=4,8,16,32", "--image_size=16", "--batch=2"]
 
 
 @pytest.fixture(scope="module")
 def vs():
-    spec = importlib.util.spec_from_file_location(
-        "vs_pytorch", ROOT / "benchmarks" / "vs_pytorch.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    import vs_pytorch
+
+    return vs_pytorch
 
 
 @pytest.mark.slow
@@ -101,11 +95,10 @@ def test_torch_twin_agrees_and_refuses_on_mismatch(vs, built):
 
 def test_torch_loss_equals_bts_jax_loss():
     torch = pytest.importorskip("torch")
-    import importlib
+    import torch_unet
 
     from bts_jax.train import losses
 
-    torch_unet = importlib.import_module("benchmarks.torch_unet")
     logits = np.random.default_rng(0).standard_normal((2, 8, 8, 1)).astype(np.float32)
     mask = (np.random.default_rng(1).random((2, 8, 8)) < 0.4).astype(np.int32)
     ours, _ = losses.segmentation_loss(logits, mask)
