@@ -3,9 +3,9 @@
 import json
 import os
 
+import heldout_quickstart
 import pytest
 
-from benchmarks import heldout_quickstart
 from bts_jax.data import sources, splits
 
 SHARED = os.path.join(
