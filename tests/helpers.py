@@ -18,6 +18,29 @@ def tiny_config(**overrides) -> ml_collections.ConfigDict:
     return apply_overrides(test_config.get_config(), overrides, "tiny_config")
 
 
+# Two stages at 16 px: the smallest U-Net with an encoder, a bottleneck and a decoder that still
+# holds every block of the paper model (GSConv and ECA in each). Tests that train in several
+# processes, kill and resume, or run whole sweeps pay mostly for compiling: at half the layers of
+# `configs/test.py` their programs compile in about half the time, and every fact they check
+# (bit-identical resume, equal parameters across hosts, complete cells) is about the loop, not
+# the model's size.
+SMALL_MODEL = {"model.features": (4, 8), "data.image_size": 16}
+
+
+def small_config(**overrides) -> ml_collections.ConfigDict:
+    """`tiny_config` at `SMALL_MODEL`'s two stages and 16 px, with dotted ``overrides``."""
+    return tiny_config(**{**SMALL_MODEL, **overrides})
+
+
+def resumable_config() -> ml_collections.ConfigDict:
+    """The run that kill-and-resume tests replay: `small_config`, 2 epochs, a save every 2 steps.
+
+    ``tests/kill_worker.py`` trains exactly this, so its killed and resumed runs can be compared
+    bit for bit with the uninterrupted run of ``tests/test_train.py``.
+    """
+    return small_config(num_epochs=2, **{"checkpoint.every_steps": 2})
+
+
 def read_text(*path: str) -> str:
     """The text of the file at ``os.path.join(*path)``."""
     with open(os.path.join(*path)) as f:
@@ -92,3 +115,16 @@ def running_scripts(
     finally:
         for proc in procs.values():
             proc.kill()
+
+
+def start_scripts_early_if_selected(request, fixture: str = "scripts") -> None:
+    """Starts a module's ``fixture`` of scripts with its first test, if a selected test reads it.
+
+    The script fixtures start their programs at once and let them run beside the module's other
+    tests (mostly compiling, each in its own process). Started from an autouse fixture, they
+    overlap with every test of the module; skipped when no selected test reads them (the fast
+    tier deselects the script tests), so no process is started only to be killed.
+    """
+    selected = (item for item in request.session.items if item.module is request.module)
+    if any(fixture in item.fixturenames for item in selected):
+        request.getfixturevalue(fixture)

@@ -8,7 +8,7 @@ POINT (none: run to the end):
   eval:N        in this process's N-th validation pass, after its first batch;
   figures       while the final prediction figures are drawn.
 
-The run is test_train.py's uninterrupted run (8 fake CPU devices, 2 epochs, a save every 2 steps),
+The run is test_train.py's uninterrupted run (8 fake CPU devices, ``helpers.resumable_config``),
 so a resumed sequence of these runs can be compared with it bit for bit. SIGKILL is sent by the
 process to itself at the exact point, which is what ``kill -9`` from outside does, minus the
 race.
@@ -25,10 +25,11 @@ import jax
 jax.config.update("jax_num_cpu_devices", 8)
 jax.config.update("jax_platforms", "cpu")
 
+from helpers import resumable_config  # noqa: E402  (tests/, this script's folder, is on the path)
+
 from bts_jax import evaluation  # noqa: E402
 from bts_jax import train as train_lib  # noqa: E402
 from bts_jax import workdir as workdir_lib  # noqa: E402
-from bts_jax.configs import test as test_config  # noqa: E402
 from bts_jax.evaluation import figures  # noqa: E402
 from bts_jax.train import seeds  # noqa: E402
 
@@ -95,9 +96,7 @@ def _arm(point: str, start_step: int) -> None:
 
 
 def main(workdir: str, point: str = "") -> None:
-    config = test_config.get_config()
-    config.num_epochs = 2
-    config.checkpoint.every_steps = 2
+    config = resumable_config()
     if point:
         _arm(point, workdir_lib.latest_saved_step(workdir) or 0)
     train_lib.train_and_evaluate(config, workdir)

@@ -1,7 +1,8 @@
 """One process of the two-process test: 2 CPU devices, jax.distributed over 127.0.0.1.
 
 Usage: python tests/multihost_worker.py PORT PROCESS_ID OUTPUT_DIR [DIE_AFTER_STEPS]
-Trains two steps of the tiny config on this host's shard of the global batches, then evaluates.
+Trains two steps of ``helpers.small_config`` on this host's shard of the global batches, then
+evaluates.
 With DIE_AFTER_STEPS, process 1 kills itself (SIGKILL) after that many steps and process 0 trains
 on, to show how a run ends when a peer is lost (a 15 s heartbeat timeout keeps the test short).
 """
@@ -33,14 +34,14 @@ def main(port: str, process_id: str, out_dir: str, die_after_steps: str = "") ->
     assert jax.process_count() == 2 and jax.device_count() == 4, jax.devices()
 
     import numpy as np
+    from helpers import small_config  # tests/, this script's folder, is on the path
 
     from bts_jax import evaluation
     from bts_jax import train as train_lib
-    from bts_jax.configs import test as test_config
     from bts_jax.sharding import make_global_batch, make_mesh
     from bts_jax.train.state import create_train_state
 
-    config = test_config.get_config()
+    config = small_config()
     mesh = make_mesh()
     run = train_lib.setup_run(config, mesh)
     state = create_train_state(config, run.model, run.optimizer, mesh)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import copy_workdir, running_scripts
+from helpers import copy_workdir, running_scripts, start_scripts_early_if_selected
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -45,6 +45,11 @@ def _first_sample() -> str:
 def workdir(trained_workdir, tmp_path_factory):
     # A copy: the scripts fixture removes a file of it.
     return copy_workdir(trained_workdir, tmp_path_factory.mktemp("inference"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _scripts_started_with_the_first_test(request):
+    start_scripts_early_if_selected(request)
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +83,7 @@ def scripts(workdir, tmp_path_factory):
 # (bts_jax.workdir checkpoints: tested here because these need the module's trained workdir)
 
 
-def test_load_config_and_missing_workdir_errors(workdir, scripts, tmp_path):
+def test_load_config_and_missing_workdir_errors(workdir, tmp_path):
     config = workdir_lib.load_config(workdir)
     assert config.model.features == (4, 8, 16, 32)
     assert config.data.image_size == 32

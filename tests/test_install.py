@@ -75,8 +75,13 @@ def test_every_command_runs_from_an_empty_folder(installed, tmp_path):
     venv, site, env = installed
     cwd = tmp_path / "somewhere"
     cwd.mkdir()
+    # helpers.SMALL_MODEL: the commands' wiring is under test, and every later command compiles
+    # this run's model.
+    small = ["--config.model.features=(4, 8)", "--config.data.image_size=16"]
     out = _run(
-        ["bts-train", "--config", "test", "--workdir", "run", "--config.num_epochs=1"], cwd, env
+        ["bts-train", "--config", "test", "--workdir", "run", "--config.num_epochs=1", *small],
+        cwd,
+        env,
     )
     assert "Validation (best checkpoint" in out
     run = cwd / "run"

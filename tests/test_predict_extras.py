@@ -12,7 +12,7 @@ import shutil
 import jax
 import numpy as np
 import pytest
-from helpers import copy_workdir, running_scripts
+from helpers import copy_workdir, running_scripts, start_scripts_early_if_selected
 from PIL import Image
 
 from bts_jax import data as data_lib
@@ -32,6 +32,11 @@ def workdirs(trained_workdir, tmp_path_factory):
     copy = str(tmp_path_factory.mktemp("extras") / "copy")
     shutil.copytree(path, copy)
     return path, copy
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _scripts_started_with_the_first_test(request):
+    start_scripts_early_if_selected(request)
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +84,7 @@ def _median_probability(probabilities) -> float:
 # ----------------------------------------------------------------------------- probabilities
 
 
-def test_probabilities_sizes_and_masks(workdirs, scripts):
+def test_probabilities_sizes_and_masks(workdirs):
     config, members = inference.load_members(workdirs[0])
     images = _images()
     probabilities = inference.predict_probabilities(members, images, config.data, batch_size=2)

@@ -20,7 +20,7 @@ import chex
 import jax
 import numpy as np
 import pytest
-from helpers import read_text, tiny_config
+from helpers import read_text, small_config, tiny_config
 
 from bts_jax import config_tools, sharding
 from bts_jax import data as data_lib
@@ -154,7 +154,7 @@ def _single_run_params(config, mesh):
 @pytest.mark.slow
 def test_seed_k_of_a_k_seed_step_ends_like_the_single_run_of_its_seed(num_seeds, num_devices):
     devices = jax.devices()[:num_devices]
-    config = tiny_config(seed=1, num_seeds=num_seeds)
+    config = small_config(seed=1, num_seeds=num_seeds)
     run = train_lib.setup_run(config, sharding.make_mesh(devices))
     assert run.mesh.devices.shape == (
         sharding.seed_axis_size(num_seeds, num_devices),
@@ -211,7 +211,7 @@ RUN_OVERRIDES = {"seed": 4, "num_seeds": 2, "checkpoint.every_steps": 2}
 @pytest.fixture(scope="module")
 def two_seed_run(tmp_path_factory):
     """An uninterrupted 2-seed run (seeds 4, 5) on the 8 fake devices, compiling its step once."""
-    config = tiny_config(**RUN_OVERRIDES)
+    config = small_config(**RUN_OVERRIDES)
     workdir = str(tmp_path_factory.mktemp("two_seeds"))
     traced = chex.assert_max_traces(steps.train_step, n=1)
     original = steps.train_step
@@ -232,7 +232,7 @@ def two_seed_run(tmp_path_factory):
 def test_each_seed_is_a_complete_workdir_of_its_own_single_run(two_seed_run, tmp_path):
     config, workdir, results = two_seed_run
     assert sorted(os.listdir(workdir)) == [".lock", "seed_4", "seed_5"]
-    single_config = tiny_config(seed=5, **{"checkpoint.every_steps": 2})
+    single_config = small_config(seed=5, **{"checkpoint.every_steps": 2})
     single_dir = str(tmp_path / "single_seed_5")
     (single,) = train_lib.train_and_evaluate(single_config, single_dir, show_progress=False)
     single_result = single.metrics
@@ -327,6 +327,9 @@ def test_train_py_trains_k_seeds_and_summarises_each(tmp_path):
             str(workdir),
             "--config.seed=3",
             "--config.num_seeds=2",
+            # helpers.SMALL_MODEL: the command line is under test, not the model's size.
+            "--config.model.features=(4, 8)",
+            "--config.data.image_size=16",
         ],
         cwd=REPO,
         env=env,

@@ -21,7 +21,13 @@ def tiny_sweep(**changes):
     config = ml_collections.ConfigDict()
     config.name = "tiny"
     config.base_config = "configs/test.py"
-    config.overrides = {"data": {"test_fraction": 0.15}, "num_epochs": 1, "num_predictions": 2}
+    # helpers.SMALL_MODEL: two stages at 16 px, so the sweep's cells compile in half the time.
+    config.overrides = {
+        "data": {"test_fraction": 0.15, "image_size": 16},
+        "model": {"features": (4, 8)},
+        "num_epochs": 1,
+        "num_predictions": 2,
+    }
     config.variants = {
         "unet": {"model": {"gsconv_in": "", "eca_in": ""}},
         "paper": {"model": {"gsconv_in": "encoder,bottleneck,decoder"}},
@@ -299,7 +305,12 @@ def get_config():
     sweep = ml_collections.ConfigDict()
     sweep.name = "two_cells"
     sweep.base_config = "configs/test.py"
-    sweep.overrides = {"data": {"test_fraction": 0.15}, "num_epochs": 1, "num_predictions": 1}
+    sweep.overrides = {
+        "data": {"test_fraction": 0.15, "image_size": 16},
+        "model": {"features": (4, 8)},
+        "num_epochs": 1,
+        "num_predictions": 1,
+    }
     sweep.variants = {
         "unet": {"model": {"gsconv_in": "", "eca_in": ""}},
         "paper": {"model": {"gsconv_in": "encoder,bottleneck,decoder"}},
