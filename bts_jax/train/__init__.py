@@ -2,8 +2,9 @@
 
 `train_and_evaluate` is the entry point (``train.py`` calls it). Around it: `state` (the train
 state), `optim` (optimiser and schedule), `losses`, `steps` (the pure, jitted train and eval
-steps), `setup` (what a run derives from its config), `seeds` (`SeedGroup`: one run, or the seeds
-of ``config.num_seeds`` in one program), `monitor` (step metrics, epoch rows, progress), `finish`
+steps), `run_setup` (`RunSetup`: what a run derives from its config; epoch rows), `setup` (builds
+it), `seeds` (`SeedGroup`: one run, or the seeds of ``config.num_seeds`` in one program), `monitor`
+(step metrics, progress), `finish`
 (the final evaluation and the end-of-run summary) and `config_checks`.
 """
 
