@@ -308,3 +308,65 @@ def test_the_file_names_of_a_workdir_are_spelled_only_in_its_layout():
         if p != PACKAGE / "workdir" / "layout.py"
     }
     assert {path: lines for path, lines in found.items() if lines} == {}
+
+
+# ----------------------------------------------------------------------------- flags once
+
+
+def flag_definitions(source: str) -> dict[str, set[str]]:
+    """Where ``source`` defines absl flags: flag name -> the functions holding the definitions.
+
+    A definition is a call of a ``DEFINE_*`` function (``flags.DEFINE_bool``,
+    ``config_flags.DEFINE_config_file``...) whose first argument is the name; one at module level is
+    held by ``"<module>"``.
+
+    Args:
+      source: a module's text.
+
+    Returns:
+      The names, each with the top-level functions (or ``"<module>"``) that define it.
+    """
+    found: dict[str, set[str]] = {}
+    for statement in ast.parse(source).body:
+        holder = (
+            statement.name
+            if isinstance(statement, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef)
+            else "<module>"
+        )
+        for node in ast.walk(statement):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr.startswith("DEFINE")
+                and node.args
+                and isinstance(node.args[0], ast.Constant)
+            ):
+                found.setdefault(node.args[0].value, set()).add(holder)
+    return found
+
+
+def test_flag_definitions_finds_each_definition_and_its_holder():
+    source = (
+        "from absl import flags\n"
+        'flags.DEFINE_string("workdir", None, "h")\n'
+        "def define_split():\n"
+        '    config_flags.DEFINE_config_file("config", None, "h")\n'
+        '    flags.DEFINE_enum("split", "a", ["a"], "h")\n'
+    )
+    assert flag_definitions(source) == {
+        "workdir": {"<module>"},
+        "config": {"define_split"},
+        "split": {"define_split"},
+    }
+
+
+def test_each_flag_is_defined_in_one_place():
+    # Programs and benchmark scripts take shared flags from bts_jax/cli/flags.py and
+    # benchmarks/bench_flags.py: one definition, one help text. One define_* function may hold
+    # two calls for one name (--workdir as one folder or a list).
+    places: dict[str, set[str]] = {}
+    for path in [*_modules(), *sorted(BENCHMARKS.glob("*.py"))]:
+        for name, holders in flag_definitions(path.read_text()).items():
+            where = {f"{path.relative_to(ROOT)}:{holder}" for holder in holders}
+            places.setdefault(name, set()).update(where)
+    assert {name: sorted(where) for name, where in places.items() if len(where) > 1} == {}

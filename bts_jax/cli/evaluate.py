@@ -32,8 +32,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the flags of ``evaluate.py``."""
     cli_flags.define_prediction_flags()
-    flags.DEFINE_enum("split", "validation", ["validation", "test", "train"], "Split to evaluate.")
-    flags.DEFINE_string("output_dir", None, "Folder for the JSON/CSV of a settings evaluation.")
+    cli_flags.define_split_flag()
+    cli_flags.define_output_dir_flag("Folder for the JSON/CSV of a settings evaluation.")
     flags.DEFINE_string(
         "data_dir",
         None,

@@ -15,14 +15,103 @@ if TYPE_CHECKING:  # The programs import the inference stack only once their fla
     from bts_jax.inference import PredictionSettings
 
 FLAGS = flags.FLAGS
+# The flags defined here belong to the program that calls a define_* function (its --help lists
+# them), as if it had defined them itself.
+flags.disclaim_key_flags()
 
 CHECKPOINT_HELP = "Checkpoint: best validation mIoU or latest."
 
 
+def define_config_flag(help_text: str, default: str | None = None, *, lock: bool = False) -> None:
+    """``--config``: an experiment (or sweep) config file, its fields overridable one by one.
+
+    Args:
+      help_text: what the config is, for ``--help`` (train.py: an experiment, sweep.py: a sweep).
+      default: the config file used without ``--config``; None makes the flag required.
+      lock: lock the config, so a program cannot add fields to it by mistake.
+    """
+    from ml_collections import config_flags
+
+    config_flags.DEFINE_config_file("config", default, help_text, lock_config=lock)
+    if default is None:
+        flags.mark_flag_as_required("config")
+
+
+def define_workdir_flag(help_text: str, *, several: bool = False) -> None:
+    """``--workdir`` (required): a folder a program writes or reads.
+
+    Args:
+      help_text: what the folder is for this program.
+      several: a comma-separated list of folders (an ensemble), else one folder.
+    """
+    if several:
+        flags.DEFINE_list("workdir", None, help_text)
+    else:
+        flags.DEFINE_string("workdir", None, help_text)
+    flags.mark_flag_as_required("workdir")
+
+
 def define_workdirs_flag() -> None:
     """``--workdir``: one trained workdir, or several (an ensemble: probabilities averaged)."""
-    flags.DEFINE_list("workdir", None, "A directory written by train.py, or several (an ensemble).")
-    flags.mark_flag_as_required("workdir")
+    define_workdir_flag("A directory written by train.py, or several (an ensemble).", several=True)
+
+
+def define_split_flag() -> None:
+    """``--split``: the split of the run's own data a program reads."""
+    flags.DEFINE_enum(
+        "split",
+        "validation",
+        ["validation", "test", "train"],
+        "Split of the run's data (data_split.json) to read.",
+    )
+
+
+def define_model_stats_flag() -> None:
+    """``--model_stats``: count each variant's parameters and GFLOPs for a sweep's report."""
+    flags.DEFINE_bool(
+        "model_stats",
+        True,
+        "Count parameters and GFLOPs of each variant's model in the report (one XLA compilation "
+        "per variant).",
+    )
+
+
+def define_output_flag(help_text: str) -> None:
+    """``--output`` (required): the one file or folder a program writes.
+
+    Args:
+      help_text: what is written there.
+    """
+    flags.DEFINE_string("output", None, help_text)
+    flags.mark_flag_as_required("output")
+
+
+def define_output_dir_flag(help_text: str) -> None:
+    """``--output_dir``: the folder of a program's files.
+
+    Args:
+      help_text: what goes there (and where it goes without the flag).
+    """
+    flags.DEFINE_string("output_dir", None, help_text)
+
+
+def define_batch_size_flag(default: int = 8) -> None:
+    """``--batch_size``: images per forward pass of a prediction.
+
+    Args:
+      default: the program's default.
+    """
+    flags.DEFINE_integer("batch_size", default, "Images per forward pass (times the TTA views).")
+
+
+def define_num_images_flag(default: int, help_text: str) -> None:
+    """``--num_images``: how many images a program draws or times.
+
+    Args:
+      default: the program's default.
+      help_text: what they are for.
+    """
+    flags.DEFINE_integer("num_images", default, help_text)
 
 
 def define_which_flag() -> None:
