@@ -1,14 +1,18 @@
-"""Flags defined once: bts_jax/cli/flags.py for the programs, benchmarks/bench_flags.py."""
+"""Flags defined once (bts_jax/cli/flags.py, benchmarks/bench_flags.py), and clear config errors."""
 
 import contextlib
 import importlib
 import os
+import subprocess
+import sys
 
 import bench_flags
 import pytest
 from absl import flags
 
+from bts_jax import config_tools
 from bts_jax.cli import flags as cli_flags
+from bts_jax.configs import default
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ("train", "evaluate", "predict", "export", "sweep", "report", "compare")
@@ -92,3 +96,128 @@ def test_benchmark_flags_belong_to_the_script_that_defines_them():
         # The calling module owns them, so a script's --help lists them as its own.
         own = {flag.name for flag in registry.get_key_flags_for_module(__name__)}
         assert {"config", "steps", "warmup", "image_size"} <= own
+
+
+# ----------------------------------------------------------------------------- config errors
+
+
+def test_closest_fields_finds_typos_and_fields_without_their_section():
+    fields = config_tools.field_names(default.get_config())
+    assert config_tools.closest_fields("learning_rate", fields) == ["optimizer.learning_rate"]
+    assert config_tools.closest_fields("optimizer.learnin_rate", fields) == [
+        "optimizer.learning_rate"
+    ]
+    assert config_tools.closest_fields("model.featurs", fields) == ["model.features"]
+    assert config_tools.closest_fields("batchsize", fields) == ["batch_size"]
+    assert config_tools.closest_fields("xyz", fields) == []
+    assert len(config_tools.closest_fields("a", ["ab", "ac", "ad", "ae"], n=2)) == 2
+
+
+def test_field_names_hold_sections_and_leaves():
+    assert config_tools.field_names({"a": {"b": 1, "c": {"d": 2}}, "e": 3}) == {
+        "a",
+        "a.b",
+        "a.c",
+        "a.c.d",
+        "e",
+    }
+
+
+def test_unknown_field_message_is_one_line_with_the_suggestions():
+    fields = ["optimizer.learning_rate", "batch_size"]
+    assert config_tools.unknown_field_message("learning_rate", fields, "configs/test.py") == (
+        "config.learning_rate is not a field of configs/test.py; did you mean "
+        "optimizer.learning_rate?"
+    )
+    assert config_tools.unknown_field_message("xyz", fields, "c.py") == (
+        "config.xyz is not a field of c.py."
+    )
+
+
+def test_check_fields_refuses_a_field_the_schema_lacks():
+    schema = default.get_config()
+    config_tools.check_fields(default.get_config(), schema, "default")
+    config = default.get_config()
+    config.learning_rate = 1e-3
+    with pytest.raises(config_tools.UnknownFieldError, match="did you mean optimizer.learning"):
+        config_tools.check_fields(config, schema, "my.py")
+
+
+def test_config_overrides_and_value_are_read_from_the_command_line():
+    argv = ["p", "--config", "c.py", "--config.a.b=1", "--noconfig.flag", "--workdir=w"]
+    assert cli_flags.config_value(argv) == "c.py"
+    assert cli_flags.config_value(["p", "--config=d.py:x"]) == "d.py:x"
+    assert cli_flags.config_value(["p"]) is None
+    assert cli_flags.config_overrides(argv) == ["a.b", "flag"]
+
+
+def test_check_config_arguments_names_the_unknown_override_and_file_field(tmp_path):
+    good = ["p", f"--config={TEST_CONFIG}", "--config.optimizer.learning_rate=1e-3"]
+    cli_flags.check_config_arguments(good)
+    assert cli_flags.prepare_config_argument(["p", "--config", "test"])[2] == TEST_CONFIG
+    with pytest.raises(config_tools.UnknownFieldError, match=r"^--config.learning_rate is not"):
+        cli_flags.check_config_arguments(
+            ["p", f"--config={TEST_CONFIG}", "--config.learning_rate=1"]
+        )
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from bts_jax.configs import test\n\n"
+        "def get_config():\n"
+        "    config = test.get_config()\n"
+        "    config.model.featurs = (4, 8)\n"
+        "    return config\n"
+    )
+    with pytest.raises(config_tools.UnknownFieldError, match="did you mean model.features"):
+        cli_flags.check_config_arguments(["p", f"--config={bad}"])
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, script, *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_an_unknown_config_key_is_one_line_and_status_2(tmp_path):
+    # Before flag parsing and before JAX or TensorFlow is imported: a fraction of a second.
+    done = _run(
+        "train.py",
+        "--config",
+        "configs/test.py",
+        "--config.learning_rate=1e-3",
+        f"--workdir={tmp_path / 'w'}",
+    )
+    assert done.returncode == 2
+    assert done.stderr == (
+        "train.py: error: --config.learning_rate is not a field of configs/test.py; "
+        "did you mean optimizer.learning_rate?\n"
+    )
+    assert not (tmp_path / "w").exists()
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "from bts_jax.configs import test\n\n"
+        "def get_config():\n"
+        "    config = test.get_config()\n"
+        "    config.learning_rate = 1e-3\n"
+        "    return config\n"
+    )
+    done = _run("train.py", f"--config={bad}", f"--workdir={tmp_path / 'w'}")
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip().endswith("did you mean optimizer.learning_rate?")
+    assert len(done.stderr.strip().splitlines()) == 1
+    done = _run(
+        "sweep.py",
+        "--config=configs/sweeps/paper_ablation.py",
+        "--config.seedz=3",
+        f"--workdir={tmp_path / 's'}",
+    )
+    assert (done.returncode, done.stderr) == (
+        2,
+        "sweep.py: error: --config.seedz is not a field of configs/sweeps/paper_ablation.py; "
+        "did you mean seeds?\n",
+    )

@@ -218,6 +218,87 @@ def resolve_config_argument(argv: list[str], kind: str = "experiment") -> list[s
     return out
 
 
+def config_value(argv: list[str]) -> str | None:
+    """The value of ``--config`` on a command line (``--config=X`` or ``--config X``), or None."""
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+        if arg == "--config" and i + 1 < len(argv):
+            return argv[i + 1]
+    return None
+
+
+def config_overrides(argv: list[str]) -> list[str]:
+    """The dotted fields that ``--config.<field>=value`` arguments of a command line set.
+
+    Args:
+      argv: the command line.
+
+    Returns:
+      The fields, without ``config.``, in order (``["optimizer.learning_rate"]``).
+    """
+    prefixes = ("--config.", "--noconfig.")
+    return [
+        arg.split("=", 1)[0].split(".", 1)[1]
+        for arg in argv
+        if arg.startswith(prefixes) and len(arg.split("=", 1)[0]) > len("--config.")
+    ]
+
+
+def check_config_arguments(argv: list[str], kind: str = "experiment") -> None:
+    """Refuses a config with a field it should not have, before absl parses the command line.
+
+    An experiment config file may only set the fields of the default config
+    (``configs/default.py``), and ``--config.<field>`` only the fields of the config it names;
+    otherwise ml_collections would fail inside flag parsing with a traceback (or, in a file, add a
+    field that nothing reads).
+
+    Args:
+      argv: the command line, ``--config`` already a file (`resolve_config_argument`).
+      kind: "experiment" (checked against the default config too) or "sweep".
+
+    Raises:
+      bts_jax.config_tools.UnknownFieldError: one line naming the field and the closest valid
+        ones.
+    """
+    from bts_jax import config_tools
+
+    value = config_value(argv)
+    if value is None:
+        return  # absl says the flag is missing.
+    path, _, argument = value.partition(":") if not os.path.exists(value) else (value, "", "")
+    config = config_tools.load_config_file(path, argument=argument or None)
+    shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
+    if kind == "experiment":
+        from bts_jax.configs import default
+
+        config_tools.check_fields(config, default.get_config(), shown)
+    fields = config_tools.field_names(config)
+    for name in config_overrides(argv):
+        if name not in fields:
+            message = config_tools.unknown_field_message(name, fields, shown)
+            raise config_tools.UnknownFieldError(f"--{message}")
+
+
+def prepare_config_argument(argv: list[str], kind: str = "experiment") -> list[str]:
+    """`resolve_config_argument`, then `check_config_arguments`: a run's ``--config``, checked.
+
+    Args:
+      argv: the command line (``sys.argv``).
+      kind: "experiment" or "sweep".
+
+    Returns:
+      The command line to parse.
+
+    Raises:
+      FileNotFoundError: no such config; bts_jax.config_tools.UnknownFieldError: see
+        `check_config_arguments`.
+    """
+    argv = resolve_config_argument(argv, kind)
+    check_config_arguments(argv, kind)
+    return argv
+
+
 def no_extra_arguments(argv: list[str]) -> None:
     """Refuses positional arguments a program does not take.
 

@@ -88,4 +88,4 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """The ``sweep.py`` program (``bts-sweep`` once installed)."""
     define_flags()
-    run_program(main, lambda argv: cli_flags.resolve_config_argument(argv, "sweep"))
+    run_program(main, lambda argv: cli_flags.prepare_config_argument(argv, "sweep"))

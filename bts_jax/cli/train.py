@@ -78,4 +78,4 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """The ``train.py`` program (``bts-train`` once installed)."""
     define_flags()
-    run_program(main, lambda argv: cli_flags.resolve_config_argument(argv, "experiment"))
+    run_program(main, lambda argv: cli_flags.prepare_config_argument(argv, "experiment"))
