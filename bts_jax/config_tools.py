@@ -105,7 +105,8 @@ def apply_overrides(
       The new config.
 
     Raises:
-      ValueError: a field that the config does not have, or a value of another type (named).
+      ValueError: a field that the config does not have (an `UnknownFieldError`, with the closest
+        fields it has), or a value of another type (named).
     """
     config = copy.deepcopy(config)
     for path, value in overrides.items():
@@ -113,10 +114,10 @@ def apply_overrides(
         target = config
         for part in parents:
             if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
-                raise ValueError(f"{where}: {path!r} is not a field of the base config.")
+                raise _not_a_base_field(path, config, where)
             target = target[part]
         if leaf not in target:
-            raise ValueError(f"{where}: {path!r} is not a field of the base config.")
+            raise _not_a_base_field(path, config, where)
         try:
             target[leaf] = tuple(value) if isinstance(value, list) else value
         except TypeError as e:
@@ -214,6 +215,12 @@ def check_fields(
     for name in flatten(config):
         if name not in valid:
             raise UnknownFieldError(unknown_field_message(name, valid, where))
+
+
+def _not_a_base_field(path: str, config: ml_collections.ConfigDict, where: str) -> Exception:
+    close = closest_fields(path, field_names(config))
+    hint = f"; did you mean {' or '.join(close)}?" if close else "."
+    return UnknownFieldError(f"{where}: {path!r} is not a field of the base config{hint}")
 
 
 def configs_dir() -> str:

@@ -221,3 +221,12 @@ def test_an_unknown_config_key_is_one_line_and_status_2(tmp_path):
         "sweep.py: error: --config.seedz is not a field of configs/sweeps/paper_ablation.py; "
         "did you mean seeds?\n",
     )
+
+
+def test_sweep_overrides_name_the_closest_field_of_the_base_config():
+    with pytest.raises(
+        config_tools.UnknownFieldError, match="did you mean optimizer.learning_rate"
+    ):
+        config_tools.apply_overrides(
+            default.get_config(), {"optimizer.learnig_rate": 1.0}, "sweep.overrides"
+        )
