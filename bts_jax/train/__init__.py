@@ -8,7 +8,13 @@ it), `seeds` (`SeedGroup`: one run, or the seeds of ``config.num_seeds`` in one 
 (the final evaluation and the end-of-run summary) and `config_checks`.
 """
 
-from bts_jax.train.finish import TrainResult, evaluate_checkpoint, final_evaluation, run_summary
+from bts_jax.train.finish import (
+    TrainResult,
+    evaluate_checkpoint,
+    final_evaluation,
+    run_summary,
+    score_split,
+)
 from bts_jax.train.loop import due_events, train_and_evaluate
 from bts_jax.train.monitor import NonFiniteLossError
 from bts_jax.train.seeds import num_seeds_of, seed_configs
@@ -24,6 +30,7 @@ __all__ = [
     "make_input_pipeline",
     "num_seeds_of",
     "run_summary",
+    "score_split",
     "seed_configs",
     "setup_run",
     "train_and_evaluate",
