@@ -230,3 +230,23 @@ def test_sweep_overrides_name_the_closest_field_of_the_base_config():
         config_tools.apply_overrides(
             default.get_config(), {"optimizer.learnig_rate": 1.0}, "sweep.overrides"
         )
+
+
+def test_a_config_file_reading_a_missing_field_is_named(tmp_path):
+    bad = tmp_path / "reads.py"
+    bad.write_text(
+        "from bts_jax.configs import test\n\n"
+        "def get_config():\n"
+        "    config = test.get_config()\n"
+        "    config.optimizer.learning_rate = config.optimizer.learnin_rate * 2\n"
+        "    return config\n"
+    )
+    with pytest.raises(
+        config_tools.UnknownFieldError,
+        match=r"get_config\(\) reads 'learnin_rate', .*did you mean optimizer.learning_rate\?$",
+    ):
+        cli_flags.check_config_arguments(["p", f"--config={bad}"])
+    # Any other error of the file's own keeps its traceback.
+    bad.write_text("import math\n\ndef get_config():\n    return math.no_such_function()\n")
+    with pytest.raises(AttributeError, match="no_such_function"):
+        cli_flags.check_config_arguments(["p", f"--config={bad}"])

@@ -267,17 +267,40 @@ def check_config_arguments(argv: list[str], kind: str = "experiment") -> None:
     if value is None:
         return  # absl says the flag is missing.
     path, _, argument = value.partition(":") if not os.path.exists(value) else (value, "", "")
-    config = config_tools.load_config_file(path, argument=argument or None)
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
-    if kind == "experiment":
-        from bts_jax.configs import default
+    from bts_jax.configs import default
 
-        config_tools.check_fields(config, default.get_config(), shown)
+    schema = default.get_config() if kind == "experiment" else {}
+    try:
+        config = config_tools.load_config_file(path, argument=argument or None)
+    except (AttributeError, KeyError) as e:
+        missing = _missing_config_key(e)
+        if missing is None:
+            raise
+        close = config_tools.closest_fields(missing, config_tools.field_names(schema))
+        hint = f"; did you mean {' or '.join(close)}?" if close else "."
+        raise config_tools.UnknownFieldError(
+            f"{shown}: get_config() reads {missing!r}, which is not a field of the config{hint}"
+        ) from None
+    if kind == "experiment":
+        config_tools.check_fields(config, schema, shown)
     fields = config_tools.field_names(config)
     for name in config_overrides(argv):
         if name not in fields:
             message = config_tools.unknown_field_message(name, fields, shown)
             raise config_tools.UnknownFieldError(f"--{message}")
+
+
+def _missing_config_key(error: Exception) -> str | None:
+    # A ConfigDict raises AttributeError(KeyError("'name'")) for a field it lacks, KeyError for
+    # config["name"]; any other AttributeError is a bug of the file's own, left to its traceback.
+    if isinstance(error, AttributeError):
+        if not (error.args and isinstance(error.args[0], KeyError)):
+            return None
+        error = error.args[0]
+    # Its first line is the quoted name; ml_collections may add a hint of its own below.
+    text = str(error.args[0]) if error.args else ""
+    return text.splitlines()[0].strip("\"'") if text else None
 
 
 def prepare_config_argument(argv: list[str], kind: str = "experiment") -> list[str]:
