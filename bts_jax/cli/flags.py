@@ -7,7 +7,7 @@ can be imported into one process (the tests do) without defining a flag twice.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from absl import app, flags
 
@@ -262,17 +262,30 @@ def check_config_arguments(argv: list[str], kind: str = "experiment") -> None:
         ones.
     """
     from bts_jax import config_tools
+    from bts_jax.configs import default
 
     value = config_value(argv)
     if value is None:
         return  # absl says the flag is missing.
     path, _, argument = value.partition(":") if not os.path.exists(value) else (value, "", "")
     shown = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
-    from bts_jax.configs import default
-
     schema = default.get_config() if kind == "experiment" else {}
+    config = _load_config(path, argument or None, schema, shown)
+    if kind == "experiment":
+        config_tools.check_fields(config, schema, shown)
+    fields = config_tools.field_names(config)
+    for name in config_overrides(argv):
+        if name not in fields:
+            message = config_tools.unknown_field_message(name, fields, shown)
+            raise config_tools.UnknownFieldError(f"--{message}")
+
+
+def _load_config(path: str, argument: str | None, schema: Any, shown: str) -> Any:
+    """The config file's ``get_config()``; a field it reads but the config lacks is named."""
+    from bts_jax import config_tools
+
     try:
-        config = config_tools.load_config_file(path, argument=argument or None)
+        return config_tools.load_config_file(path, argument=argument)
     except (AttributeError, KeyError) as e:
         missing = _missing_config_key(e)
         if missing is None:
@@ -282,13 +295,6 @@ def check_config_arguments(argv: list[str], kind: str = "experiment") -> None:
         raise config_tools.UnknownFieldError(
             f"{shown}: get_config() reads {missing!r}, which is not a field of the config{hint}"
         ) from None
-    if kind == "experiment":
-        config_tools.check_fields(config, schema, shown)
-    fields = config_tools.field_names(config)
-    for name in config_overrides(argv):
-        if name not in fields:
-            message = config_tools.unknown_field_message(name, fields, shown)
-            raise config_tools.UnknownFieldError(f"--{message}")
 
 
 def _missing_config_key(error: Exception) -> str | None:
