@@ -29,17 +29,17 @@ from absl import app, flags
 from bts_jax import data as data_lib
 from bts_jax import inference
 from bts_jax import workdir as workdir_lib
+from bts_jax.cli import flags as cli_flags
 from bts_jax.cli.startup import quiet_library_logs
 from bts_jax.inference import export
 from bts_jax.inference import predict as predict_lib
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("workdir", None, "A trained workdir.")
+cli_flags.define_workdir_flag("A trained workdir.")
 flags.DEFINE_string("export_dir", None, "Export folder to use or fill (default: a temp folder).")
-flags.DEFINE_integer("num_images", 32, "Images per timed run (bundled images, repeated).")
-flags.DEFINE_integer("batch_size", 8, "Images per forward pass.")
+cli_flags.define_num_images_flag(32, "Images per timed run (bundled images, repeated).")
+cli_flags.define_batch_size_flag()
 flags.DEFINE_integer("repeats", 3, "Timed runs; the median is reported.")
-flags.mark_flags_as_required(["workdir"])
 
 
 def timed(fn, repeats: int) -> float:

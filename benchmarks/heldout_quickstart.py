@@ -29,6 +29,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from bts_jax import jsonio
 from bts_jax.data import sources, splits
 from bts_jax.inference.scoring import evaluate_examples
 from bts_jax.workdir import layout, read_split_file
@@ -161,8 +162,9 @@ def main(argv=None) -> int:
     print(f"training wall time (from the workdir's files): {duration(train_s)}")
     print(f"prediction time: {predict_s:.1f} s")
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({**result, "train_s": train_s, "predict_s": predict_s}, f, indent=1)
+        jsonio.write_json(
+            args.json, {**result, "train_s": train_s, "predict_s": predict_s}, indent=1
+        )
     return 0
 
 

@@ -12,7 +12,7 @@ import os
 import time
 
 from bts_jax.configs import default
-from bts_jax.data import InputPipeline, preprocessing, sources
+from bts_jax.data import InputPipeline, get_examples, preprocessing
 from bts_jax.data import images as host_images
 
 _SHARED = os.path.join(
@@ -78,7 +78,7 @@ def main():
 
     images = [
         host_images.load_grayscale(e.image)
-        for e in sources.get_examples(config.data)[: args.equalize_images]
+        for e in get_examples(config.data)[: args.equalize_images]
     ]
     start = time.perf_counter()
     repeats = 5

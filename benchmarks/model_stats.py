@@ -12,12 +12,13 @@ each registered convolution (its attention unchanged): ``config.model.attention=
 
 import importlib
 
+import bench_flags
 from absl import app, flags
 
 from bts_jax.models import attention_names, build_model, conv_names, model_summary
 
 FLAGS = flags.FLAGS
-flags.DEFINE_integer("image_size", 512, "Input height and width.")
+bench_flags.define_image_size_flag(512, "Input height and width.")
 flags.DEFINE_list(
     "configs",
     ["unet_baseline", "ablation_eca_only", "ablation_gsconv_only", "default", "quickstart"],

@@ -17,16 +17,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags
 
+from bts_jax.cli import flags as cli_flags
 from bts_jax.cli.startup import quiet_library_logs
 from bts_jax.inference import PredictionSettings
 from bts_jax.inference.scoring import evaluate_settings
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("workdir", None, "A trained workdir, or several (an ensemble).")
-flags.DEFINE_enum("split", "validation", ["validation", "test", "train"], "Split to score.")
-flags.DEFINE_enum("which", "best", ["best", "latest"], "Checkpoint.")
+cli_flags.define_workdirs_flag()
+cli_flags.define_split_flag()
+cli_flags.define_which_flag()
 flags.DEFINE_list("min_sizes", ["10", "50"], "Component sizes (model pixels) to try dropping.")
-flags.mark_flags_as_required(["workdir"])
 
 
 def candidate_settings(min_sizes: list[int]) -> dict[str, PredictionSettings]:

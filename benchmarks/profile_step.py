@@ -53,17 +53,16 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # The HLO parsing and classification, beside this script (its folder is sys.path[0] when run, and
 # on pytest's path for the tests).
+import bench_flags
 import hlo_ops as hlo
 import jax
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
 
-config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Experiment config file.")
-flags.DEFINE_integer("steps", 5, "Profiled steps.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+bench_flags.define_config_flag("configs/quickstart.py")
+bench_flags.define_step_flags(5, 2, "Profiled steps.")
 flags.DEFINE_integer("top", 15, "Rows of the operation and layer tables.")
 flags.DEFINE_string("trace_dir", "", "Keep the trace here (for XProf/TensorBoard); default: temp.")
 

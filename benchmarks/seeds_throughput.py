@@ -37,21 +37,20 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import bench_flags
 import jax
 import jax.numpy as jnp
 from absl import app, flags
-from ml_collections import config_flags
 
 from bts_jax import train as train_lib
 from bts_jax.sharding import make_global_batch, make_seed_batch
 from bts_jax.train.state import create_seed_train_states, create_train_state
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/quickstart.py", "Experiment config file.")
+bench_flags.define_config_flag("configs/quickstart.py")
 flags.DEFINE_list("num_seeds", ["1", "2", "4", "8"], "Values of K to time.")
-flags.DEFINE_integer("image_size", 64, "config.data.image_size (0 keeps the config's).")
-flags.DEFINE_integer("steps", 8, "Timed steps per run.")
-flags.DEFINE_integer("warmup", 2, "Untimed steps after compilation.")
+bench_flags.define_image_size_flag(64, "config.data.image_size (0 keeps the config's).")
+bench_flags.define_step_flags(8, 2, "Timed steps per run.")
 
 
 def host_batches(config, count: int) -> list[dict]:

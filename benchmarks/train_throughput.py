@@ -16,18 +16,17 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import bench_flags
 import jax
 from absl import app, flags
-from ml_collections import config_flags
 
 from bts_jax import train as train_lib
 from bts_jax.sharding import make_global_batch
 from bts_jax.train.state import create_train_state
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/default.py", "Experiment config file.")
-flags.DEFINE_integer("steps", 20, "Timed steps.")
-flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation (0 = none).")
+bench_flags.define_config_flag("configs/default.py")
+bench_flags.define_step_flags(20, 3)
 
 
 def batches_forever(config):

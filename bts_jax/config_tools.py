@@ -9,10 +9,11 @@ sets one field.
 from __future__ import annotations
 
 import copy
+import difflib
 import importlib.util
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import ml_collections
@@ -104,7 +105,8 @@ def apply_overrides(
       The new config.
 
     Raises:
-      ValueError: a field that the config does not have, or a value of another type (named).
+      ValueError: a field that the config does not have (an `UnknownFieldError`, with the closest
+        fields it has), or a value of another type (named).
     """
     config = copy.deepcopy(config)
     for path, value in overrides.items():
@@ -112,15 +114,113 @@ def apply_overrides(
         target = config
         for part in parents:
             if part not in target or not isinstance(target[part], ml_collections.ConfigDict):
-                raise ValueError(f"{where}: {path!r} is not a field of the base config.")
+                raise _not_a_base_field(path, config, where)
             target = target[part]
         if leaf not in target:
-            raise ValueError(f"{where}: {path!r} is not a field of the base config.")
+            raise _not_a_base_field(path, config, where)
         try:
             target[leaf] = tuple(value) if isinstance(value, list) else value
         except TypeError as e:
             raise ValueError(f"{where}: {path}={value!r} has the wrong type: {e}") from None
     return config
+
+
+class UnknownFieldError(ValueError):
+    """A config field that does not exist; the message names it and the closest fields that do."""
+
+
+def field_names(config: ml_collections.ConfigDict | Mapping[str, Any]) -> set[str]:
+    """Every dotted field of a config, sections included: ``"optimizer"``, ``"optimizer.lr"``...
+
+    Args:
+      config: a nested config.
+
+    Returns:
+      The dotted names.
+    """
+    names = set()
+    for leaf in flatten(config):
+        parts = leaf.split(".")
+        names.update(".".join(parts[:i]) for i in range(1, len(parts) + 1))
+    return names
+
+
+def closest_fields(name: str, fields: Iterable[str], n: int = 3) -> list[str]:
+    """The fields a mistyped or misplaced dotted name most likely meant, best first.
+
+    Fields are ranked by the `difflib` similarity of their last part to the name's last part, so
+    a field given without its section (``learning_rate`` for ``optimizer.learning_rate``) is found
+    as surely as a typo; ties go to the field more similar as a whole.
+
+    Args:
+      name: the unknown dotted name.
+      fields: the valid ones (e.g. `field_names`).
+      n: at most this many.
+
+    Returns:
+      Up to ``n`` fields whose last part is at least 0.6 similar to ``name``'s, and within 0.15
+      of the best match.
+    """
+
+    def ratio(a: str, b: str) -> float:
+        return difflib.SequenceMatcher(None, a, b).ratio()
+
+    last = name.split(".")[-1]
+    scored = sorted(
+        ((ratio(last, f.split(".")[-1]), ratio(name, f), f) for f in fields),
+        key=lambda t: (-t[0], -t[1], t[2]),
+    )
+    if not scored or scored[0][0] < 0.6:
+        return []
+    best = scored[0][0]
+    return [f for score, _, f in scored[:n] if score >= max(0.6, best - 0.15)]
+
+
+def unknown_field_message(name: str, fields: Iterable[str], where: str) -> str:
+    """One line naming an unknown field and what it may have meant.
+
+    Args:
+      name: the unknown dotted name (without ``config.``).
+      fields: the valid ones.
+      where: the config it is not in (a file, or "the config").
+
+    Returns:
+      E.g. ``"config.learning_rate is not a field of configs/test.py; did you mean
+      optimizer.learning_rate?"``.
+    """
+    close = closest_fields(name, fields)
+    hint = f"; did you mean {' or '.join(close)}?" if close else "."
+    return f"config.{name} is not a field of {where}{hint}"
+
+
+def check_fields(
+    config: ml_collections.ConfigDict | Mapping[str, Any],
+    schema: ml_collections.ConfigDict | Mapping[str, Any],
+    where: str,
+) -> None:
+    """Refuses a config with a field that ``schema`` (the default config) does not have.
+
+    A config file that sets ``config.learning_rate`` adds a field nothing reads: the run would
+    silently train with the default learning rate.
+
+    Args:
+      config: the config a file made.
+      schema: a config with every valid field.
+      where: the file, for the message.
+
+    Raises:
+      UnknownFieldError: naming the first unknown field (in the config's order).
+    """
+    valid = field_names(schema)
+    for name in flatten(config):
+        if name not in valid:
+            raise UnknownFieldError(unknown_field_message(name, valid, where))
+
+
+def _not_a_base_field(path: str, config: ml_collections.ConfigDict, where: str) -> Exception:
+    close = closest_fields(path, field_names(config))
+    hint = f"; did you mean {' or '.join(close)}?" if close else "."
+    return UnknownFieldError(f"{where}: {path!r} is not a field of the base config{hint}")
 
 
 def configs_dir() -> str:
@@ -184,13 +284,16 @@ def resolve_config_file(value: str | os.PathLike, kind: str = "experiment") -> s
     )
 
 
-def load_config_file(path: str | os.PathLike, repo_root: str | None = None) -> Any:
+def load_config_file(
+    path: str | os.PathLike, repo_root: str | None = None, argument: str | None = None
+) -> Any:
     """Imports a config file and returns its ``get_config()``.
 
     Args:
       path: a config file or preset name (see `resolve_config_file`); relative paths are taken
         from ``repo_root`` first when given.
       repo_root: a folder relative paths are tried in first.
+      argument: passed to ``get_config`` when given (``--config=file.py:argument``).
 
     Returns:
       What the file's ``get_config()`` returns.
@@ -208,4 +311,4 @@ def load_config_file(path: str | os.PathLike, repo_root: str | None = None) -> A
     spec.loader.exec_module(module)
     if not hasattr(module, "get_config"):
         raise ValueError(f"{path} has no get_config() function.")
-    return module.get_config()
+    return module.get_config() if argument is None else module.get_config(argument)

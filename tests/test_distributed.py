@@ -1,3 +1,4 @@
+import jax
 import pytest
 
 from bts_jax.cli import distributed
@@ -40,7 +41,7 @@ def test_partial_or_inconsistent_flags_are_rejected(args, message):
 
 def test_timeouts_are_passed_to_jax_explicitly(monkeypatch):
     calls = []
-    monkeypatch.setattr(distributed.jax.distributed, "initialize", lambda *a, **k: calls.append(k))
+    monkeypatch.setattr(jax.distributed, "initialize", lambda *a, **k: calls.append(k))
     monkeypatch.setattr(distributed, "_use_gloo_on_cpu", lambda: None)
     assert distributed.initialize("127.0.0.1:1234", 2, 1, heartbeat_timeout_s=7)
     assert calls == [

@@ -595,3 +595,26 @@ def test_kept_sweep_results_read_back_whole_and_consistent(sweep_file):
     # Every cell was scored on the same test images, in the same environment.
     assert len({tuple(sorted(run.per_image["id"])) for run in runs}) == 1
     assert provenance.environments(runs)["warnings"] == []
+
+
+@pytest.mark.parametrize("test_fraction, split", [(0.15, "test"), (0.0, "validation")])
+def test_prediction_figure_is_named_after_the_split_it_draws(
+    tmp_path, monkeypatch, test_fraction, split
+):
+    from bts_jax.experiments import runner
+    from bts_jax.inference import compare
+
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0,))
+    config = test_config.get_config()
+    config.data.test_fraction = test_fraction
+    drawn = []
+    # The cells are fake (no checkpoints): only the choice of split and file name is under test.
+    monkeypatch.setattr(runner.workdir_lib, "resolve_checkpoint", lambda path, which: (path, 1))
+    monkeypatch.setattr(runner.workdir_lib, "load_config", lambda path: config)
+    monkeypatch.setattr(
+        compare, "compare_workdirs", lambda a, b, path, **kw: drawn.append((path, kw)) or path
+    )
+    path = runner.prediction_figure(sweeps.load_sweep(tmp_path), str(tmp_path))
+    assert path == os.path.join(tmp_path, report.predictions_figure_file(split))
+    assert os.path.basename(path) == f"predictions_{split}.png"
+    assert drawn[0][1]["split"] == split

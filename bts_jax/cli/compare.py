@@ -21,14 +21,12 @@ def define_flags() -> None:
     """Defines the flags of ``compare.py``."""
     flags.DEFINE_string("workdir_a", None, "First trained workdir; its split gives the images.")
     flags.DEFINE_string("workdir_b", None, "Second trained workdir.")
-    flags.DEFINE_string("output", None, "PNG file to write.")
-    flags.DEFINE_integer("num_images", 8, "Number of images (rows).")
+    cli_flags.define_output_flag("PNG file to write.")
+    cli_flags.define_num_images_flag(8, "Number of images (rows).")
     flags.DEFINE_list("names", None, "Column titles of the two models; default the folder names.")
-    flags.DEFINE_enum(
-        "split", "validation", ["validation", "test", "train"], "Split the images come from."
-    )
+    cli_flags.define_split_flag()
     cli_flags.define_which_flag()
-    flags.mark_flags_as_required(["workdir_a", "workdir_b", "output"])
+    flags.mark_flags_as_required(["workdir_a", "workdir_b"])
 
 
 def main(argv: list[str]) -> None:

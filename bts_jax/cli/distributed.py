@@ -10,8 +10,6 @@ a documented number.
 
 import os
 
-import jax
-
 # Seconds without a heartbeat after which a process counts as dead (JAX's default is 100 s). Short
 # enough that a lost peer ends a run within about a minute, long enough for a busy host's pauses.
 DEFAULT_HEARTBEAT_TIMEOUT_S = 60
@@ -92,6 +90,8 @@ def initialize(
         if seconds < 1:
             raise ValueError(f"--{name}={seconds} must be >= 1 second.")
     _use_gloo_on_cpu()
+    import jax  # Here, not at the top: train.py checks its flags before paying for JAX's import.
+
     # None for the three settings lets JAX read them from the launcher's environment.
     jax.distributed.initialize(
         coordinator_address,
@@ -106,4 +106,6 @@ def initialize(
 
 def _use_gloo_on_cpu() -> None:
     # Harmless on GPU: the setting only selects the CPU backend's cross-process collectives.
+    import jax
+
     jax.config.update("jax_cpu_collectives_implementation", "gloo")

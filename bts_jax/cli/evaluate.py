@@ -7,7 +7,8 @@
     python evaluate.py --workdir workdirs/quickstart --data_dir /path/to/labelled_folder
 
 The config is the one the run saved (``<workdir>/config.json``), so the data source and split are
-those of training; the metrics go to ``<workdir>/eval_<split>.json``.
+those of training; the metrics go to ``<workdir>/eval_<split>.json``, scored and written by the
+function the end of training uses (`bts_jax.train.score_split`), so the files hold the same numbers.
 
 With several workdirs (an ensemble: their probabilities are averaged), TTA, another threshold,
 post-processing or an --output_dir, the predictions of `bts_jax.inference` are scored instead, on
@@ -32,8 +33,8 @@ FLAGS = flags.FLAGS
 def define_flags() -> None:
     """Defines the flags of ``evaluate.py``."""
     cli_flags.define_prediction_flags()
-    flags.DEFINE_enum("split", "validation", ["validation", "test", "train"], "Split to evaluate.")
-    flags.DEFINE_string("output_dir", None, "Folder for the JSON/CSV of a settings evaluation.")
+    cli_flags.define_split_flag()
+    cli_flags.define_output_dir_flag("Folder for the JSON/CSV of a settings evaluation.")
     flags.DEFINE_string(
         "data_dir",
         None,
@@ -59,49 +60,35 @@ def main(argv: list[str]) -> None:
     settings = cli_flags.settings_from_flags()
     workdirs = FLAGS.workdir
 
-    from bts_jax.inference import PredictionSettings, scoring, settings_tag
+    from bts_jax.inference import scoring, settings_tag
 
+    tag = settings_tag(len(workdirs), settings)
     if FLAGS.data_dir:
-        found, labels = scoring.evaluate_folder(
-            workdirs, FLAGS.data_dir, which=FLAGS.which, settings=settings
+        record = {"prediction": scoring.prediction_record(workdirs, FLAGS.which, settings)}
+        found, json_path = scoring.score_examples(
+            workdirs,
+            scoring.folder_examples(FLAGS.data_dir),
+            FLAGS.output_dir or workdirs[0],
+            f"folder_{tag}",
+            which=FLAGS.which,
+            settings=settings,
+            record=record,
         )
-        split, title = (
-            "folder",
-            (
-                f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on "
-                f"{os.path.abspath(FLAGS.data_dir)} (each image at its own size):"
-            ),
-        )
-    elif len(workdirs) == 1 and settings == PredictionSettings() and not FLAGS.output_dir:
-        # One model's own decision: the evaluation of training, with the loss.
-        from bts_jax import train, workdir
-        from bts_jax.workdir import layout
-
-        (path,) = workdirs
-        config = workdir.load_config(path)
-        result = train.evaluate_checkpoint(config, path, FLAGS.split, which=FLAGS.which)
-        print_metrics(result, f"{FLAGS.which} checkpoint of {path} on {FLAGS.split}:")
-        print(f"Saved {os.path.join(os.path.abspath(path), layout.eval_file(FLAGS.split))}")
-        return
-    else:
-        found = scoring.evaluate_predictions(
-            workdirs, FLAGS.split, which=FLAGS.which, settings=settings
-        )
-        split, labels = FLAGS.split, None
+        metrics = found.metrics
         title = (
-            f"{FLAGS.which} checkpoints of {', '.join(workdirs)} on {FLAGS.split} "
-            f"({settings_tag(len(workdirs), settings)}):"
+            f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on "
+            f"{os.path.abspath(FLAGS.data_dir)} (each image at its own size):"
         )
-    json_path, _ = scoring.write_prediction_evaluation(
-        found,
-        workdirs,
-        split,
-        which=FLAGS.which,
-        settings=settings,
-        output_dir=FLAGS.output_dir,
-        labels=labels,
-    )
-    print_metrics(found.metrics, title)
+    else:
+        metrics, json_path = scoring.score_split(
+            workdirs,
+            FLAGS.split,
+            which=FLAGS.which,
+            settings=settings,
+            output_dir=FLAGS.output_dir,
+        )
+        title = f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on {FLAGS.split} ({tag}):"
+    print_metrics(metrics, title)
     suffix = " and its per_image CSV" if FLAGS.data_dir else ""
     print(f"Saved {os.path.abspath(json_path)}{suffix}")
 

@@ -26,11 +26,10 @@ def define_flags() -> None:
     cli_flags.define_which_flag()
     cli_flags.define_tta_flags(baked=True)
     cli_flags.define_threshold_flag()
-    flags.DEFINE_string("output", None, "Folder to write the exported model into.")
+    cli_flags.define_output_flag("Folder to write the exported model into.")
     flags.DEFINE_list("platforms", ["cpu", "cuda"], "Platforms to lower for.")
     flags.DEFINE_bool("saved_model", True, "Also write a TensorFlow SavedModel.")
     flags.DEFINE_bool("tflite", False, "Also write model.tflite (batch size 1, CPU).")
-    flags.mark_flags_as_required(["output"])
 
 
 def main(argv: list[str]) -> None:

@@ -33,8 +33,8 @@ def define_flags() -> None:
     """Defines the flags of ``predict.py``."""
     cli_flags.define_prediction_flags()
     flags.DEFINE_list("inputs", None, "Image files and/or folders, comma-separated.")
-    flags.DEFINE_string("output_dir", None, "Folder for the mask and overlay PNGs.")
-    flags.DEFINE_integer("batch_size", 8, "Images per forward pass (times the TTA views).")
+    cli_flags.define_output_dir_flag("Folder for the mask and overlay PNGs.")
+    cli_flags.define_batch_size_flag()
     flags.DEFINE_enum(
         "save_probabilities",
         None,

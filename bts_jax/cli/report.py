@@ -12,6 +12,7 @@ import os
 
 from absl import app, flags
 
+from bts_jax.cli import flags as cli_flags
 from bts_jax.cli.startup import run_program
 
 FLAGS = flags.FLAGS
@@ -28,11 +29,7 @@ def define_flags() -> None:
         True,
         "Draw the baseline and the paper model side by side on test images (loads both models).",
     )
-    flags.DEFINE_bool(
-        "model_stats",
-        True,
-        "Count parameters and GFLOPs of each variant's model (one XLA compilation per variant).",
-    )
+    cli_flags.define_model_stats_flag()
 
 
 def main(argv: list[str]) -> None:

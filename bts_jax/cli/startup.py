@@ -97,8 +97,14 @@ def run_program(
         print_program_help(main)
         return
     if argv_filter is not None:
+        from bts_jax.config_tools import UnknownFieldError
+
         try:
             argv = argv_filter(argv)
+        except UnknownFieldError as e:
+            # A usage error, like absl's for a flag it does not know: one line, status 2.
+            print(f"{os.path.basename(argv[0])}: error: {e}", file=sys.stderr)
+            sys.exit(2)
         except USER_ERRORS as e:
             sys.exit(f"{type(e).__name__}: {e}")
     app.run(_with_clear_errors(main), argv=argv)

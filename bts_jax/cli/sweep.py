@@ -14,7 +14,6 @@ or to continue the sweep elsewhere: ``sweep.py`` on DEST trains only the cells s
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from bts_jax.cli import flags as cli_flags
 from bts_jax.cli.startup import run_program
@@ -24,16 +23,12 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of ``sweep.py``."""
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
-        "Sweep config: a file, or the name of a packaged one (paper_ablation, attention_zoo...).",
+    cli_flags.define_config_flag(
+        "Sweep config: a file, or the name of a packaged one (paper_ablation, attention_zoo...)."
     )
-    flags.DEFINE_string(
-        "workdir", None, "Sweep folder: one subfolder per cell, the report at the top."
-    )
+    cli_flags.define_workdir_flag("Sweep folder: one subfolder per cell, the report at the top.")
     flags.DEFINE_bool("report", True, "Write the report when the cells are done.")
-    flags.DEFINE_bool("model_stats", True, "Count parameters and GFLOPs per variant in the report.")
+    cli_flags.define_model_stats_flag()
     flags.DEFINE_bool("list", False, "Print the cells with their index and state, run nothing.")
     flags.DEFINE_list(
         "cell",
@@ -53,7 +48,6 @@ def define_flags() -> None:
         "Copy the finished cells' results (no checkpoints) and sweep.json to this folder, which "
         "report.py reads and sweep.py continues; run nothing.",
     )
-    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -94,4 +88,4 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """The ``sweep.py`` program (``bts-sweep`` once installed)."""
     define_flags()
-    run_program(main, lambda argv: cli_flags.resolve_config_argument(argv, "sweep"))
+    run_program(main, lambda argv: cli_flags.prepare_config_argument(argv, "sweep"))

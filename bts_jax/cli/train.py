@@ -17,7 +17,6 @@ changed fields) unless the change is safe (e.g. a higher ``num_epochs`` extends 
 """
 
 from absl import flags, logging
-from ml_collections import config_flags
 
 from bts_jax.cli import distributed
 from bts_jax.cli import flags as cli_flags
@@ -28,13 +27,11 @@ FLAGS = flags.FLAGS
 
 def define_flags() -> None:
     """Defines the flags of ``train.py``."""
-    config_flags.DEFINE_config_file(
-        "config",
-        None,
+    cli_flags.define_config_flag(
         "Experiment config: a file, or the name of a packaged one (quickstart, default, test...).",
-        lock_config=True,
+        lock=True,
     )
-    flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs and plots.")
+    cli_flags.define_workdir_flag("Directory for checkpoints, logs and plots.")
     flags.DEFINE_string("coordinator_address", None, "HOST:PORT of process 0 (multi-host runs).")
     flags.DEFINE_integer("num_processes", None, "Number of processes (multi-host runs).")
     flags.DEFINE_integer("process_id", None, "This process's index (multi-host runs).")
@@ -50,7 +47,6 @@ def define_flags() -> None:
         "Resume a workdir whose checkpoints were trained with another config (the change is "
         "recorded in config_history.jsonl).",
     )
-    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv: list[str]) -> None:
@@ -82,4 +78,4 @@ def main(argv: list[str]) -> None:
 def run() -> None:
     """The ``train.py`` program (``bts-train`` once installed)."""
     define_flags()
-    run_program(main, lambda argv: cli_flags.resolve_config_argument(argv, "experiment"))
+    run_program(main, lambda argv: cli_flags.prepare_config_argument(argv, "experiment"))

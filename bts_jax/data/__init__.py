@@ -6,6 +6,7 @@ Importing this package hides the GPUs from TensorFlow, which only feeds the host
 
 from bts_jax.data.batching import local_batch_size, num_eval_batches, steps_per_epoch
 from bts_jax.data.cache import DataCache
+from bts_jax.data.examples import get_examples
 from bts_jax.data.images import (
     as_grayscale,
     content_box,
@@ -16,7 +17,7 @@ from bts_jax.data.images import (
 )
 from bts_jax.data.pipeline import InputPipeline, make_dataset
 from bts_jax.data.preprocessing import augment_pair, equalize_histogram
-from bts_jax.data.sources import SAMPLE_DIR, TUMOUR_TYPES, Example, get_examples
+from bts_jax.data.sources import SAMPLE_DIR, TUMOUR_TYPES, Example
 from bts_jax.data.splits import (
     SPLIT_SETTINGS,
     SPLITS,

@@ -16,7 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from bts_jax.data.sources import Example, get_examples
+from bts_jax.data.examples import get_examples
+from bts_jax.data.sources import Example
 from bts_jax.data.splits import SPLITS, split_examples
 
 

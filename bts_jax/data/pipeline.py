@@ -15,11 +15,10 @@ Every host yields the same number of batches (collectives would hang otherwise; 
 `bts_jax.data.batching`), evaluation batches padded with ``valid=False`` entries so each image is
 counted exactly once.
 
-One pipeline per run: `InputPipeline` builds the training ``tf.data`` graph once for all the
-run's remaining epochs (the epoch is a column of the index table, so each epoch's order and
-augmentations are the ones `make_dataset` gives for that epoch alone), and each evaluation split's
-graph once, re-iterated at every evaluation. Starting a new graph per epoch cost up to ~2 s on two
-busy cores.
+One pipeline per run: `InputPipeline` builds the training ``tf.data`` graph once for all the run's
+remaining epochs (the epoch is a column of the index table, so each epoch's order and augmentations
+are the ones `make_dataset` gives for that epoch alone), and each evaluation split's graph once, re-
+iterated at every evaluation. Starting a new graph per epoch cost up to ~2 s on two busy cores.
 """
 
 from __future__ import annotations
@@ -38,8 +37,9 @@ from bts_jax.data.batching import (
     train_steps,
 )
 from bts_jax.data.cache import DataCache, files_signature
+from bts_jax.data.examples import get_examples
 from bts_jax.data.preprocessing import augment_pair, decode_grayscale, preprocess_pair
-from bts_jax.data.sources import Example, get_examples, source_dir
+from bts_jax.data.sources import Example, source_dir
 from bts_jax.data.splits import SPLITS, split_examples
 
 _AUGMENTATIONS = ("flip", "rot90", "affine", "brightness_contrast")

@@ -1,4 +1,4 @@
-"""Dataset sources: a folder in the Kaggle layout, the bundled sample, and the TFDS builder.
+"""Dataset sources: a folder in the Kaggle layout and the bundled samples, listed and checked.
 
 A source is listed as `Example` records (id, tumour type, where the image and mask bytes come from).
 Folders are validated before training, so a broken dataset fails with a message naming the file
@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from bts_jax.data.cache import DataCache, folder_signature
 from bts_jax.data.formats import (
     EIGHT_BIT_MODES,
     MASK_THRESHOLD,
@@ -308,18 +307,6 @@ def validate_examples(examples: Sequence[Example], strict_masks: bool) -> Folder
     return summary
 
 
-def _validated_folder(data_dir: str, setting: str, strict_masks: bool) -> tuple[Example, ...]:
-    examples = list_folder(data_dir, setting)
-    validate_examples(examples, strict_masks)
-    return tuple(examples)
-
-
-def _tfds_examples(data_dir: str) -> tuple[Example, ...]:
-    from bts_jax.data import tfds_builder  # Imported lazily: tensorflow_datasets is slow to import.
-
-    return tuple(tfds_builder.read_examples(data_dir))
-
-
 def source_dir(data_config: Mapping[str, Any]) -> str:
     """The folder a source reads: a bundled sample (`SAMPLE_DIRS`), or ``config.data.data_dir``.
 
@@ -332,46 +319,3 @@ def source_dir(data_config: Mapping[str, Any]) -> str:
     if data_config["source"] in SAMPLE_DIRS:
         return SAMPLE_DIRS[data_config["source"]]
     return os.path.abspath(os.path.expanduser(data_config["data_dir"]))
-
-
-def get_examples(
-    data_config: Mapping[str, Any], validate: bool = True, cache: DataCache | None = None
-) -> tuple[Example, ...]:
-    """All pairs of the configured source, sorted by id.
-
-    Args:
-      data_config: ``config.data`` (reads ``source``, ``data_dir``, ``strict_masks``).
-      validate: check every file of a folder source.
-      cache: a run's `DataCache`: the validated listing (or the TFDS records) is kept there, keyed
-        on every file's size and modification time, so a run checks its folder once. None reads
-        and checks afresh.
-
-    Returns:
-      The examples, sorted by `id_sort_key`.
-
-    Raises:
-      ValueError, FileNotFoundError: unknown source, or a folder that fails validation.
-    """
-    source = data_config["source"]
-    if source in SAMPLE_DIRS or source == "folder":
-        data_dir = source_dir(data_config)
-        setting = "config.data.data_dir" if source == "folder" else f"the bundled {source}"
-        if not validate:
-            return tuple(list_folder(data_dir, setting))
-        strict = bool(data_config["strict_masks"])
-        if cache is None or not os.path.isdir(data_dir):
-            return _validated_folder(data_dir, setting, strict)
-        key = ("validated folder", data_dir, strict, folder_signature(data_dir))
-        return cache.get(key, lambda: _validated_folder(data_dir, setting, strict))
-    if source == "tfds":
-        if not data_config["data_dir"]:
-            raise ValueError(
-                "config.data.source='tfds' needs config.data.data_dir (the TFDS data_dir)."
-            )
-        data_dir = os.path.abspath(os.path.expanduser(data_config["data_dir"]))
-        if cache is None:
-            return _tfds_examples(data_dir)
-        key = ("tfds", data_dir, folder_signature(data_dir))
-        return cache.get(key, lambda: _tfds_examples(data_dir))
-    names = ", ".join(f'"{name}"' for name in (*SAMPLE_DIRS, "folder", "tfds"))
-    raise ValueError(f"config.data.source must be one of {names}, got {source!r}.")

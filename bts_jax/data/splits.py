@@ -44,11 +44,11 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from bts_jax.data.examples import get_examples
 from bts_jax.data.sources import (
     SAMPLE_DIRS,
     UNKNOWN_LABEL,
     Example,
-    get_examples,
     id_sort_key,
     list_folder,
 )

@@ -25,6 +25,7 @@ from bts_jax.evaluation.split_evaluation import (
     PER_IMAGE_COLUMNS,
     Evaluation,
     evaluate,
+    evaluation_of,
     write_evaluation,
 )
 
@@ -38,6 +39,7 @@ __all__ = [
     "confusion_matrix",
     "dice_per_image",
     "evaluate",
+    "evaluation_of",
     "hd95",
     "mask_contour",
     "metrics_from_confusion",

@@ -163,12 +163,39 @@ def evaluate(
         ids, lists = _gather_per_image(evaluator, slots)
         evaluator.ids, evaluator.per_image = [], {key: [] for key in PER_IMAGE_KEYS}
         evaluator.extend(ids, lists)
+    found = evaluation_of(evaluator, per_image=per_image, predictions=kept)
+    found.metrics["loss"] = loss_sum / max(num_valid, 1.0)
+    found.metrics["num_images"] = num_valid
+    return found
+
+
+def evaluation_of(
+    evaluator: SegmentationEvaluator,
+    *,
+    per_image: bool = True,
+    predictions: Mapping[str, np.ndarray] | None = None,
+) -> Evaluation:
+    """What an evaluator accumulated over a split, as every scoring path reports it.
+
+    The compiled evaluation of a checkpoint (`evaluate`) and the scoring of predictions
+    (`bts_jax.inference.scoring`) both end here, so their metrics and per-image rows have one
+    form: floats, rows sorted by `bts_jax.data.sources.id_sort_key`.
+
+    Args:
+      evaluator: the filled evaluator.
+      per_image: it holds per-image metrics (else only the confusion-matrix ones are reported).
+      predictions: id -> predicted class map kept for drawing.
+
+    Returns:
+      The `Evaluation`.
+    """
     result = evaluator.result() if per_image else metrics_from_confusion(evaluator.confusion)
-    values = {key: float(value) for key, value in result.items()}
-    values["loss"] = loss_sum / max(num_valid, 1.0)
-    values["num_images"] = num_valid
     rows = sorted(evaluator.per_image_rows(), key=lambda row: id_sort_key(str(row["id"])))
-    return Evaluation(metrics=values, per_image=rows if per_image else [], predictions=kept)
+    return Evaluation(
+        metrics={key: float(value) for key, value in result.items()},
+        per_image=rows if per_image else [],
+        predictions=dict(predictions or {}),
+    )
 
 
 # Columns of per_image_<split>.csv: the image, then the evaluator's per-image numbers (HD95 in
@@ -181,25 +208,40 @@ PER_IMAGE_COLUMNS = (
 
 
 def write_evaluation(
-    found: Evaluation, workdir: str | os.PathLike, split: str, labels: Mapping[str, int]
+    found: Evaluation,
+    workdir: str | os.PathLike,
+    split: str,
+    labels: Mapping[str, int],
+    *,
+    step: int | None = None,
+    record: Mapping[str, Any] | None = None,
 ) -> tuple[str, str | None]:
     """Writes ``eval_<split>.json`` (metrics) and ``per_image_<split>.csv`` (one row per image).
+
+    Every evaluation file is written here: the end of training, ``evaluate.py``, the scoring of
+    prediction settings and of labelled folders, and a sweep's cells.
 
     Undefined values (NaN: e.g. HD95 with one mask empty, precision with nothing predicted) are
     written as JSON ``null`` and as an empty CSV cell.
 
     Args:
-      found: the result of `evaluate`.
+      found: the result of `evaluate` (or of `bts_jax.inference.scoring`).
       workdir: the run's directory.
-      split: the split's name.
+      split: the split's name (with a settings tag, ``folder`` or ``external_test``).
       labels: id -> tumour type label (index into `bts_jax.data.TUMOUR_TYPES`).
+      step: the scored checkpoint's step, written as ``step``.
+      record: more entries of the JSON: where the images came from, how they were predicted.
 
     Returns:
       The two paths (the CSV's is None when there are no per-image rows).
     """
     workdir = os.fspath(workdir)
     json_path = os.path.join(workdir, eval_file(split))
-    jsonio.write_json(json_path, found.metrics, indent=2, sort_keys=True)
+    content = dict(found.metrics)
+    if step is not None:
+        content["step"] = int(step)
+    content.update(record or {})
+    jsonio.write_json(json_path, content, indent=2, sort_keys=True)
     if not found.per_image:
         return json_path, None
     csv_path = os.path.join(workdir, per_image_file(split))

@@ -20,7 +20,7 @@ import ml_collections
 import numpy as np
 
 from bts_jax import data as data_lib
-from bts_jax import evaluation, jsonio
+from bts_jax import jsonio
 from bts_jax import workdir as workdir_lib
 from bts_jax.data import splits
 from bts_jax.experiments.sweeps import (
@@ -97,8 +97,9 @@ def score_on_test_folder(
     """Scores a cell's best checkpoint on the test folder's images, each at its own size.
 
     Writes ``eval_external_test.json`` (the metrics of `bts_jax.inference.scoring
-    .evaluate_examples`, the checkpoint's step, where the images came from and their
-    `test_data_fingerprint` as ``test_data``) and ``per_image_external_test.csv`` into the cell.
+    .score_examples`, as ``evaluate.py --data_dir`` scores a folder: the checkpoint's step, where
+    the images came from and their `test_data_fingerprint` as ``test_data``) and
+    ``per_image_external_test.csv`` into the cell.
 
     Args:
       cell: a trained cell.
@@ -108,17 +109,16 @@ def score_on_test_folder(
     Returns:
       The JSON file's path.
     """
-    from bts_jax.inference.scoring import evaluate_examples
+    from bts_jax.inference.scoring import score_examples
 
-    found = evaluate_examples(cell.workdir, examples, batch_size=16)
-    found.metrics.update(
-        step=workdir_lib.resolve_checkpoint(cell.workdir, "best")[1],
-        test_folder=os.path.abspath(definition.test_folder),
-        test_heldout_fraction=definition.test_heldout_fraction,
-        test_data=test_data_fingerprint(examples),
+    record = {
+        "test_folder": os.path.abspath(definition.test_folder),
+        "test_heldout_fraction": definition.test_heldout_fraction,
+        "test_data": test_data_fingerprint(examples),
+    }
+    _, path = score_examples(
+        cell.workdir, examples, cell.workdir, EXTERNAL_TEST, batch_size=16, record=record
     )
-    labels = {e.id: e.label for e in examples}
-    path, _ = evaluation.write_evaluation(found, cell.workdir, EXTERNAL_TEST, labels)
     return path
 
 

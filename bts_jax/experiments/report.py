@@ -36,6 +36,19 @@ SUMMARY_JSON = "summary.json"
 TEST_DICE_FIGURE = "test_dice.png"
 VAL_MIOU_FIGURE = "val_miou.png"
 
+
+def predictions_figure_file(split: str) -> str:
+    """``predictions_<split>.png``: the side-by-side predictions, named after the split drawn.
+
+    Args:
+      split: the split whose images are drawn ("test", or "validation" for a sweep without one).
+
+    Returns:
+      The file name.
+    """
+    return f"predictions_{split}.png"
+
+
 # A caller-supplied figure of predictions (the paper's figure 8): called with the loaded sweep and
 # the output folder, returns the written PNG's path (or None for no figure).
 PredictionFigure = Callable[[SweepDefinition, str], "str | None"]

@@ -323,6 +323,9 @@ def _run_cells(
 def prediction_figure(sweep: SweepDefinition, directory: str) -> str | None:
     """The paper's figure 8 for a sweep: baseline and paper model on the same test images.
 
+    Drawn on the test split, or on validation for a sweep without one; the file is named after the
+    split drawn (`bts_jax.experiments.report.predictions_figure_file`).
+
     Uses the first seed (and fold) of both variants; nothing when either cell is unfinished or the
     sweep has no paper model.
 
@@ -353,7 +356,7 @@ def prediction_figure(sweep: SweepDefinition, directory: str) -> str | None:
     return compare_workdirs(
         a,
         b,
-        os.path.join(directory, "predictions_test.png"),
+        os.path.join(directory, report.predictions_figure_file(split)),
         names=(sweep.baseline, sweep.paper_model),
         split=split,
         num_images=8,

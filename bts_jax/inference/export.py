@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import export as jax_export
 
+from bts_jax import jsonio
 from bts_jax.inference import postprocess
 from bts_jax.inference import tta as tta_lib
 from bts_jax.inference.members import Member, load_members, member_records
@@ -238,9 +239,7 @@ def export_workdirs(
         },
     }
     written.append(os.path.join(output_dir, SETTINGS_FILE))
-    with open(written[1], "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
+    jsonio.write_json(written[1], record, indent=2)
     if saved_model:
         written.append(
             save_saved_model(

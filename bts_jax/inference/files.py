@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 
@@ -12,6 +11,7 @@ import numpy as np
 from PIL import Image
 
 from bts_jax import data as data_lib
+from bts_jax import jsonio
 from bts_jax.config_tools import get_field
 from bts_jax.data.formats import PREDICT_EXTENSIONS, has_extension
 from bts_jax.evaluation.figures import overlay_contours
@@ -105,10 +105,7 @@ def _write_settings(
         },
     }
     path = os.path.join(output_dir, SETTINGS_FILE)
-    with open(path, "w") as f:
-        json.dump(record, f, indent=2)
-        f.write("\n")
-    return path
+    return jsonio.write_json(path, record, indent=2)
 
 
 class UnreadableInputsError(ValueError):

@@ -4,9 +4,14 @@ The plain evaluation of one checkpoint (`bts_jax.train.evaluate_checkpoint`) sco
 own decision. This module scores what `bts_jax.inference` predicts with a
 `bts_jax.PredictionSettings` -- the averaged probabilities of several workdirs, the TTA
 views, the threshold, the connected-component clean-up -- with the same metrics
-(`bts_jax.evaluation.SegmentationEvaluator`) on the same preprocessed split, at the model's input
+(`bts_jax.evaluation.evaluation_of`) on the same preprocessed split, at the model's input
 size, or on any labelled folder at each image's own size. There is no loss: an ensemble has no
 logits of its own.
+
+`score_split` and `score_examples` are the ways in for a split and for a labelled folder
+(docs/architecture.md, "One evaluation path"): ``evaluate.py`` and a sweep's test folder come
+through them, one model's own decision on its split goes on to the training's evaluation, and
+every file is written by `bts_jax.evaluation.write_evaluation`.
 """
 
 from __future__ import annotations
@@ -23,11 +28,11 @@ from bts_jax import data as data_lib
 from bts_jax import evaluation
 from bts_jax import workdir as workdir_lib
 from bts_jax.data.formats import MASK_THRESHOLD
-from bts_jax.data.sources import id_sort_key
 from bts_jax.evaluation.figures import load_source
 from bts_jax.inference.members import load_members, member_records
 from bts_jax.inference.predict import batch_probabilities, predict_probabilities
 from bts_jax.inference.settings import PredictionSettings, settings_tag
+from bts_jax.workdir.layout import eval_file
 
 
 def warn_on_leakage(workdirs: Sequence[str], evaluated_ids: Sequence[str]) -> None:
@@ -102,13 +107,7 @@ def evaluate_settings(
             masks = np.stack([chosen.to_mask(p) for p in by_tta[chosen.tta]])
             confusion = evaluation.confusion_matrix(masks, batch["mask"], num_classes, valid)
             evaluator.update(confusion, masks, batch["mask"], valid, batch["id"])
-    found = []
-    for evaluator in evaluators:
-        rows = evaluator.per_image_rows()
-        rows.sort(key=lambda row: id_sort_key(str(row["id"])))
-        values = {key: float(value) for key, value in evaluator.result().items()}
-        found.append(evaluation.Evaluation(metrics=values, per_image=rows, predictions={}))
-    return found
+    return [evaluation.evaluation_of(evaluator) for evaluator in evaluators]
 
 
 def evaluate_predictions(
@@ -182,12 +181,7 @@ def evaluate_examples(
             # Each image has its own size: its counts, with the device rules, compiled per size.
             confusion = _image_confusion(prediction, truth, num_classes)
             evaluator.update(confusion, prediction, truth, ids=[example.id])
-    rows = sorted(evaluator.per_image_rows(), key=lambda row: id_sort_key(row["id"]))
-    return evaluation.Evaluation(
-        metrics={k: float(v) for k, v in evaluator.result().items()},
-        per_image=rows,
-        predictions={},
-    )
+    return evaluation.evaluation_of(evaluator)
 
 
 def _read_image(source: str | bytes) -> np.ndarray:
@@ -228,12 +222,47 @@ def evaluate_folder(
       FileNotFoundError, ValueError: a missing or broken folder (the file is named), or workdirs
         that cannot be ensembled.
     """
-    data_config = {"source": "folder", "data_dir": os.fspath(data_dir), "strict_masks": False}
-    examples = data_lib.get_examples(data_config, validate=True)
+    examples = folder_examples(data_dir)
     found = evaluate_examples(
         workdirs, examples, which=which, settings=settings, batch_size=batch_size
     )
     return found, {e.id: e.label for e in examples}
+
+
+def folder_examples(data_dir: str | os.PathLike) -> tuple[data_lib.Example, ...]:
+    """A labelled folder's images and masks, every file checked (errors name the file).
+
+    Args:
+      data_dir: a folder in the Kaggle layout (``images/``, ``masks/``, optional
+        ``metadata.csv``).
+
+    Returns:
+      The examples, sorted by id.
+
+    Raises:
+      FileNotFoundError, ValueError: a missing or broken folder.
+    """
+    data_config = {"source": "folder", "data_dir": os.fspath(data_dir), "strict_masks": False}
+    return data_lib.get_examples(data_config, validate=True)
+
+
+def prediction_record(
+    workdirs: Sequence[str | os.PathLike], which: str, settings: PredictionSettings
+) -> dict:
+    """How predictions were made, as an evaluation file records it under ``"prediction"``.
+
+    Args:
+      workdirs: the members.
+      which: their checkpoint choice.
+      settings: TTA, threshold and post-processing.
+
+    Returns:
+      ``{"members": [{workdir, checkpoint step}...], "tta": ..., "threshold": ..., ...}``.
+    """
+    return {
+        "members": member_records([os.fspath(w) for w in workdirs], which),
+        **dataclasses.asdict(settings),
+    }
 
 
 def write_prediction_evaluation(
@@ -267,10 +296,7 @@ def write_prediction_evaluation(
     output_dir = os.fspath(output_dir or workdirs[0])
     os.makedirs(output_dir, exist_ok=True)
     record = dict(found.metrics)
-    record["prediction"] = {
-        "members": member_records(workdirs, which),
-        **dataclasses.asdict(settings),
-    }
+    record["prediction"] = prediction_record(workdirs, which, settings)
     if labels is None:
         config = workdir_lib.load_config(workdirs[0])
         labels = {e.id: e.label for e in data_lib.get_examples(config.data, validate=False)}
@@ -278,3 +304,90 @@ def write_prediction_evaluation(
     return evaluation.write_evaluation(
         dataclasses.replace(found, metrics=record), output_dir, name, labels
     )
+
+
+def score_split(
+    workdirs: Sequence[str | os.PathLike],
+    split: str,
+    *,
+    which: str = "best",
+    settings: PredictionSettings | None = None,
+    output_dir: str | os.PathLike | None = None,
+) -> tuple[dict[str, float], str]:
+    """Scores workdirs on a split of the first one's data and writes the evaluation files.
+
+    ``evaluate.py``'s way to a split. One model's own decision (one workdir, plain settings, its
+    own folder) is scored by `bts_jax.train.evaluate_checkpoint`, the function the end of
+    training scores through, so ``eval_<split>.json`` holds the same numbers whether training or
+    ``evaluate.py`` wrote it. What one checkpoint alone does not predict (an ensemble, TTA,
+    another threshold, post-processing) is scored by `evaluate_predictions` and written by
+    `write_prediction_evaluation`, its name tagged with the settings.
+
+    Args:
+      workdirs: one workdir or several (an ensemble).
+      split: "validation", "test" or "train".
+      which: checkpoint of each, "best" or "latest".
+      settings: TTA, threshold and post-processing (default: none, threshold 0.5).
+      output_dir: where a settings evaluation goes; default the first workdir.
+
+    Returns:
+      ``(metrics, json_path)``.
+    """
+    settings = settings or PredictionSettings()
+    workdirs = [os.fspath(w) for w in workdirs]
+    if len(workdirs) == 1 and settings == PredictionSettings() and not output_dir:
+        from bts_jax import train  # The layer above: the training's own evaluation.
+
+        (path,) = workdirs
+        config = workdir_lib.load_config(path)
+        metrics = train.evaluate_checkpoint(config, path, split, which=which)
+        return metrics, os.path.join(path, eval_file(split))
+    found = evaluate_predictions(workdirs, split, which=which, settings=settings)
+    json_path, _ = write_prediction_evaluation(
+        found, workdirs, split, which=which, settings=settings, output_dir=output_dir
+    )
+    return found.metrics, json_path
+
+
+def score_examples(
+    workdirs: str | os.PathLike | Sequence[str | os.PathLike],
+    examples: Sequence[data_lib.Example],
+    directory: str | os.PathLike,
+    name: str,
+    *,
+    which: str = "best",
+    settings: PredictionSettings | None = None,
+    batch_size: int = 8,
+    record: dict | None = None,
+) -> tuple[evaluation.Evaluation, str]:
+    """Scores workdirs on labelled images at their own sizes and writes the evaluation files.
+
+    The one path of a labelled folder's scores: ``evaluate.py --data_dir``, a sweep's test folder
+    (`bts_jax.experiments.cells.score_on_test_folder`) and the held-out benchmark score through
+    `evaluate_examples`, and the first two write ``eval_<name>.json`` and
+    ``per_image_<name>.csv`` here, with the checkpoint's ``step`` (one workdir) and ``record``.
+
+    Args:
+      workdirs: a workdir or several (an ensemble).
+      examples: the labelled images.
+      directory: where the files go.
+      name: the evaluation's name (``external_test``, ``folder_<settings tag>``).
+      which: checkpoint of each, "best" or "latest".
+      settings: TTA, threshold and post-processing (default: none, threshold 0.5).
+      batch_size: images per forward pass.
+      record: more entries of the JSON (where the images came from, how they were predicted).
+
+    Returns:
+      ``(evaluation, json_path)``: the evaluation's metrics include ``step`` and ``record``.
+    """
+    workdirs = [workdirs] if isinstance(workdirs, str | os.PathLike) else list(workdirs)
+    found = evaluate_examples(
+        workdirs, examples, which=which, settings=settings, batch_size=batch_size
+    )
+    if len(workdirs) == 1:
+        found.metrics["step"] = workdir_lib.resolve_checkpoint(workdirs[0], which)[1]
+    found.metrics.update(record or {})
+    os.makedirs(directory, exist_ok=True)
+    labels = {e.id: e.label for e in examples}
+    json_path, _ = evaluation.write_evaluation(found, directory, name, labels)
+    return found, json_path

@@ -2,12 +2,19 @@
 
 `train_and_evaluate` is the entry point (``train.py`` calls it). Around it: `state` (the train
 state), `optim` (optimiser and schedule), `losses`, `steps` (the pure, jitted train and eval
-steps), `setup` (what a run derives from its config), `seeds` (`SeedGroup`: one run, or the seeds
-of ``config.num_seeds`` in one program), `monitor` (step metrics, epoch rows, progress), `finish`
+steps), `run_setup` (`RunSetup`: what a run derives from its config; epoch rows), `setup` (builds
+it), `seeds` (`SeedGroup`: one run, or the seeds of ``config.num_seeds`` in one program), `monitor`
+(step metrics, progress), `finish`
 (the final evaluation and the end-of-run summary) and `config_checks`.
 """
 
-from bts_jax.train.finish import TrainResult, evaluate_checkpoint, final_evaluation, run_summary
+from bts_jax.train.finish import (
+    TrainResult,
+    evaluate_checkpoint,
+    final_evaluation,
+    run_summary,
+    score_split,
+)
 from bts_jax.train.loop import due_events, train_and_evaluate
 from bts_jax.train.monitor import NonFiniteLossError
 from bts_jax.train.seeds import num_seeds_of, seed_configs
@@ -23,6 +30,7 @@ __all__ = [
     "make_input_pipeline",
     "num_seeds_of",
     "run_summary",
+    "score_split",
     "seed_configs",
     "setup_run",
     "train_and_evaluate",

@@ -3,8 +3,8 @@
 The best checkpoint (by validation mIoU) is scored on validation and, when the config has one, on
 the test split (`final_evaluation`), through the eval step the run compiled already; the
 validation predictions of that same evaluation are drawn to ``predictions/``. `evaluate_checkpoint`
-does the same for any workdir later (``evaluate.py``). `run_summary` is the text ``train.py``
-prints at the end.
+does the same for any workdir later (``evaluate.py``); both score through `score_split`.
+`run_summary` is the text ``train.py`` prints at the end.
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ def final_evaluation(
     result = None
     for split in _final_splits(pipeline):
         keep_ids = [e.id for e in drawn] if split == "validation" else ()
-        found = _score(run, selected, pipeline, workdir, split, keep_ids)
+        found = score_split(run, selected, pipeline, workdir, split, keep_ids)
         if split == "validation":
             if jax.process_index() == 0:
                 figures.save_prediction_overlays(
@@ -86,7 +86,7 @@ def _restore(config: ml_collections.ConfigDict, run: RunSetup, workdir: str, whi
     return workdir_lib.restore_train_state(workdir, abstract, which)
 
 
-def _score(
+def score_split(
     run: RunSetup,
     state: Any,
     pipeline: data_lib.InputPipeline,
@@ -94,7 +94,24 @@ def _score(
     split: str,
     keep_ids: Collection[str] = (),
 ) -> evaluation.Evaluation:
-    """``state`` evaluated on ``split`` with every metric; its files written by process 0."""
+    """Scores a model on a split of its data and writes its evaluation files (process 0).
+
+    The files are ``eval_<split>.json`` and ``per_image_<split>.csv``. This is the one path of a
+    checkpoint's own scores on its data: the end of training (`final_evaluation`, so each cell of
+    a sweep too) and ``evaluate.py`` (`evaluate_checkpoint`, reached through
+    `bts_jax.inference.scoring.score_split`) both write these files from here.
+
+    Args:
+      run: the run's set-up (its compiled eval step returning predictions).
+      state: the restored train state, on ``run.eval_mesh``.
+      pipeline: the run's input.
+      workdir: where the files go (written by process 0).
+      split: "validation", "test" or "train".
+      keep_ids: ids whose predicted class maps to keep (for drawing).
+
+    Returns:
+      The `bts_jax.evaluation.Evaluation`, its metrics with the checkpoint's ``step``.
+    """
     found = evaluation.evaluate(
         run.eval_fn,
         state,
@@ -138,7 +155,7 @@ def evaluate_checkpoint(
     run = run or setup_run(config)
     pipeline = pipeline or make_input_pipeline(config)
     restored = _restore(config, run, workdir, which)
-    return _score(run, restored, pipeline, workdir, split).metrics
+    return score_split(run, restored, pipeline, workdir, split).metrics
 
 
 def run_summary(workdir: str, result: dict[str, float]) -> str:

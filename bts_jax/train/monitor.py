@@ -1,21 +1,19 @@
-"""Watching a run: step metrics fetched and checked, epoch rows, the progress bar, log lines."""
+"""Watching a run: step metrics fetched and checked, the progress bar, log lines."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax
 import numpy as np
 from absl import logging
 
 from bts_jax.models import count_params
+from bts_jax.train.run_setup import RunSetup
+from bts_jax.train.seeds import SeedGroup
 from bts_jax.train.state import TrainState
-
-if TYPE_CHECKING:  # Types only: the set-up and the seed group import this module.
-    from bts_jax.train.seeds import SeedGroup
-    from bts_jax.train.setup import RunSetup
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -105,35 +103,3 @@ def log_model(run: RunSetup, abstract: TrainState, group: SeedGroup) -> None:
                 group.seeds(),
                 dict(run.mesh.shape),
             )
-
-
-def epoch_row(
-    step: int,
-    run: RunSetup,
-    batch_size: int,
-    epoch_metrics: list[dict],
-    elapsed: float,
-    resumed_losses: Sequence[float] = (),
-) -> dict[str, float]:
-    """One epoch's row of ``metrics.jsonl``: train loss, learning rate and images/s.
-
-    Args:
-      step: the epoch's last step.
-      run: the run's set-up (steps per epoch, schedule).
-      batch_size: images per step.
-      epoch_metrics: the epoch's fetched step metrics since the run (re)started.
-      elapsed: seconds those steps took.
-      resumed_losses: the losses of the epoch's steps before a resume (from the save).
-
-    Returns:
-      ``{"epoch", "step", "train_loss", "learning_rate", "train_images_per_s"}``.
-    """
-    losses = [*resumed_losses, *(m["loss"] for m in epoch_metrics)]
-    return {
-        "epoch": step // run.steps_per_epoch,
-        "step": step,
-        # Every step of the epoch, those before a resume included; float32, as fetched.
-        "train_loss": float(np.mean(np.asarray(losses, np.float32))),
-        "learning_rate": float(run.schedule(step)),
-        "train_images_per_s": len(epoch_metrics) * batch_size / elapsed,
-    }

@@ -17,7 +17,7 @@ import copy
 import dataclasses
 import math
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -37,7 +37,7 @@ from bts_jax.sharding import (
     make_seed_batch,
     make_seed_mesh,
 )
-from bts_jax.train.monitor import epoch_row
+from bts_jax.train.run_setup import RunSetup, epoch_row
 from bts_jax.train.state import (
     TrainState,
     create_seed_train_states,
@@ -46,9 +46,6 @@ from bts_jax.train.state import (
     unstack_train_state,
 )
 from bts_jax.train.steps import make_seeds_train_step, make_train_step
-
-if TYPE_CHECKING:  # Types only: the set-up imports this module.
-    from bts_jax.train.setup import RunSetup
 
 
 def num_seeds_of(config: ml_collections.ConfigDict) -> int:

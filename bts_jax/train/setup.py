@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
-from collections.abc import Callable
-
-import flax.linen as nn
 import jax
 import ml_collections
-import optax
 from absl import logging
 from jax.sharding import Mesh
 
@@ -19,40 +14,10 @@ from bts_jax.sharding import compiled_together, make_mesh
 from bts_jax.train import seeds
 from bts_jax.train.config_checks import validate_config
 from bts_jax.train.optim import create_learning_rate_schedule, create_optimizer
+from bts_jax.train.run_setup import RunSetup
 from bts_jax.train.seeds import SeedRun, num_seeds_of, seed_configs
 from bts_jax.train.steps import make_eval_step
 from bts_jax.workdir import ConfigChange
-
-
-@dataclasses.dataclass
-class RunSetup:
-    """What a run derives from its config: the model, optimiser, meshes and compiled steps.
-
-    Attributes:
-      model: the segmentation model.
-      optimizer: the optax transformation.
-      schedule: the learning-rate schedule (step -> rate).
-      mesh: the device mesh of the train step: ``("data",)``, or ``("seed", "data")`` for
-        ``config.num_seeds > 1``.
-      eval_mesh: the 1-D ``("data",)`` mesh of the same devices, on which one seed's state is
-        evaluated, saved and restored (``mesh`` itself for one seed).
-      steps_per_epoch: optimiser steps per epoch, the same on every host.
-      total_steps: optimiser steps of the whole run.
-      train_fn: the compiled train step.
-      eval_fn: the compiled eval step returning predictions (per-image metrics).
-      eval_counts_fn: the compiled eval step returning only sums (per-epoch validation).
-    """
-
-    model: nn.Module
-    optimizer: optax.GradientTransformation
-    schedule: optax.Schedule
-    mesh: Mesh
-    eval_mesh: Mesh
-    steps_per_epoch: int
-    total_steps: int
-    train_fn: Callable
-    eval_fn: Callable
-    eval_counts_fn: Callable
 
 
 def setup_run(config: ml_collections.ConfigDict, mesh: Mesh | None = None) -> RunSetup:

@@ -28,6 +28,7 @@ from typing import Any
 
 from absl import logging
 
+from bts_jax import jsonio
 from bts_jax.workdir.layout import LOCK_FILE
 
 
@@ -181,7 +182,8 @@ class WorkdirLock:
             "started": time.strftime("%Y-%m-%d %H:%M:%S"),
         }
         os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+        # Written in place, not atomically: the locked descriptor itself is the lock.
+        os.pwrite(fd, jsonio.dumps(holder).encode(), 0)
         self._fd = fd
 
     def release(self) -> None:

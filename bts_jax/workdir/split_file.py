@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any
 
@@ -26,7 +25,7 @@ def write_split_file(config: Any, workdir: str | os.PathLike) -> str:
     """
     os.makedirs(workdir, exist_ok=True)
     path = os.path.join(os.fspath(workdir), SPLIT_FILE)
-    return jsonio.write_text(path, json.dumps(split_record(config), indent=1))
+    return jsonio.write_text(path, jsonio.dumps(split_record(config), indent=1))
 
 
 def read_split_file(workdir: str | os.PathLike) -> dict[str, Any] | None:
