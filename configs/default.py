@@ -95,6 +95,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
 
     config.loss = ml_collections.ConfigDict()
+    # A loss (bce_dice | bce | dice(per_image=false) | focal(gamma=2) | tversky(alpha=0.5,
+    # beta=0.5) | focal_tversky), an import path, or a weighted sum "focal(gamma=2):1,dice:1".
+    # "" = bce_dice with the two weights below (every config from before the loss registry).
+    config.loss.name = ""
     config.loss.bce_weight = 1.0  # cross-entropy weight (BCE, or softmax CE for >1 class)
     config.loss.dice_weight = 1.0  # soft Dice weight
 

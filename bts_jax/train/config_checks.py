@@ -12,6 +12,7 @@ from typing import Any
 from bts_jax import data as data_lib
 from bts_jax.models import build_model
 from bts_jax.sharding import seed_axis_size
+from bts_jax.train.loss_builder import check_loss_config
 
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
@@ -95,7 +96,9 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     Checks: the model section (names, placements, widths, dtype), the image size against the
     number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the data axis of
     the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against the device and
-    process counts, the number of epochs, and the optimiser.
+    process counts, the number of epochs, the optimiser, and
+    the loss (`bts_jax.train.loss_builder.check_loss_config`: names, arguments, one abstract
+    call).
 
     Args:
       config: an experiment config (``configs/default.py``'s fields).
@@ -109,6 +112,7 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     if config.num_epochs < 1:
         raise ValueError(f"config.num_epochs={config.num_epochs} must be >= 1.")
     _check_optimizer(config.optimizer)
+    check_loss_config(config.loss, int(config.model.num_classes))
     for field in ("log_every_steps", "eval_every_epochs"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1.")
