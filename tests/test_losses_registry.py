@@ -249,3 +249,38 @@ def test_parse_terms_and_calls():
     call = registry.parse_call("tversky(0.3, 0.7, per_image=true)")
     assert call.args == (0.3, 0.7) and dict(call.kwargs) == {"per_image": True}
     assert math.isclose(registry.parse_terms("dice:1e-1")[0][1], 0.1)
+
+
+def test_legacy_loss_name_maps_the_old_fields():
+    assert loss_builder.legacy_loss_name({"bce_weight": 0.5, "dice_weight": 2}) == (
+        "bce_dice(bce_weight=0.5,dice_weight=2.0)"
+    )
+    assert loss_builder.legacy_loss_name({}) == "bce_dice(bce_weight=1.0,dice_weight=1.0)"
+    assert loss_builder.legacy_loss_name({"name": "focal", "bce_weight": 1.0}) == "focal"
+    # config.json of a workdir from before the registry has no loss.name.
+    config = tiny_config()
+    del config.loss["name"]
+    logits, labels = _batch(seed=7)
+    old = losses.segmentation_loss(logits, labels)
+    new = loss_builder.loss_from_config(config.loss)(logits, labels)
+    assert float(new[0]) == float(old[0])
+
+
+def test_registry_register_names_and_errors():
+    table = registry.Registry("thing", "(x) -> y", 1)
+    table.register("b_thing", lambda x, *, k=1: x + k, note="meta")
+    table.register("a_thing", lambda x: x)
+    assert table.names() == ("a_thing", "b_thing")
+    assert table.metadata("b_thing") == {"note": "meta"} and table.metadata("x:y") == {}
+    assert table.bind(registry.parse_call("b_thing(k=5)"), "s", "b_thing(k=5)")(1) == 6
+    assert table.bind(registry.parse_call("b_thing"), "s", "b", {"k": 2, "other": 0})(1) == 3
+    with pytest.raises(ValueError, match="lower-case"):
+        table.register("Bad-Name", lambda x: x)
+    with pytest.raises(TypeError, match="must be a function"):
+        table.register("c_thing", 3)
+    with pytest.raises(ValueError, match=r"where='z': unknown thing 'z'; registered: a_thing"):
+        table.function("z", "where", "z")
+    with pytest.raises(ValueError, match="given twice"):
+        table.bind(registry.parse_call("b_thing(2,k=5)"), "s", "v")
+    table.unregister("a_thing")
+    assert table.names() == ("b_thing",)

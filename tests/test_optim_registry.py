@@ -334,3 +334,8 @@ def test_a_run_with_other_recipe_parts_trains(tmp_path):
     assert rows[-1]["learning_rate"] == pytest.approx(0.0, abs=1e-9)
     assert json.loads(read_text(workdir, "config.json"))["loss"]["name"].startswith("focal")
     assert os.path.isfile(os.path.join(workdir, "eval_validation.json"))
+
+
+def test_kernels_only_masks_vectors():
+    mask = optim.kernels_only({"k": jnp.ones((3, 3, 1, 2)), "b": jnp.ones(2), "s": jnp.ones(())})
+    assert mask == {"k": True, "b": False, "s": False}
