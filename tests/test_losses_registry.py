@@ -139,7 +139,7 @@ def test_focal_at_gamma_zero_is_bce_and_per_image_dice_by_hand():
 )
 def test_padded_examples_change_nothing_and_all_padding_is_zero(spec):
     logits, labels = _batch(seed=5)
-    loss_fn = loss_builder.build_loss(spec)
+    loss_fn = jax.jit(loss_builder.build_loss(spec))
     pad_logits = jnp.concatenate([logits, 30 * logits[:2]], 0)
     pad_labels = jnp.concatenate([labels, 1 - labels[:2]], 0)
     valid = jnp.array([True, True, True, False, False])
@@ -164,7 +164,9 @@ def test_monai_goldens():
     assert monai == {"DiceLoss", "FocalLoss", "TverskyLoss", "DiceFocalLoss"}
     for case in golden["cases"]:
         loss_fn = loss_builder.build_loss(case["ours"])
-        value, grad = jax.value_and_grad(lambda x, f=loss_fn: f(x, labels, None)[0])(logits)
+        value, grad = jax.jit(jax.value_and_grad(lambda x, f=loss_fn: f(x, labels, None)[0]))(
+            logits
+        )
         np.testing.assert_allclose(float(value), case["value"], rtol=1e-5, err_msg=case["name"])
         np.testing.assert_allclose(
             np.asarray(grad), np.asarray(case["grad"]), rtol=1e-4, atol=1e-7, err_msg=case["name"]

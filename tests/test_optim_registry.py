@@ -142,7 +142,7 @@ def test_optimizer_arguments_and_the_weight_decay_default():
 def test_every_schedule_warms_up_linearly_then_follows_its_formula(name):
     peak, warmup, total = 1e-2, 10, 110
     schedule = schedules.create_schedule(name, peak, warmup, total)
-    rates = np.asarray([float(schedule(t)) for t in range(total + 1)])
+    rates = np.asarray(jax.vmap(schedule)(jnp.arange(total + 1)), np.float64)
     np.testing.assert_allclose(rates[:warmup], peak * np.arange(warmup) / warmup, rtol=1e-6)
     t = np.arange(total - warmup + 1) / (total - warmup)
     expected = {
