@@ -36,6 +36,7 @@ Rerun (PyTorch is not a dependency of bts_jax)::
 """
 
 import argparse
+import functools
 import json
 import os
 
@@ -131,6 +132,14 @@ def evaluate(case: dict, logits: np.ndarray, labels: np.ndarray) -> tuple[float,
     return float(value.detach()), x.grad.permute(0, 2, 3, 1).numpy()
 
 
+def _compact_json(golden: dict) -> str:
+    """JSON with one line per top-level field and per case (the arrays stay on their line)."""
+    dump = functools.partial(json.dumps, separators=(",", ":"))
+    fields = [f"{dump(k)}:{dump(v)}" for k, v in golden.items() if k != "cases"]
+    cases = ",\n".join(dump(case) for case in golden["cases"])
+    return "{\n" + ",\n".join(fields) + ',\n"cases":[\n' + cases + "\n]}\n"
+
+
 def main() -> None:
     """Computes every case and writes the JSON file."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -162,8 +171,7 @@ def main() -> None:
         "cases": rows,
     }
     with open(out, "w") as f:
-        json.dump(golden, f, indent=1)
-        f.write("\n")
+        f.write(_compact_json(golden))
     print(f"wrote {out}")
 
 
