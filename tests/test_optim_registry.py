@@ -7,6 +7,7 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -14,7 +15,9 @@ from helpers import read_text, tiny_config
 
 from bts_jax import sharding
 from bts_jax import train as train_lib
+from bts_jax.config_tools import load_config_file
 from bts_jax.configs import default, paper, quickstart
+from bts_jax.experiments import sweeps
 from bts_jax.models import build_model
 from bts_jax.train import losses, optim, registry, schedules, steps
 from bts_jax.train import state as state_lib
@@ -339,3 +342,31 @@ def test_a_run_with_other_recipe_parts_trains(tmp_path):
 def test_kernels_only_masks_vectors():
     mask = optim.kernels_only({"k": jnp.ones((3, 3, 1, 2)), "b": jnp.ones(2), "s": jnp.ones(())})
     assert mask == {"k": True, "b": False, "s": False}
+
+
+def test_a_sweep_varies_recipe_parts_as_ordinary_overrides():
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "recipe"
+    sweep.base_config = "configs/test.py"
+    sweep.overrides = {}
+    sweep.variants = {
+        "bce_dice": {},
+        "focal_dice": {"loss": {"name": "focal(gamma=2):1,dice:1"}},
+        "nnunet": {"optimizer": {"name": "sgd(momentum=0.99,nesterov=true)", "schedule": "poly"}},
+    }
+    sweep.baseline = "bce_dice"
+    sweep.paper_model = ""
+    sweep.seeds = (0,)
+    sweep.folds = ()
+    definition = sweeps.parse_sweep(sweep)
+    base = load_config_file(definition.base_config, os.path.dirname(os.path.dirname(__file__)))
+    names = {}
+    for cell in sweeps.expand_cells(definition, "unused"):
+        config = sweeps.cell_config(definition, base, cell)
+        validate_config(config, device_count=8, process_count=1)
+        names[cell.variant] = (config.loss.name, config.optimizer.name, config.optimizer.schedule)
+    assert names == {
+        "bce_dice": ("", "adam", "constant"),
+        "focal_dice": ("focal(gamma=2):1,dice:1", "adam", "constant"),
+        "nnunet": ("", "sgd(momentum=0.99,nesterov=true)", "poly"),
+    }
