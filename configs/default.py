@@ -87,14 +87,25 @@ def get_config() -> ml_collections.ConfigDict:
     config.num_epochs = 50
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "adam"  # "adam" | "adamw"
-    config.optimizer.learning_rate = 1e-4
-    config.optimizer.weight_decay = 0.0  # adamw only
-    config.optimizer.schedule = "constant"  # "constant" | "cosine"
+    # Recipe parts by name, with arguments as in "name(key=value)" (docs/extending.md), or an
+    # import path "package.module:function". Optimisers: adam | adamw(weight_decay=...,
+    # decay_norms_and_biases=...) | sgd(momentum=0.9,nesterov=false) | lamb.
+    config.optimizer.name = "adam"
+    config.optimizer.learning_rate = 1e-4  # the peak rate of the schedule
+    # The default of every optimiser that takes weight_decay (adamw, sgd, lamb), unless its name
+    # sets it.
+    config.optimizer.weight_decay = 0.0
+    # constant | cosine(final=0.0) | poly(power=0.9) | linear(final=0.0) | one_cycle, each after
+    # warmup_epochs of linear warmup from 0.
+    config.optimizer.schedule = "constant"
     config.optimizer.warmup_epochs = 0.0
-    config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping
+    config.optimizer.grad_clip_norm = 0.0  # 0 = no clipping; clips before any optimiser
 
     config.loss = ml_collections.ConfigDict()
+    # A loss (bce_dice | bce | dice(per_image=false) | focal(gamma=2) | tversky(alpha=0.5,
+    # beta=0.5) | focal_tversky), an import path, or a weighted sum "focal(gamma=2):1,dice:1".
+    # "" = bce_dice with the two weights below (every config from before the loss registry).
+    config.loss.name = ""
     config.loss.bce_weight = 1.0  # cross-entropy weight (BCE, or softmax CE for >1 class)
     config.loss.dice_weight = 1.0  # soft Dice weight
 

@@ -25,7 +25,7 @@ def test_a_valid_config_passes():
         ({"data.image_size": 40}, 1, 1, r"config\.data\.image_size .*multiple of 16.*40"),
         ({"data.image_size": 40}, 1, 1, r"config.data.image_size=40 must be a multiple of 16"),
         ({"data.image_size": 48, "model.features": (4, 8, 16, 32, 64)}, 1, 1, r"multiple of 32"),
-        ({"optimizer.name": "sgd"}, 1, 1, r"config.optimizer.name='sgd'"),
+        ({"optimizer.name": "sgdm"}, 1, 1, r"config.optimizer.name='sgdm'"),
         ({"optimizer.schedule": "step"}, 1, 1, r"config.optimizer.schedule='step'"),
         ({"optimizer.learning_rate": 0.0}, 1, 1, r"config.optimizer.learning_rate=0.0"),
         ({"optimizer.warmup_epochs": -1.0}, 1, 1, r"config.optimizer.warmup_epochs=-1.0"),

@@ -1,4 +1,5 @@
-"""docs/extending.md runs: its code blocks are extracted and executed, its commands checked.
+"""docs/extending.md's blocks part runs: its code blocks are extracted and executed, its commands
+checked (the recipe part: tests/test_train_extending.py).
 
 Python blocks run in order in one namespace, in a temporary folder on the Python path; a block
 starting ``# file: PATH`` is written there instead (``(continued)`` appends). Each ``train.py``
@@ -25,9 +26,22 @@ DOC = os.path.join(REPO, "docs", "extending.md")
 FILE_LINE = re.compile(r"# file: (\S+)( \(continued\))?\n")
 
 
-def code_blocks(path=DOC):
+def doc_parts(path=DOC):
+    """The page's parts, split at its level-1 headings (outside code blocks)."""
+    parts, fenced = [[]], False
     with open(path) as f:
-        return re.findall(r"^```(\w+)\n(.*?)^```$", f.read(), flags=re.DOTALL | re.MULTILINE)
+        for line in f:
+            fenced ^= line.startswith("```")
+            if line.startswith("# ") and not fenced and parts[-1]:
+                parts.append([])
+            parts[-1].append(line)
+    return ["".join(part) for part in parts]
+
+
+def code_blocks(path=DOC, part=0):
+    """``(language, code)`` of the blocks of one part: 0 the blocks, 1 the recipe parts."""
+    text = doc_parts(path)[part]
+    return re.findall(r"^```(\w+)\n(.*?)^```$", text, flags=re.DOTALL | re.MULTILINE)
 
 
 def commands(bash):

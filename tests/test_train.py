@@ -52,7 +52,7 @@ def first_batches(config, n, *, process_index=0, process_count=1):
     [
         ({"batch_size": 4}, r"config.batch_size=4 must be a positive multiple of the number of"),
         ({"eval_batch_size": 12}, r"config.eval_batch_size=12"),
-        ({"optimizer.name": "sgd"}, r"config.optimizer.name='sgd'"),
+        ({"optimizer.name": "sgdm"}, r"config.optimizer.name='sgdm'"),
         ({"optimizer.schedule": "step"}, r"config.optimizer.schedule='step'"),
         ({"dtype": "float16"}, r"config.dtype='float16'"),
         ({"data.image_size": 40}, r"config.data.image_size=40 must be a multiple of 16"),

@@ -12,9 +12,9 @@ from typing import Any
 from bts_jax import data as data_lib
 from bts_jax.models import build_model
 from bts_jax.sharding import seed_axis_size
-
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
+from bts_jax.train.loss_builder import check_loss_config
+from bts_jax.train.optim import bind_optimizer
+from bts_jax.train.schedules import bind_schedule
 
 
 def _check_seeds(config: Any, device_count: int, process_count: int) -> None:
@@ -76,12 +76,9 @@ def _check_image_size(config: Any) -> None:
 
 
 def _check_optimizer(optimizer: Any) -> None:
-    if optimizer.name not in OPTIMIZERS:
-        raise ValueError(f"config.optimizer.name={optimizer.name!r}; expected one of {OPTIMIZERS}.")
-    if optimizer.schedule not in SCHEDULES:
-        raise ValueError(
-            f"config.optimizer.schedule={optimizer.schedule!r}; expected one of {SCHEDULES}."
-        )
+    # The registries hold the names (bts_jax.train.registry); binding checks names and arguments.
+    bind_optimizer(optimizer)
+    bind_schedule(optimizer.schedule)
     if optimizer.learning_rate <= 0:
         raise ValueError(f"config.optimizer.learning_rate={optimizer.learning_rate} <= 0.")
     for field in ("warmup_epochs", "grad_clip_norm", "weight_decay"):
@@ -95,7 +92,9 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     Checks: the model section (names, placements, widths, dtype), the image size against the
     number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the data axis of
     the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against the device and
-    process counts, the number of epochs, and the optimiser.
+    process counts, the number of epochs, the optimiser and schedule (names and arguments), and
+    the loss (`bts_jax.train.loss_builder.check_loss_config`: names, arguments, one abstract
+    call).
 
     Args:
       config: an experiment config (``configs/default.py``'s fields).
@@ -109,6 +108,7 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     if config.num_epochs < 1:
         raise ValueError(f"config.num_epochs={config.num_epochs} must be >= 1.")
     _check_optimizer(config.optimizer)
+    check_loss_config(config.loss, int(config.model.num_classes))
     for field in ("log_every_steps", "eval_every_epochs"):
         if int(config[field]) < 1:
             raise ValueError(f"config.{field}={config[field]} must be >= 1.")

@@ -1,4 +1,11 @@
-"""Segmentation losses: binary / softmax cross-entropy, soft Dice and their weighted sum.
+"""Segmentation losses, and the registry ``config.loss.name`` chooses them from.
+
+Registered (`LOSSES`, `register_loss`): ``bce_dice`` (today's default, `segmentation_loss`),
+``bce`` (binary or softmax cross-entropy), ``dice`` (pooled over the batch, or
+``dice(per_image=true)``), ``focal`` (``optax.sigmoid_focal_loss``), ``tversky`` and
+``focal_tversky``. `build_loss` turns a setting such as ``"focal(gamma=2):1,dice:1"`` (a weighted
+sum, `bts_jax.train.registry`) into the trainer's loss function; `loss_from_config` reads
+``config.loss``.
 
 Conventions shared with the model and the trainer:
 
@@ -18,6 +25,8 @@ sharded global arrays inside a ``jax.jit``-compiled step.
 import jax
 import jax.numpy as jnp
 import optax
+
+from bts_jax.train.registry import register_loss
 
 
 def _check_shapes(logits: jax.Array, labels: jax.Array, valid: jax.Array | None) -> None:
@@ -176,3 +185,79 @@ def segmentation_loss(
     dice = soft_dice_loss(logits, labels, valid)
     loss = bce_weight * cross_entropy + dice_weight * dice
     return loss, {"loss": loss, "cross_entropy": cross_entropy, "dice_loss": dice}
+
+
+def bce_loss(logits: jax.Array, labels: jax.Array, valid: jax.Array | None = None) -> jax.Array:
+    """Cross-entropy averaged over valid pixels: binary for ``C == 1``, softmax for ``C > 1``.
+
+    Args:
+        logits: ``(B, H, W, C)`` float logits (any float dtype).
+        labels: ``(B, H, W)`` integer class ids.
+        valid: optional ``(B,)`` bool; examples with ``False`` are ignored.
+
+    Returns:
+        Float32 scalar (:func:`sigmoid_binary_cross_entropy` or :func:`softmax_cross_entropy`).
+    """
+    if logits.shape[-1] == 1:
+        return sigmoid_binary_cross_entropy(logits, labels, valid)
+    return softmax_cross_entropy(logits, labels, valid)
+
+
+def focal_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array | None = None,
+    *,
+    gamma: float = 2.0,
+    alpha: float | None = None,
+) -> jax.Array:
+    """Sigmoid focal loss (Lin et al. 2017) averaged over valid pixels.
+
+    ``FL = a_t (1 - p_t) ** gamma * BCE`` per pixel (``optax.sigmoid_focal_loss``); ``alpha=None``
+    weighs both classes 1, as MONAI's ``FocalLoss`` and optax do (the paper used 0.25).
+
+    Args:
+        logits: ``(B, H, W, 1)`` float logits of the tumour class (any float dtype).
+        labels: ``(B, H, W)`` integer labels in ``{0, 1}``.
+        valid: optional ``(B,)`` bool; examples with ``False`` are ignored.
+        gamma: the focusing exponent (0 = BCE).
+        alpha: weight of the tumour class, ``1 - alpha`` of background; None = no weighting.
+
+    Returns:
+        Float32 scalar; 0 when no example is valid.
+    """
+    _check_shapes(logits, labels, valid)
+    if logits.shape[-1] != 1:
+        raise ValueError(f"the focal loss needs one logit channel, got {logits.shape[-1]}")
+    x = logits[..., 0].astype(jnp.float32)
+    per_pixel = optax.sigmoid_focal_loss(x, labels.astype(jnp.float32), alpha=alpha, gamma=gamma)
+    return _weighted_mean(per_pixel, _pixel_weights(labels, valid))
+
+
+def bce_dice_loss(
+    logits: jax.Array,
+    labels: jax.Array,
+    valid: jax.Array | None = None,
+    *,
+    bce_weight: float = 1.0,
+    dice_weight: float = 1.0,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Today's default: :func:`segmentation_loss`, the weighted cross-entropy + pooled Dice.
+
+    Args:
+        logits: ``(B, H, W, C)`` float logits (any float dtype).
+        labels: ``(B, H, W)`` integer class ids.
+        valid: optional ``(B,)`` bool; examples with ``False`` are ignored.
+        bce_weight: weight of the cross-entropy term.
+        dice_weight: weight of the soft Dice term.
+
+    Returns:
+        ``(loss, components)`` as :func:`segmentation_loss` (metrics ``cross_entropy`` and
+        ``dice_loss``, the keys of every run before the registry).
+    """
+    return segmentation_loss(logits, labels, valid, bce_weight=bce_weight, dice_weight=dice_weight)
+
+
+register_loss("bce_dice", bce_dice_loss)
+register_loss("bce", bce_loss, metric="cross_entropy")
+register_loss("focal", focal_loss)

@@ -1,9 +1,9 @@
 """The pure train and eval steps, and their jit wrappers for a ``("data",)`` mesh.
 
 Both steps are module-level pure functions of (state, global batch); the wrappers bind the model
-and loss weights and compile them once with the state replicated and the batch sharded.
-`bts_jax.train.seeds` compiles the same train step vmapped over a leading seed axis of state and
-batch, for ``config.num_seeds > 1``.
+and the loss function (`bts_jax.train.loss_builder.loss_from_config`) and compile them once with
+the state replicated and the batch sharded. `bts_jax.train.seeds` compiles the same train step
+vmapped over a leading seed axis of state and batch, for ``config.num_seeds > 1``.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from bts_jax.evaluation import confusion_matrix, predictions_from_logits
 from bts_jax.sharding import SEED_AXIS
-from bts_jax.train import losses
+from bts_jax.train.loss_builder import LossFn, loss_from_config
 from bts_jax.train.state import TrainState
 
 
@@ -31,8 +31,7 @@ def train_step(
     *,
     model: nn.Module,
     optimizer: optax.GradientTransformation,
-    bce_weight: float,
-    dice_weight: float,
+    loss_fn: LossFn,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a global batch. Pure; jit it with `make_train_step`.
 
@@ -41,17 +40,18 @@ def train_step(
       batch: ``image`` float32 (B, S, S, 1), ``mask`` int32 (B, S, S), ``valid`` bool (B,).
       model: the segmentation model.
       optimizer: the optax transformation of ``state.opt_state``.
-      bce_weight: weight of the cross-entropy term.
-      dice_weight: weight of the soft Dice term.
+      loss_fn: ``(logits, mask, valid) -> (loss, metrics)``
+        (`bts_jax.train.loss_builder.build_loss`).
 
     Returns:
-      The new state and float32 scalar metrics ``loss``, ``cross_entropy``, ``dice_loss`` and
-      ``grad_norm`` (the learning rate is a function of the step: the host logs it).
+      The new state and float32 scalar metrics: ``loss``, the loss's parts (``cross_entropy``
+      and ``dice_loss`` for the default ``bce_dice``) and ``grad_norm`` (the learning rate is a
+      function of the step: the host logs it).
     """
     # Reserved for stochastic layers (dropout): one fresh key per step, restored with the step.
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
 
-    def loss_fn(params):
+    def objective(params):
         logits, updates = model.apply(
             {"params": params, "batch_stats": state.batch_stats},
             batch["image"],
@@ -59,27 +59,16 @@ def train_step(
             mutable=["batch_stats"],
             rngs={"dropout": step_rng},
         )
-        loss, parts = losses.segmentation_loss(
-            logits,
-            batch["mask"],
-            batch["valid"],
-            bce_weight=bce_weight,
-            dice_weight=dice_weight,
-        )
+        loss, parts = loss_fn(logits, batch["mask"], batch["valid"])
         return loss, (updates["batch_stats"], parts)
 
-    (loss, (batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (loss, (batch_stats, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
-    step_metrics = {
-        "loss": loss,
-        "cross_entropy": parts["cross_entropy"],
-        "dice_loss": parts["dice_loss"],
-        "grad_norm": optax.tree.norm(grads),
-    }
+    step_metrics = {**parts, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return new_state, step_metrics
 
 
@@ -88,8 +77,7 @@ def eval_step(
     batch: Mapping[str, jax.Array],
     *,
     model: nn.Module,
-    bce_weight: float,
-    dice_weight: float,
+    loss_fn: LossFn,
     with_predictions: bool = True,
 ) -> dict[str, jax.Array]:
     """Evaluates a global batch with the running BatchNorm statistics. Pure.
@@ -98,8 +86,7 @@ def eval_step(
       state: the train state.
       batch: as in `train_step`; entries with ``valid=False`` count for nothing.
       model: the segmentation model.
-      bce_weight: weight of the cross-entropy term.
-      dice_weight: weight of the soft Dice term.
+      loss_fn: as in `train_step`.
       with_predictions: also return the class maps (for per-image metrics); without them only
         the sums leave the devices.
 
@@ -111,9 +98,7 @@ def eval_step(
     logits = model.apply(
         {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
     )
-    loss, _ = losses.segmentation_loss(
-        logits, batch["mask"], batch["valid"], bce_weight=bce_weight, dice_weight=dice_weight
-    )
+    loss, _ = loss_fn(logits, batch["mask"], batch["valid"])
     predictions = predictions_from_logits(logits)
     num_valid = jnp.sum(batch["valid"]).astype(jnp.float32)
     outputs = {
@@ -131,10 +116,10 @@ def eval_step(
 def bind_train_step(
     config: ml_collections.ConfigDict, model: nn.Module, optimizer: optax.GradientTransformation
 ) -> Callable:
-    """`train_step` with the model, optimiser and the config's loss weights bound.
+    """`train_step` with the model, optimiser and the config's loss function bound.
 
     Args:
-      config: experiment config (``loss`` weights).
+      config: experiment config (``loss``).
       model: the segmentation model.
       optimizer: the optax transformation.
 
@@ -145,8 +130,7 @@ def bind_train_step(
         train_step,
         model=model,
         optimizer=optimizer,
-        bce_weight=config.loss.bce_weight,
-        dice_weight=config.loss.dice_weight,
+        loss_fn=loss_from_config(config.loss),
     )
 
 
@@ -159,7 +143,7 @@ def make_train_step(
     """Compiles `train_step` for ``mesh``: batch sharded, state replicated and donated.
 
     Args:
-      config: experiment config (``loss`` weights).
+      config: experiment config (``loss``).
       model: the segmentation model.
       optimizer: the optax transformation.
       mesh: device mesh.
@@ -192,7 +176,7 @@ def make_seeds_train_step(
     rounding.
 
     Args:
-      config: experiment config (``loss`` weights).
+      config: experiment config (``loss``).
       model: the segmentation model.
       optimizer: the optax transformation.
       mesh: a `bts_jax.sharding.make_seed_mesh` mesh.
@@ -234,7 +218,7 @@ def make_eval_step(
     """Compiles `eval_step` for ``mesh``; predictions (if any) stay sharded like the batch.
 
     Args:
-      config: experiment config (``loss`` weights).
+      config: experiment config (``loss``).
       model: the segmentation model.
       mesh: device mesh.
       with_predictions: see `eval_step`.
@@ -247,8 +231,7 @@ def make_eval_step(
     step = functools.partial(
         eval_step,
         model=model,
-        bce_weight=config.loss.bce_weight,
-        dice_weight=config.loss.dice_weight,
+        loss_fn=loss_from_config(config.loss),
         with_predictions=with_predictions,
     )
     out_shardings = {"loss_sum": replicated, "num_valid": replicated, "confusion": replicated}

@@ -61,6 +61,8 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.attention": "",
     "model.se_reduction": 16,
     "model.upsample_impl": "auto",
+    # The loss registry: "" is bce_dice with loss.bce_weight / loss.dice_weight, as before.
+    "loss.name": "",
 }
 
 
