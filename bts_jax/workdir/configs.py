@@ -61,6 +61,9 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.attention": "",
     "model.se_reduction": 16,
     "model.upsample_impl": "auto",
+    # The augmentation ops string (bts_jax/data/augment_config.py): "flip" leaves augmentation
+    # to the switches of data.augment, which such a config.json holds.
+    "data.augmentations": "flip",
 }
 
 
