@@ -18,7 +18,8 @@ Augmentation runs on the training split exactly when the list is not empty.
 Random streams. The pipeline draws an example's seed from (config.seed, epoch, the example's
 position in the sorted split). Each op folds into it a number of its own, derived from its name
 and its occurrence among the ops of that name (`op_stream`), never from its place in the list:
-adding, removing or moving one op leaves the draws of every other op as they were.
+adding, removing or moving an op leaves the draws of the ops of every other name as they were
+(and of the earlier ops of its own name).
 
 The old switches ``config.data.augment.*`` map onto the ops string, with the very draws of before
 (`bts_jax.data.augment_config`).
@@ -206,7 +207,8 @@ def _parse_arguments(text: str, inner: str, where: str) -> tuple[tuple, tuple]:
 
 def _signature_text(name: str, op: Callable[..., Any], geometric: bool) -> str:
     params = list(inspect.signature(op).parameters.values())[3 if geometric else 2 :]
-    return f"{name}({', '.join(str(p) for p in params)})"
+    bare = [p.replace(annotation=inspect.Parameter.empty) for p in params]
+    return f"{name}({', '.join(str(p) for p in bare)})"
 
 
 def parse_ops(spec: str, where: str = SETTING) -> list[AugmentOp]:
@@ -286,10 +288,9 @@ def check_ops(ops: Sequence[AugmentOp], where: str = SETTING, size: int = 16) ->
     Raises:
       ValueError: naming ``where`` and the op.
     """
-    mask = tf.constant(
-        [[[int(i < size // 2 and j < size // 2)] for j in range(size)] for i in range(size)],
-        tf.uint8,
-    )
+    # A tumour in the top-left quarter, so that moving or interpolating the mask shows.
+    inside = tf.range(size) < size // 2
+    mask = tf.cast(inside[:, None, None] & inside[None, :, None], tf.uint8)
     image = tf.cast(mask, tf.float32) * 0.5 + 0.25
     seed = tf.constant([0, 0], tf.int64)
     for op in ops:
