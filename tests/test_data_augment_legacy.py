@@ -4,12 +4,14 @@ tests/data/augment_golden.npz was written by tools/make_augment_golden.py at com
 when ``augment_pair`` with the switches of ``config.data.augment`` was the only code path.
 """
 
+import json
 import os
 import sys
 
 import numpy as np
 import pytest
 
+from bts_jax import workdir as workdir_lib
 from bts_jax.configs import default, quickstart
 from bts_jax.configs import test as test_config
 from bts_jax.data import augment_pair, augmentations_of, make_dataset, parse_ops
@@ -106,3 +108,21 @@ def test_quickstart_and_test_configs_train_on_the_very_same_batches(gold, name, 
     for epoch in (0, 1):
         batches = make_dataset(config, "train", epoch=epoch, **ONE_HOST)
         assert golden.batches_digest(batches) == gold[f"digest/{name}/epoch_{epoch}"]
+
+
+def test_a_kept_runs_config_json_means_what_it_meant(tmp_path):
+    # A cell of the kept quickstart ablation, written before config.data.augmentations existed.
+    kept = os.path.join(REPO, "docs", "results", "quickstart_ablation", "unet", "seed_0")
+    saved = workdir_lib.load_config(kept)
+    assert "augmentations" not in saved.data
+    assert augmentations_of(saved.data) == (
+        "flip",
+        "config.data.augment (mapped onto config.data.augmentations='flip')",
+    )
+    # Resuming such a workdir with today's config: the field it lacks is implied, not a change.
+    config = quickstart.get_config()
+    old = config.to_dict()
+    del old["data"]["augmentations"]
+    with open(tmp_path / "config.json", "w") as f:
+        json.dump(old, f)
+    assert workdir_lib.check_config(config, tmp_path, checkpoint_step=6) == []

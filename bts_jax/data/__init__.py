@@ -1,5 +1,7 @@
 """Input pipeline: sources, OpenCV-exact equalisation, splits by id block, host-local batches.
 
+Training augmentation is a list of ops by name, ``config.data.augmentations``
+(`bts_jax.data.augment_ops`).
 Importing this package hides the GPUs from TensorFlow, which only feeds the host
 (docs/design.md section 3).
 """

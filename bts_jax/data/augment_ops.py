@@ -146,6 +146,13 @@ def _valid_names() -> str:
 def resolve_op(name: str, where: str = SETTING) -> Callable[..., Any]:
     """The function of an op name or import path.
 
+    Args:
+      name: a registered name, or ``package.module:function``.
+      where: the setting the name comes from, for error messages.
+
+    Returns:
+      The op function (the module docstring's contract).
+
     Raises:
       ValueError: naming ``where`` and listing the valid names, for an unknown name or a path
         that cannot be imported.
@@ -167,12 +174,26 @@ def resolve_op(name: str, where: str = SETTING) -> Callable[..., Any]:
 
 
 def is_geometric(op: Callable[..., Any]) -> bool:
-    """Whether an op takes the mask: its signature has a parameter named ``mask``."""
+    """Whether an op is geometric: its signature has a parameter named ``mask``.
+
+    Args:
+      op: an op function.
+
+    Returns:
+      True for ``op(image, mask, seed, ...)``, False for ``op(image, seed, ...)``.
+    """
     return "mask" in inspect.signature(op).parameters
 
 
 def split_ops(spec: str) -> list[str]:
-    """The ops of a string, split at the ``|`` outside parentheses and quotes, stripped."""
+    """The ops of a string, split at the ``|`` outside parentheses and quotes.
+
+    Args:
+      spec: an ops string, e.g. ``"flip|noise(0.03)"``.
+
+    Returns:
+      The ops' texts, stripped, e.g. ``["flip", "noise(0.03)"]`` (``[""]`` for ``""``).
+    """
     parts, depth, quote, start = [], 0, "", 0
     for i, char in enumerate(spec):
         if quote:
