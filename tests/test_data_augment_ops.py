@@ -8,10 +8,12 @@ import os
 import subprocess
 import sys
 
+import ml_collections
 import numpy as np
 import pytest
 from helpers import tiny_config
 
+from bts_jax.config_tools import load_config_file
 from bts_jax.data import (
     apply_ops,
     check_augmentations,
@@ -23,6 +25,7 @@ from bts_jax.data import (
 from bts_jax.data import augment_ops as ops_lib
 from bts_jax.data._tf import tf
 from bts_jax.data.augment_zoo import affine_transform
+from bts_jax.experiments import sweeps
 from bts_jax.train.config_checks import validate_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -299,3 +302,26 @@ def test_every_op_and_a_users_op_train_from_the_command_line(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "eval_validation.json").is_file()
+
+
+def test_a_sweep_varies_the_augmentation_as_a_variant():
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "augmentations"
+    sweep.base_config = "configs/test.py"
+    sweep.overrides = {}
+    sweep.variants = {
+        "flip": {"data": {"augmentations": "flip"}},
+        "more": {"data": {"augmentations": "flip_lr|rot90|gamma(0.7,1.5)|noise(0.03)"}},
+        "none": {"data": {"augmentations": ""}},
+    }
+    sweep.baseline = "flip"
+    sweep.paper_model = ""
+    sweep.seeds = (0,)
+    sweep.folds = ()
+    definition = sweeps.parse_sweep(sweep)
+    base = load_config_file(definition.base_config, REPO)
+    specs = {}
+    for cell in sweeps.expand_cells(definition, "unused"):
+        config = sweeps.cell_config(definition, base, cell)
+        specs[cell.variant] = [op.name for op in check_augmentations(config.data)]
+    assert specs == {"flip": ["flip"], "more": ["flip_lr", "rot90", "gamma", "noise"], "none": []}
