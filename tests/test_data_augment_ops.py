@@ -67,6 +67,8 @@ def test_every_builtin_is_registered_and_the_string_parses_in_order():
     assert ops[4].args == (0.7, 1.5) and not ops[4].geometric and ops[3].geometric
     assert ops[5].args == (0.1,) and ops[5].kwargs == (("contrast", 0.2),)
     assert parse_ops("") == [] and parse_ops("  ") == []
+    # '|' splits only outside parentheses and quotes.
+    assert ops_lib.split_ops("a(1, '|', (2|3)) | b") == ["a(1, '|', (2|3))", "b"]
 
 
 def test_streams_depend_on_name_and_occurrence_only():
