@@ -71,6 +71,14 @@ def get_config() -> ml_collections.ConfigDict:
     config.data.fold = 0
     config.data.subset_size = 0  # 0 = all pairs; the paper used 500
     config.data.cache = True  # keep decoded + equalised + resized examples in memory
+    # Training augmentation: ops applied in order, "op|op(arguments)|..." (README, "Configs";
+    # docs/extending.md), e.g. "flip_lr|flip_ud|rot90|affine(rotate=10,scale=0.1,translate=0.05)|
+    # brightness_contrast(0.1,0.1)|gamma(0.7,1.5)|noise(0.03)". "" = none. Ops: flip (both axes),
+    # flip_lr | flip_ud | rot90 | affine | brightness_contrast | gamma | noise, or an import path
+    # "package.module:function".
+    config.data.augmentations = "flip"
+    # The old spelling, kept so that old configs keep their meaning, draw for draw: changed
+    # switches map onto config.data.augmentations (bts_jax/data/augment_config.py).
     config.data.augment = ml_collections.ConfigDict()
     config.data.augment.flip = True
     config.data.augment.rot90 = False

@@ -41,8 +41,7 @@ def get_config() -> ml_collections.ConfigDict:
     # No test block inside the bundle: the quickstart's held-out patients are the shared folder's
     # last id blocks, which no bundle holds (benchmarks/heldout_quickstart.py scores them).
     config.data.test_fraction = 0.0
-    config.data.augment.flip = True
-    config.data.augment.rot90 = False
+    config.data.augmentations = "flip"
     # 770 training images: batch 4 gives 192 steps per epoch, 1536 in all. On CPU the depthwise
     # convolutions run as exact reformulations of the grouped one (config.model.depthwise_impl=
     # "auto"; docs/performance.md), which made room for 8 epochs instead of 3.

@@ -13,7 +13,7 @@ def get_config() -> ml_collections.ConfigDict:
     config = default.get_config()
     config.model.features = (4, 8, 16, 32)
     config.data.image_size = 32
-    config.data.augment.flip = True
+    config.data.augmentations = "flip"
     # No test split: the bundled sample's 60 slices stay 48 train / 12 validation, as the tests
     # expect. Tests of the test split set it.
     config.data.test_fraction = 0.0

@@ -3,7 +3,8 @@ checked (the recipe part: tests/test_train_extending.py).
 
 Python blocks run in order in one namespace, in a temporary folder on the Python path; a block
 starting ``# file: PATH`` is written there instead (``(continued)`` appends). Each ``train.py``
-command is parsed by the same flag parser as ``train.py`` and its model built; the ``sweep.py``
+command is parsed by the same flag parser as ``train.py``, its model built and its augmentation
+ops checked (`bts_jax.data.check_augmentations`); the ``sweep.py``
 command runs, at tiny sizes (one stage of width 4, 32x32, one epoch, one seed), through
 `bts_jax.experiments.runner.run_sweep`, as ``sweep.py`` does.
 """
@@ -18,6 +19,7 @@ from absl import flags
 from ml_collections import config_flags
 
 from bts_jax.config_tools import load_config_file
+from bts_jax.data import augment_ops, check_augmentations
 from bts_jax.experiments import runner, sweeps
 from bts_jax.models import build_model, registry
 
@@ -67,6 +69,7 @@ def parse_train_command(argv):
 @pytest.fixture
 def doc_folder(tmp_path, monkeypatch):
     saved = {kind: dict(blocks) for kind, blocks in registry._REGISTRY.items()}
+    saved_ops = dict(augment_ops._REGISTRY)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
@@ -74,7 +77,11 @@ def doc_folder(tmp_path, monkeypatch):
         registry._REGISTRY[kind].clear()
         registry._REGISTRY[kind].update(blocks)
     registry._import_block.cache_clear()
+    augment_ops._REGISTRY.clear()
+    augment_ops._REGISTRY.update(saved_ops)
+    augment_ops._import_op.cache_clear()
     sys.modules.pop("my_blocks", None)
+    sys.modules.pop("my_augment", None)
 
 
 @pytest.mark.slow
@@ -94,13 +101,16 @@ def test_extending_md_runs(doc_folder):
         else:
             for argv in commands(code):
                 if argv[1] == "train.py":
-                    build_model(parse_train_command(argv).model)
+                    config = parse_train_command(argv)
+                    build_model(config.model)
+                    check_augmentations(config.data)
                     ran["train"] += 1
                 else:
                     run_sweep_command(argv, doc_folder)
                     ran["sweep"] += 1
-    assert ran == {"train": 3, "sweep": 1}
+    assert ran == {"train": 4, "sweep": 1}
     assert "pixel_gate" in registry.attention_names()
+    assert "speckle" in augment_ops.op_names()
 
 
 def run_sweep_command(argv, folder):

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from bts_jax.data._tf import tf
+from bts_jax.data.augment_config import config_ops
+from bts_jax.data.augment_ops import apply_ops
 from bts_jax.data.batching import (
     check_process,
     host_shard,
@@ -38,11 +40,9 @@ from bts_jax.data.batching import (
 )
 from bts_jax.data.cache import DataCache, files_signature
 from bts_jax.data.examples import get_examples
-from bts_jax.data.preprocessing import augment_pair, decode_grayscale, preprocess_pair
+from bts_jax.data.preprocessing import decode_grayscale, preprocess_pair
 from bts_jax.data.sources import Example, source_dir
 from bts_jax.data.splits import SPLITS, split_examples
-
-_AUGMENTATIONS = ("flip", "rot90", "affine", "brightness_contrast")
 
 
 def _encoded_pair(image: tf.Tensor, mask: tf.Tensor, from_files: bool):
@@ -299,18 +299,18 @@ class InputPipeline:
                 image, mask = load_pair(image, mask)
                 return image, mask, position, example_id, epoch
 
-        augment = data.augment
-        do_augment = train and any(bool(augment[name]) for name in _AUGMENTATIONS)
+        # config.data.augmentations (or the old switches): augmentation runs when it lists ops.
+        ops = config_ops(data) if train else []
         seed = int(config.seed)
 
         def finish(*args):
             image, mask, position, example_id, epoch = load(*args)
             image = tf.cast(image, tf.float32) / 255.0
-            if do_augment:
+            if ops:
                 # Drawn from (seed, epoch, position): independent of hosts, batches and caching.
                 epoch_seed = tf.stack([tf.constant(seed, tf.int64), epoch])
                 example_seed = tf.random.experimental.stateless_fold_in(epoch_seed, position)
-                image, mask = augment_pair(image, mask, example_seed, augment)
+                image, mask = apply_ops(image, mask, example_seed, ops)
             return {"image": image, "mask": tf.cast(mask[..., 0], tf.int32), "id": example_id}
 
         ds = ds.map(finish, tf.data.AUTOTUNE, deterministic=True)

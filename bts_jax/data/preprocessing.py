@@ -1,4 +1,4 @@
-"""Per-image preprocessing (docs/design.md section 3): decode, grayscale, equalise, fit, augment.
+"""Per-image preprocessing (docs/design.md section 3): decode, grayscale, equalise, fit.
 
 Everything here runs inside the tf.data graph and is written in TensorFlow ops; the host-side
 helpers of `bts_jax.data.images` (`load_grayscale`, `preprocess_image`, `restore_original_size`)
@@ -11,7 +11,6 @@ inside the pipeline and int32 {0, 1} in the batches.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -205,90 +204,3 @@ def preprocess_pair(
     if mask is not None:
         mask = tf.ensure_shape(mask, [size, size, 1])
     return image, mask
-
-
-def _affine_transform(seed: tf.Tensor, size: int, augment: Mapping[str, Any]) -> tf.Tensor:
-    """Random rotation/scale/shift about the image centre, as an output->input projective transform.
-
-    Returns the 8 parameters ``[a0, a1, a2, b0, b1, b2, 0, 0]`` of ImageProjectiveTransformV3:
-    output pixel (x, y) samples input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2).
-    """
-    u = tf.random.stateless_uniform([4], seed, -1.0, 1.0, dtype=tf.float32)
-    angle = u[0] * float(augment["max_rotate_deg"]) * (math.pi / 180.0)
-    scale = 1.0 + u[1] * float(augment["max_scale"])
-    tx = u[2] * float(augment["max_translate"]) * size
-    ty = u[3] * float(augment["max_translate"]) * size
-    c = (size - 1) / 2.0
-    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
-    # Forward map: out = c + scale * R(angle) (in - c) + t, inverted because the op samples the
-    # input.
-    a2 = c - (cos * (c + tx) + sin * (c + ty))
-    b2 = c - (-sin * (c + tx) + cos * (c + ty))
-    return tf.stack([cos, sin, a2, -sin, cos, b2, 0.0, 0.0])
-
-
-def _project(x: tf.Tensor, transform: tf.Tensor, interpolation: str, size: int) -> tf.Tensor:
-    out = tf.raw_ops.ImageProjectiveTransformV3(
-        images=x[tf.newaxis],
-        transforms=transform[tf.newaxis],
-        output_shape=tf.constant([size, size], tf.int32),
-        fill_value=tf.constant(0.0, tf.float32),
-        interpolation=interpolation,
-        fill_mode="CONSTANT",
-    )
-    return out[0]
-
-
-def augment_pair(
-    image: tf.Tensor, mask: tf.Tensor, seed: tf.Tensor, augment: Mapping[str, Any]
-) -> tuple[tf.Tensor, tf.Tensor]:
-    """Random augmentation of one training pair; image and mask get the same geometric transform.
-
-    Each augmentation draws from its own stateless stream (``seed`` folded with a fixed number), so
-    turning one on or off does not change the draws of the others, and the result depends only on
-    ``seed``.
-
-    - ``flip``: left-right and up-down, each with probability 1/2.
-    - ``rot90``: k * 90 degrees, k uniform in {0, 1, 2, 3}.
-    - ``affine``: rotation uniform in +-``max_rotate_deg`` degrees, zoom 1 +- ``max_scale``, shift
-      +-``max_translate`` of the side in x and y; image bilinear, mask nearest, zero fill outside.
-    - ``brightness_contrast``: ``(x - mean) * c + mean + b`` with c in 1 +- ``max_contrast`` and b
-      in +-``max_brightness``, clipped to [0, 1]; image only.
-
-    Args:
-      image: float32 (S, S, 1) in [0, 1].
-      mask: uint8 (S, S, 1) with values {0, 1}.
-      seed: int32/int64 tensor of shape (2,), e.g. from
-        ``tf.random.experimental.stateless_fold_in``.
-      augment: ``config.data.augment``.
-
-    Returns:
-      (image float32 (S, S, 1) in [0, 1], mask uint8 (S, S, 1) in {0, 1}).
-    """
-    size = int(image.shape[0])
-
-    def stream(k):
-        return tf.random.experimental.stateless_fold_in(seed, k)
-
-    if augment["flip"]:
-        u = tf.random.stateless_uniform([2], stream(1))
-        lr, ud = u[0] < 0.5, u[1] < 0.5
-        image = tf.where(lr, tf.reverse(image, [1]), image)
-        mask = tf.where(lr, tf.reverse(mask, [1]), mask)
-        image = tf.where(ud, tf.reverse(image, [0]), image)
-        mask = tf.where(ud, tf.reverse(mask, [0]), mask)
-    if augment["rot90"]:
-        k = tf.random.stateless_uniform([], stream(2), 0, 4, dtype=tf.int32)
-        image = tf.image.rot90(image, k)
-        mask = tf.image.rot90(mask, k)
-    if augment["affine"]:
-        transform = _affine_transform(stream(3), size, augment)
-        image = _project(image, transform, "BILINEAR", size)
-        mask = _project(mask, transform, "NEAREST", size)
-    if augment["brightness_contrast"]:
-        u = tf.random.stateless_uniform([2], stream(4), -1.0, 1.0)
-        contrast = 1.0 + u[0] * float(augment["max_contrast"])
-        brightness = u[1] * float(augment["max_brightness"])
-        mean = tf.reduce_mean(image)
-        image = tf.clip_by_value((image - mean) * contrast + mean + brightness, 0.0, 1.0)
-    return tf.ensure_shape(image, [size, size, 1]), tf.ensure_shape(mask, [size, size, 1])

@@ -89,18 +89,21 @@ def _check_optimizer(optimizer: Any) -> None:
 def validate_config(config: Any, *, device_count: int, process_count: int) -> None:
     """Raises a ValueError naming the field when ``config`` cannot run on these devices.
 
-    Checks: the model section (names, placements, widths, dtype), the image size against the
-    number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the data axis of
-    the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against the device and
-    process counts, the number of epochs, the optimiser and schedule (names and arguments), and
-    the loss (`bts_jax.train.loss_builder.check_loss_config`: names, arguments, one abstract
-    call).
+    Checks: the training augmentation (``config.data.augmentations``, or the old switches of
+    ``config.data.augment``: op names, arguments, each op run once on a tiny pair; see
+    `bts_jax.data.check_augmentations`), the model section (names, placements, widths, dtype),
+    the image size against the number of U-Net stages, ``num_seeds`` (one host; each seed's batch
+    against the data axis of the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch
+    sizes against the device and process counts, the number of epochs, the optimiser and
+    schedule (names and arguments), and the loss (`bts_jax.train.loss_builder.check_loss_config`:
+    names, arguments, one abstract call).
 
     Args:
       config: an experiment config (``configs/default.py``'s fields).
       device_count: devices over all hosts (``jax.device_count()`` or the mesh's size).
       process_count: hosts (``jax.process_count()``).
     """
+    data_lib.check_augmentations(config.data)
     build_model(config.model, dtype=config.dtype)
     _check_image_size(config)
     _check_seeds(config, device_count, process_count)

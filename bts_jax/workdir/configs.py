@@ -63,6 +63,9 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.upsample_impl": "auto",
     # The loss registry: "" is bce_dice with loss.bce_weight / loss.dice_weight, as before.
     "loss.name": "",
+    # The augmentation ops string (bts_jax/data/augment_config.py): "flip" leaves augmentation
+    # to the switches of data.augment, which such a config.json holds.
+    "data.augmentations": "flip",
 }
 
 
