@@ -63,7 +63,7 @@ class EmaTrainState(TrainState):
 
 
 def eval_variables(state: TrainState) -> dict[str, Any]:
-    """The variables ``state`` is evaluated and saved for inference with (the EMA when it has one).
+    """The variables ``state`` is evaluated with: its weights' average when it has one.
 
     Args:
       state: a `TrainState` or `EmaTrainState` (any leading axes).
