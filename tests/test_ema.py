@@ -23,6 +23,7 @@ from helpers import tiny_config
 
 from bts_jax import data as data_lib
 from bts_jax import inference, sharding
+from bts_jax import train as train_lib
 from bts_jax import workdir as workdir_lib
 from bts_jax.inference import export
 from bts_jax.models import build_model
@@ -324,3 +325,15 @@ def test_turning_averaging_on_or_off_is_refused_on_resume(tmp_path, ema_workdir)
         workdir_lib.check_config(other, path, 6)
     changes = workdir_lib.check_config(other, path, 6, allow_change=True)
     assert [(c.field, c.old, c.new) for c in changes] == [("ema_decay", 0.9, 0.99)]
+
+
+def test_the_run_summary_says_which_weights_were_evaluated(ema_workdir, tmp_path):
+    path, _ = ema_workdir
+    result = {"step": 6, "miou": 0.5, "dice": 0.4}
+    summary = train_lib.run_summary(path, result)
+    assert "Validation (best checkpoint, step 6): miou 0.5000, dice 0.4000" in summary
+    assert "Evaluated with the EMA of the weights (decay 0.9, averaging after step 2)." in summary
+    plain = str(tmp_path / "plain")
+    os.makedirs(plain)
+    workdir_lib.save_config(tiny_config(), plain)
+    assert "Evaluated with the raw weights (no EMA)." in train_lib.run_summary(plain, result)
