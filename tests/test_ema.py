@@ -30,6 +30,7 @@ from bts_jax.models import build_model
 from bts_jax.train import ema as ema_lib
 from bts_jax.train import state as state_lib
 from bts_jax.train import steps
+from bts_jax.workdir.configs import ConfigChange, unresumable_changes
 
 IMAGE_SIZE = 8
 EMA = {"ema_decay": 0.9, "ema_start_step": 2}
@@ -325,6 +326,10 @@ def test_turning_averaging_on_or_off_is_refused_on_resume(tmp_path, ema_workdir)
         workdir_lib.check_config(other, path, 6)
     changes = workdir_lib.check_config(other, path, 6, allow_change=True)
     assert [(c.field, c.old, c.new) for c in changes] == [("ema_decay", 0.9, 0.99)]
+    assert unresumable_changes(changes) == []
+    on, off = ConfigChange("ema_decay", 0.0, 0.9), ConfigChange("ema_decay", 0.9, 0.0)
+    start = ConfigChange("ema_start_step", 0, 5)
+    assert unresumable_changes([start, on, off]) == [on, off]
 
 
 def test_the_run_summary_says_which_weights_were_evaluated(ema_workdir, tmp_path):

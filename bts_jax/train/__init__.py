@@ -1,10 +1,11 @@
 """Training: the state, optimiser, steps, the one loop, and seeds trained together.
 
 `train_and_evaluate` is the entry point (``train.py`` calls it). Around it: `state` (the train
-state), `optim` (optimiser and schedule), `losses`, `steps` (the pure, jitted train and eval
-steps), `setup` (what a run derives from its config), `seeds` (`SeedGroup`: one run, or the seeds
-of ``config.num_seeds`` in one program), `monitor` (step metrics, epoch rows, progress), `finish`
-(the final evaluation and the end-of-run summary) and `config_checks`.
+state), `optim` (optimiser and schedule), `losses`, `ema` (the moving average of the weights),
+`steps` (the pure, jitted train and eval steps), `setup` (what a run derives from its config),
+`seeds` (`SeedGroup`: one run, or the seeds of ``config.num_seeds`` in one program), `monitor`
+(step metrics, epoch rows, progress), `finish` (the final evaluation and the end-of-run summary)
+and `config_checks`.
 """
 
 from bts_jax.train.finish import TrainResult, evaluate_checkpoint, final_evaluation, run_summary
