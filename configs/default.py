@@ -117,6 +117,13 @@ def get_config() -> ml_collections.ConfigDict:
     config.loss.bce_weight = 1.0  # cross-entropy weight (BCE, or softmax CE for >1 class)
     config.loss.dice_weight = 1.0  # soft Dice weight
 
+    # Weight averaging (docs/design.md): an exponential moving average of the parameters and the
+    # BatchNorm statistics, ema = decay * ema + (1 - decay) * weights after every step. 0 = off.
+    # When on, validation (and so the best checkpoint), the final evaluation, evaluate.py,
+    # predict.py, export.py and ensembles use the average; checkpoints hold both.
+    config.ema_decay = 0.0  # in [0, 1); e.g. 0.999 averages over about 1000 steps
+    config.ema_start_step = 0  # until this optimiser step the average equals the weights
+
     config.checkpoint = ml_collections.ConfigDict()
     config.checkpoint.max_to_keep = 3
     config.checkpoint.every_steps = 0  # 0 = at the end of every epoch

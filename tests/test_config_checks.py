@@ -35,6 +35,9 @@ def test_a_valid_config_passes():
         ({"model.gsconv_in": "everywhere"}, 1, 1, r"config.model.gsconv_in has unknown entries"),
         ({"log_every_steps": 0}, 1, 1, r"config.log_every_steps=0"),
         ({"checkpoint.every_steps": -2}, 1, 1, r"config.checkpoint.every_steps=-2"),
+        ({"ema_decay": 1.0}, 1, 1, r"config\.ema_decay=1\.0 must be a number in \[0, 1\)"),
+        ({"ema_decay": -0.5}, 1, 1, r"config\.ema_decay=-0\.5 must be a number in \[0, 1\)"),
+        ({"ema_start_step": -1}, 1, 1, r"config\.ema_start_step=-1 must be an integer >= 0"),
     ],
 )
 def test_bad_settings_are_named(overrides, device_count, process_count, message):

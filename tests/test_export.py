@@ -180,7 +180,9 @@ def test_export_script(workdir, scripts):
     with open(out / export.SETTINGS_FILE) as f:
         record = json.load(f)
     assert record["image_size"] == 32 and record["tta"] == "flips"
-    assert record["members"] == [{"workdir": os.path.abspath(workdir), "which": "best", "step": 6}]
+    assert record["members"] == [
+        {"workdir": os.path.abspath(workdir), "which": "best", "step": 6, "weights": "raw"}
+    ]
     # Runs from the copied folder alone, and matches the workdir's own TTA prediction.
     moved = out.parent / "moved"
     shutil.copytree(out, moved)

@@ -7,7 +7,9 @@ near-zero gradient entries that rounding becomes a few percent of one update (th
 1e-4): parameters are compared with ``atol=1e-5`` (a tenth of one update) and ``rtol=1e-4``, the
 tolerance of test_train's 8-devices-vs-1 check. A wrong initialisation or data order is off by a
 whole update or more and fails. A resumed K-seed run runs the very same program as an
-uninterrupted one and must match it exactly.
+uninterrupted one and must match it exactly. The 2-seed run averages its weights
+(``config.ema_decay``), so the same checks cover the average: stacked, saved per seed, resumed
+exactly, and evaluated.
 """
 
 import json
@@ -205,7 +207,9 @@ def _latest_params(config, workdir):
     return workdir_lib.restore_train_state(workdir, target, "latest")
 
 
-RUN_OVERRIDES = {"seed": 4, "num_seeds": 2, "checkpoint.every_steps": 2}
+# Averaging from step 2 on: the resumed seed 5 restarts from the save of step 2, at the start.
+EMA_OVERRIDES = {"ema_decay": 0.9, "ema_start_step": 2}
+RUN_OVERRIDES = {"seed": 4, "num_seeds": 2, "checkpoint.every_steps": 2, **EMA_OVERRIDES}
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +236,7 @@ def two_seed_run(tmp_path_factory):
 def test_each_seed_is_a_complete_workdir_of_its_own_single_run(two_seed_run, tmp_path):
     config, workdir, results = two_seed_run
     assert sorted(os.listdir(workdir)) == [".lock", "seed_4", "seed_5"]
-    single_config = small_config(seed=5, **{"checkpoint.every_steps": 2})
+    single_config = small_config(seed=5, **{"checkpoint.every_steps": 2, **EMA_OVERRIDES})
     single_dir = str(tmp_path / "single_seed_5")
     (single,) = train_lib.train_and_evaluate(single_config, single_dir, show_progress=False)
     single_result = single.metrics
@@ -255,9 +259,15 @@ def test_each_seed_is_a_complete_workdir_of_its_own_single_run(two_seed_run, tmp
         jax.device_get(_latest_params(single_config, single_dir).params),
         **TOLERANCE,
     )
-    # Each seed's workdir is read like any other; the multi-seed folder points to them.
-    loaded, _, variables = workdir_lib.load_trained_model(seed_dir)
+    seed_state = jax.device_get(_latest_params(single_config, seed_dir))
+    chex.assert_trees_all_close(
+        seed_state.ema, jax.device_get(_latest_params(single_config, single_dir).ema), **TOLERANCE
+    )
+    # Each seed's workdir is read like any other; the multi-seed folder points to them. Its
+    # model is the average of its weights, as its validation was.
+    loaded, _, variables = workdir_lib.load_trained_model(seed_dir, "latest")
     assert loaded.seed == 5 and loaded.num_seeds == 1 and "params" in variables
+    chex.assert_trees_all_equal(jax.device_get(variables), seed_state.ema)
     with pytest.raises(FileNotFoundError, match="one workdir per seed.*seed_4"):
         workdir_lib.load_config(workdir)
 
@@ -288,6 +298,8 @@ def test_a_killed_k_seed_run_resumes_every_seed_exactly(two_seed_run, tmp_path):
         resumed = _latest_params(single, os.path.join(workdir, name))
         reference = _latest_params(single, os.path.join(reference_dir, name))
         assert int(resumed.step) == int(reference.step) == 6
+        # The whole state, the weights' average included.
+        assert type(resumed) is state_lib.EmaTrainState
         chex.assert_trees_all_equal(jax.device_get(resumed), jax.device_get(reference))
         resumed_rows, reference_rows = (
             [_without_timing(line) for line in read_text(d, name, "metrics.jsonl").splitlines()]

@@ -2,7 +2,8 @@
 
 Everything needs only workdirs (``config.json`` and the Orbax checkpoints, read by
 `bts_jax.workdir.load_trained_model`), never the training data, so a trained workdir copied to
-another machine predicts there.
+another machine predicts there. A member trained with ``config.ema_decay > 0`` predicts with the
+moving average of its weights, as its validation did.
 """
 
 from __future__ import annotations
@@ -75,20 +76,22 @@ def load_members(
 
 
 def member_records(workdirs: Sequence[str | os.PathLike], which: str) -> list[dict[str, Any]]:
-    """What to record of the models behind a prediction: each workdir and its checkpoint step.
+    """What to record of the models behind a prediction: workdir, checkpoint step and weights.
 
     Args:
       workdirs: the members.
       which: their checkpoint choice, "best" or "latest".
 
     Returns:
-      One ``{"workdir" (absolute), "which", "step"}`` per workdir.
+      One ``{"workdir" (absolute), "which", "step", "weights"}`` per workdir; ``weights`` is
+      ``"ema"`` (the moving average of the weights) or ``"raw"`` (`bts_jax.workdir.weights_name`).
     """
     return [
         {
             "workdir": os.path.abspath(w),
             "which": which,
             "step": workdir_lib.resolve_checkpoint(w, which)[1],
+            "weights": workdir_lib.weights_name(workdir_lib.load_config(w)),
         }
         for w in workdirs
     ]

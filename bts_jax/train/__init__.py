@@ -4,10 +4,11 @@
 state), `registry` (recipe parts by name: `register_loss`, `register_optimizer`,
 `register_schedule`), `losses` and `region_losses` (the registered losses), `loss_builder` (the
 trainer's loss from ``config.loss``), `optim` (optimisers), `schedules` (learning-rate
-schedules), `steps` (the pure, jitted train and eval steps), `run_setup` (`RunSetup`: what a run
-derives from its config; epoch rows), `setup` (builds it), `seeds` (`SeedGroup`: one run, or the
-seeds of ``config.num_seeds`` in one program), `monitor` (step metrics, progress), `finish` (the
-final evaluation, `score_split` and the end-of-run summary) and `config_checks`.
+schedules), `ema` (the moving average of the weights), `steps` (the pure, jitted train and eval
+steps), `run_setup` (`RunSetup`: what a run derives from its config; epoch rows), `setup` (builds
+it), `seeds` (`SeedGroup`: one run, or the seeds of ``config.num_seeds`` in one program),
+`monitor` (step metrics, progress), `finish` (the final evaluation, `score_split` and the
+end-of-run summary) and `config_checks`.
 """
 
 from bts_jax.train.finish import (

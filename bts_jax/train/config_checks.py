@@ -86,6 +86,22 @@ def _check_optimizer(optimizer: Any) -> None:
             raise ValueError(f"config.optimizer.{field}={optimizer[field]} must be >= 0.")
 
 
+def _check_ema(config: Any) -> None:
+    decay = config.get("ema_decay", 0.0)
+    # bool is an int: ema_decay=True would otherwise pass as 1.
+    if isinstance(decay, bool) or not isinstance(decay, int | float) or not 0 <= decay < 1:
+        raise ValueError(
+            f"config.ema_decay={decay!r} must be a number in [0, 1): 0 turns weight averaging "
+            "off, e.g. 0.999 averages over about 1000 steps."
+        )
+    start = config.get("ema_start_step", 0)
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(
+            f"config.ema_start_step={start!r} must be an integer >= 0 (the optimiser step "
+            "until which the average equals the weights)."
+        )
+
+
 def validate_config(config: Any, *, device_count: int, process_count: int) -> None:
     """Raises a ValueError naming the field when ``config`` cannot run on these devices.
 
@@ -95,14 +111,16 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     the image size against the number of U-Net stages, ``num_seeds`` (one host; each seed's batch
     against the data axis of the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch
     sizes against the device and process counts, the number of epochs, the optimiser and
-    schedule (names and arguments), and the loss (`bts_jax.train.loss_builder.check_loss_config`:
-    names, arguments, one abstract call).
+    schedule (names and arguments), the loss (`bts_jax.train.loss_builder.check_loss_config`:
+    names, arguments, one abstract call) and the weight averaging (``ema_decay`` in [0, 1),
+    ``ema_start_step`` >= 0).
 
     Args:
       config: an experiment config (``configs/default.py``'s fields).
       device_count: devices over all hosts (``jax.device_count()`` or the mesh's size).
       process_count: hosts (``jax.process_count()``).
     """
+    _check_ema(config)
     data_lib.check_augmentations(config.data)
     build_model(config.model, dtype=config.dtype)
     _check_image_size(config)

@@ -4,7 +4,9 @@ The best checkpoint (by validation mIoU) is scored on validation and, when the c
 the test split (`final_evaluation`), through the eval step the run compiled already; the
 validation predictions of that same evaluation are drawn to ``predictions/``. `evaluate_checkpoint`
 does the same for any workdir later (``evaluate.py``); both score through `score_split`.
-`run_summary` is the text ``train.py`` prints at the end.
+`run_summary` is the text ``train.py`` prints at the end. Every evaluation uses the weights
+`bts_jax.train.state.eval_variables` chooses (the moving average of the weights when
+``config.ema_decay > 0``), through the eval step.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 
 import jax
 import ml_collections
+from absl import logging
 
 from bts_jax import data as data_lib
 from bts_jax import evaluation, jsonio
@@ -83,7 +86,14 @@ def _final_splits(pipeline: data_lib.InputPipeline) -> list[str]:
 def _restore(config: ml_collections.ConfigDict, run: RunSetup, workdir: str, which: str) -> Any:
     # Restored straight onto the eval mesh the run's eval step was compiled for.
     abstract = abstract_train_state(config, run.model, run.optimizer, run.eval_mesh)
-    return workdir_lib.restore_train_state(workdir, abstract, which)
+    state = workdir_lib.restore_train_state(workdir, abstract, which)
+    logging.info(
+        "Evaluating %s (step %d) with %s.",
+        workdir,
+        int(state.step),
+        workdir_lib.describe_weights(config),
+    )
+    return state
 
 
 def score_split(
@@ -161,6 +171,9 @@ def evaluate_checkpoint(
 def run_summary(workdir: str, result: dict[str, float]) -> str:
     """The few lines a user reads at the end of a run: results, where things are, what next.
 
+    Says which weights were evaluated (the moving average or the raw weights, from the
+    workdir's ``config.json``).
+
     Args:
       workdir: the finished run's directory.
       result: the validation metrics `train_and_evaluate` returned.
@@ -182,6 +195,9 @@ def run_summary(workdir: str, result: dict[str, float]) -> str:
     test_path = os.path.join(workdir, eval_file("test"))
     if os.path.isfile(test_path):
         lines.append(line("Test", jsonio.read_json(test_path)))
+    lines.append(
+        f"  Evaluated with {workdir_lib.describe_weights(workdir_lib.load_config(workdir))}."
+    )
     empty = result.get("num_pred_empty_only")
     if empty:
         lines.append(

@@ -191,6 +191,10 @@ def _train(
     is_main = jax.process_index() == 0
     if is_main:
         log_schedule_change(config, run, resume_step, changes[0])
+        logging.info(
+            "Validation, the best checkpoint and the final evaluation use %s.",
+            workdir_lib.describe_weights(config),
+        )
         for member, member_changes in zip(group.runs, changes, strict=True):
             workdir_lib.record_config(member.config, member.workdir, resume_step, member_changes)
             workdir_lib.save_config(member.config, member.workdir)

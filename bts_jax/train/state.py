@@ -4,6 +4,8 @@ The state is replicated over the run's ``("data",)`` mesh (`bts_jax.sharding`); 
 from ``config.seed`` (`create_train_state`), or restored into `abstract_train_state`, which
 computes nothing. Seeds trained together (`bts_jax.train.seeds`) stack their states along a
 leading seed axis: `create_seed_train_states`, `stack_train_states`, `unstack_train_state`.
+A run that averages its weights (``config.ema_decay > 0``, `bts_jax.train.ema`) has an
+`EmaTrainState`; `eval_variables` gives the weights any state is evaluated with.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from bts_jax.sharding import SEED_AXIS
+from bts_jax.workdir.weights import ema_enabled, evaluated_variables
 
 
 @flax.struct.dataclass
@@ -44,13 +47,53 @@ class TrainState:
     rng: jax.Array
 
 
-def state_initializer(image_size: int, model: nn.Module, optimizer: optax.GradientTransformation):
+@flax.struct.dataclass
+class EmaTrainState(TrainState):
+    """A `TrainState` that also carries the moving average of its weights (`bts_jax.train.ema`).
+
+    A subclass rather than an optional field, so that a run without averaging has exactly the
+    state, and writes exactly the checkpoints, of a run from before averaging existed.
+
+    Attributes:
+      ema: ``{"params": ..., "batch_stats": ...}``, the averages of ``params`` and
+        ``batch_stats`` (the same trees, float32).
+    """
+
+    ema: Any
+
+
+def eval_variables(state: TrainState) -> dict[str, Any]:
+    """The variables ``state`` is evaluated with: its weights' average when it has one.
+
+    Args:
+      state: a `TrainState` or `EmaTrainState` (any leading axes).
+
+    Returns:
+      ``{"params": ..., "batch_stats": ...}``, chosen by `bts_jax.workdir.evaluated_variables`.
+    """
+    return evaluated_variables(
+        {
+            "params": state.params,
+            "batch_stats": state.batch_stats,
+            "ema": getattr(state, "ema", None),
+        }
+    )
+
+
+def state_initializer(
+    image_size: int,
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    *,
+    ema: bool = False,
+):
     """The pure function ``rng -> TrainState`` at step 0 that every initialisation traces.
 
     Args:
       image_size: the input height and width the model is initialised at.
       model: the segmentation model.
       optimizer: the optax transformation whose state is initialised.
+      ema: return an `EmaTrainState` whose average starts at the initial weights.
 
     Returns:
       ``init(rng)``: splits ``rng`` into the model's initialisation key and the run's key.
@@ -61,15 +104,23 @@ def state_initializer(image_size: int, model: nn.Module, optimizer: optax.Gradie
         dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
         variables = model.init(init_rng, dummy, train=False)
         params = variables["params"]
-        return TrainState(
+        fields = dict(
             step=jnp.zeros((), jnp.int32),
             params=params,
             batch_stats=variables.get("batch_stats", {}),
             opt_state=optimizer.init(params),
             rng=jax.random.key_data(run_rng),
         )
+        if not ema:
+            return TrainState(**fields)
+        average = {"params": fields["params"], "batch_stats": fields["batch_stats"]}
+        return EmaTrainState(**fields, ema=average)
 
     return init
+
+
+def _initializer(config: ml_collections.ConfigDict, model, optimizer):
+    return state_initializer(int(config.data.image_size), model, optimizer, ema=ema_enabled(config))
 
 
 def create_train_state(
@@ -81,15 +132,15 @@ def create_train_state(
     """Initialises the train state from ``config.seed``, replicated over ``mesh``.
 
     Args:
-      config: experiment config (``seed``, ``data.image_size``).
+      config: experiment config (``seed``, ``data.image_size``, ``ema_decay``).
       model: the segmentation model.
       optimizer: the optax transformation whose state is initialised.
       mesh: device mesh; the state is replicated on all its devices.
 
     Returns:
-      A TrainState at step 0.
+      A TrainState at step 0 (an `EmaTrainState` when ``config.ema_decay > 0``).
     """
-    init = state_initializer(int(config.data.image_size), model, optimizer)
+    init = _initializer(config, model, optimizer)
     return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(config.seed))
 
 
@@ -112,7 +163,7 @@ def abstract_train_state(
     Returns:
       A TrainState of ``jax.ShapeDtypeStruct`` leaves.
     """
-    init = state_initializer(int(config.data.image_size), model, optimizer)
+    init = _initializer(config, model, optimizer)
     shapes = jax.eval_shape(init, jax.random.key(config.seed))
     replicated = NamedSharding(mesh, P())
     return jax.tree_util.tree_map(
@@ -140,7 +191,7 @@ def create_seed_train_states(
     Returns:
       A TrainState whose every leaf has a leading seed axis of size ``config.num_seeds``.
     """
-    init = state_initializer(int(config.data.image_size), model, optimizer)
+    init = _initializer(config, model, optimizer)
     # The raw key data of each seed's key, so the keys are exactly those of single runs.
     keys = np.stack(
         [

@@ -21,8 +21,10 @@ from jax.sharding import PartitionSpec as P
 
 from bts_jax.evaluation import confusion_matrix, predictions_from_logits
 from bts_jax.sharding import SEED_AXIS
+from bts_jax.train.ema import update_ema
 from bts_jax.train.loss_builder import LossFn, loss_from_config
-from bts_jax.train.state import TrainState
+from bts_jax.train.state import TrainState, eval_variables
+from bts_jax.workdir.weights import ema_decay_of, ema_start_step_of
 
 
 def train_step(
@@ -32,16 +34,21 @@ def train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     loss_fn: LossFn,
+    ema_decay: float = 0.0,
+    ema_start_step: int = 0,
 ) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimiser step on a global batch. Pure; jit it with `make_train_step`.
 
     Args:
-      state: the train state.
+      state: the train state (an `EmaTrainState` when ``ema_decay > 0``).
       batch: ``image`` float32 (B, S, S, 1), ``mask`` int32 (B, S, S), ``valid`` bool (B,).
       model: the segmentation model.
       optimizer: the optax transformation of ``state.opt_state``.
       loss_fn: ``(logits, mask, valid) -> (loss, metrics)``
         (`bts_jax.train.loss_builder.build_loss`).
+      ema_decay: decay of the weights' moving average (`bts_jax.train.ema.update_ema`); 0 keeps
+        none, and the step is exactly the step of a run without averaging.
+      ema_start_step: the last step at which the average is set to the weights.
 
     Returns:
       The new state and float32 scalar metrics: ``loss``, the loss's parts (``cross_entropy``
@@ -68,6 +75,15 @@ def train_step(
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )
+    if ema_decay > 0:
+        average = update_ema(
+            state.ema,
+            {"params": params, "batch_stats": batch_stats},
+            new_state.step,
+            decay=ema_decay,
+            start_step=ema_start_step,
+        )
+        new_state = new_state.replace(ema=average)
     step_metrics = {**parts, "loss": loss, "grad_norm": optax.tree.norm(grads)}
     return new_state, step_metrics
 
@@ -82,6 +98,9 @@ def eval_step(
 ) -> dict[str, jax.Array]:
     """Evaluates a global batch with the running BatchNorm statistics. Pure.
 
+    The weights are those `bts_jax.train.state.eval_variables` chooses: the moving average of
+    the weights when the state has one, else the weights.
+
     Args:
       state: the train state.
       batch: as in `train_step`; entries with ``valid=False`` count for nothing.
@@ -95,9 +114,7 @@ def eval_step(
       ``confusion`` int32 (K, K), and with ``with_predictions`` ``predictions`` uint8 (B, S, S)
       class ids.
     """
-    logits = model.apply(
-        {"params": state.params, "batch_stats": state.batch_stats}, batch["image"], train=False
-    )
+    logits = model.apply(eval_variables(state), batch["image"], train=False)
     loss, _ = loss_fn(logits, batch["mask"], batch["valid"])
     predictions = predictions_from_logits(logits)
     num_valid = jnp.sum(batch["valid"]).astype(jnp.float32)
@@ -116,10 +133,10 @@ def eval_step(
 def bind_train_step(
     config: ml_collections.ConfigDict, model: nn.Module, optimizer: optax.GradientTransformation
 ) -> Callable:
-    """`train_step` with the model, optimiser and the config's loss function bound.
+    """`train_step` with the model, optimiser, the config's loss function and EMA bound.
 
     Args:
-      config: experiment config (``loss``).
+      config: experiment config (``loss``, ``ema_decay``, ``ema_start_step``).
       model: the segmentation model.
       optimizer: the optax transformation.
 
@@ -131,6 +148,8 @@ def bind_train_step(
         model=model,
         optimizer=optimizer,
         loss_fn=loss_from_config(config.loss),
+        ema_decay=ema_decay_of(config),
+        ema_start_step=ema_start_step_of(config),
     )
 
 

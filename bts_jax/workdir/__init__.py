@@ -2,7 +2,8 @@
 
 `layout` names the files; `configs` keeps ``config.json`` and its guard; `lock` makes the folder
 writable and single-writer; `checkpoints` saves and restores Orbax checkpoints; `split_file` and
-`metrics_log` keep the split and the per-epoch metrics; `environment` records where a run ran.
+`metrics_log` keep the split and the per-epoch metrics; `environment` records where a run ran;
+`weights` says which weights of a save are evaluated (the moving average, when a run keeps one).
 """
 
 from bts_jax.workdir.checkpoints import (
@@ -42,9 +43,21 @@ from bts_jax.workdir.lock import (
 )
 from bts_jax.workdir.metrics_log import MetricLogger, read_metrics
 from bts_jax.workdir.split_file import read_split_file, recorded_split_ids, write_split_file
+from bts_jax.workdir.weights import (
+    EMA_WEIGHTS,
+    RAW_WEIGHTS,
+    describe_weights,
+    ema_decay_of,
+    ema_enabled,
+    ema_start_step_of,
+    evaluated_variables,
+    weights_name,
+)
 
 __all__ = [
     "CHECKPOINT_CHOICES",
+    "EMA_WEIGHTS",
+    "RAW_WEIGHTS",
     "SAFE_CHANGES",
     "ConfigChange",
     "ConfigChangedError",
@@ -54,8 +67,13 @@ __all__ = [
     "WorkdirNotWritableError",
     "check_config",
     "checkpoint_managers",
+    "describe_weights",
     "diff_configs",
+    "ema_decay_of",
+    "ema_enabled",
+    "ema_start_step_of",
     "environment_record",
+    "evaluated_variables",
     "latest_saved_step",
     "load_config",
     "load_trained_model",
@@ -75,6 +93,7 @@ __all__ = [
     "save_config",
     "seed_workdir",
     "seed_workdirs_in",
+    "weights_name",
     "write_environment",
     "write_split_file",
 ]

@@ -6,8 +6,9 @@ JSON (``meta``: the metric history and the best mIoU so far, NaN written as ``nu
 resumes exactly. Orbax writes a save into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
 complete; such folders, left by a killed run, are never restored (Orbax skips them by name) and
 are deleted when the next run opens the workdir. Inference restores only ``params``,
-``batch_stats`` and ``step`` of a save, on the default device, whatever the device layout of
-training was.
+``batch_stats``, ``step`` and (for a run with ``config.ema_decay > 0``) ``ema`` of a save, on the
+default device, whatever the device layout of training was, and uses the weights
+`bts_jax.workdir.evaluated_variables` chooses.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from bts_jax import jsonio
 from bts_jax.models import build_model
 from bts_jax.workdir.configs import load_config
 from bts_jax.workdir.layout import BEST_DIR, CONFIG_FILE, LATEST_DIR
+from bts_jax.workdir.weights import describe_weights, ema_enabled, evaluated_variables
 
 CHECKPOINT_CHOICES = ("best", "latest")
 
@@ -243,15 +245,18 @@ def load_trained_model(
 ) -> tuple[ml_collections.ConfigDict, nn.Module, dict[str, Any]]:
     """Rebuilds a workdir's model and restores its weights, without touching the training data.
 
-    Only ``params``, ``batch_stats`` and ``step`` are read (the optimiser state stays on disk), as
-    numpy, so the device layout of training (8 GPUs, 2 hosts...) does not matter.
+    Only ``params``, ``batch_stats``, ``step`` and the weights' average ``ema`` (a run with
+    ``config.ema_decay > 0``) are read (the optimiser state stays on disk), as numpy, so the
+    device layout of training (8 GPUs, 2 hosts...) does not matter. The weights returned are the
+    ones training evaluated (`bts_jax.workdir.evaluated_variables`): the average when there is
+    one.
 
     Args:
       workdir: a directory written by ``train.py``.
       which: "best" or "latest" (see `resolve_checkpoint`).
 
     Returns:
-      ``(config, model, variables)``: the run's config, the unbound model, and
+      ``(config, model, variables)``: the run's config, the unbound model, and the evaluated
       ``{"params": ..., "batch_stats": ...}`` on the default device, ready for
       ``model.apply(variables, x, train=False)``.
 
@@ -263,10 +268,10 @@ def load_trained_model(
     config = load_config(workdir)
     model = build_model(config.model, dtype=config.dtype)
     directory, step = resolve_checkpoint(workdir, which)
-    target = {
-        "step": jax.ShapeDtypeStruct((), jnp.int32),
-        **model_variable_shapes(model, int(config.data.image_size)),
-    }
+    variable_shapes = model_variable_shapes(model, int(config.data.image_size))
+    target = {"step": jax.ShapeDtypeStruct((), jnp.int32), **variable_shapes}
+    if ema_enabled(config):
+        target["ema"] = variable_shapes
     restore_args = jax.tree_util.tree_map(
         lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target
     )
@@ -285,6 +290,7 @@ def load_trained_model(
                 f"The checkpoint {directory}/{step} does not match the model of "
                 f"{os.path.join(workdir, CONFIG_FILE)}: {e}"
             ) from e
-    logging.info("Restored %s step %d.", directory, int(restored["step"]))
-    variables = {"params": restored["params"], "batch_stats": restored["batch_stats"]}
-    return config, model, jax.device_put(variables)
+    logging.info(
+        "Restored %s step %d: %s.", directory, int(restored["step"]), describe_weights(config)
+    )
+    return config, model, jax.device_put(evaluated_variables(restored))

@@ -66,11 +66,39 @@ IMPLIED_FIELDS: dict[str, Any] = {
     # The augmentation ops string (bts_jax/data/augment_config.py): "flip" leaves augmentation
     # to the switches of data.augment, which such a config.json holds.
     "data.augmentations": "flip",
+    # Weight averaging (bts_jax.train.ema): off.
+    "ema_decay": 0.0,
+    "ema_start_step": 0,
 }
 
 
 class ConfigChangedError(ValueError):
     """A resumed run's config differs from the one its checkpoints were trained with."""
+
+
+def _averages_weights(ema_decay: Any) -> bool:
+    return isinstance(ema_decay, int | float) and ema_decay > 0
+
+
+def unresumable_changes(changes: list[ConfigChange]) -> list[ConfigChange]:
+    """The changes no resume can take, even with ``--allow_config_change``.
+
+    Turning weight averaging on or off (``ema_decay`` between 0 and a positive value) changes
+    what a checkpoint holds: the state of a run with averaging has the average, one without has
+    none, so the saved state cannot be continued as the other. Changing a positive decay, or
+    ``ema_start_step``, keeps the state's layout and is an ordinary (unsafe) change.
+
+    Args:
+      changes: from `diff_configs`.
+
+    Returns:
+      The changes that cannot be resumed (empty when every change can).
+    """
+    return [
+        c
+        for c in changes
+        if c.field == "ema_decay" and _averages_weights(c.old) != _averages_weights(c.new)
+    ]
 
 
 def save_config(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> str:
@@ -224,8 +252,9 @@ def check_config(
 
     Raises:
       ValueError: a config field is NaN or infinite (it could not be saved as JSON).
-      ConfigChangedError: an unsafe change without ``allow_change``; the message lists the
-        changed fields with their old and new values.
+      ConfigChangedError: an unsafe change without ``allow_change``, the message listing the
+        changed fields with their old and new values; or, even with ``allow_change``, a change
+        of `unresumable_changes` (weight averaging turned on or off), named.
     """
     new = flatten_config(config)
     bad = _non_finite_fields(new)
@@ -235,6 +264,17 @@ def check_config(
     if saved is None or checkpoint_step is None:
         return []
     changes = diff_configs(saved, new)
+    blocked = unresumable_changes(changes)
+    if blocked:
+        raise ConfigChangedError(
+            f"{os.fspath(workdir)} holds checkpoints (latest step {checkpoint_step}) of a run "
+            f"{'with' if _averages_weights(blocked[0].old) else 'without'} a moving average of "
+            f"its weights; config.ema_decay {blocked[0].old!r} -> {blocked[0].new!r} turns "
+            "weight averaging on or off, which changes what the checkpoints hold, so no resume "
+            "(not even with --allow_config_change) can take it. Train in a new --workdir, or keep "
+            f"config.ema_decay={blocked[0].old!r} (a positive decay can change to another "
+            "positive one with --allow_config_change)."
+        )
     unsafe = [c for c in changes if not c.safe]
     if unsafe and not allow_change:
         raise ConfigChangedError(
