@@ -16,6 +16,7 @@ import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 import pytest
@@ -30,6 +31,7 @@ from bts_jax.models import build_model
 from bts_jax.train import ema as ema_lib
 from bts_jax.train import state as state_lib
 from bts_jax.train import steps
+from bts_jax.train.loss_builder import loss_from_config
 from bts_jax.workdir.configs import ConfigChange, unresumable_changes
 
 IMAGE_SIZE = 8
@@ -57,6 +59,10 @@ def _batch(seed):
     }
 
 
+# Today's loss (bce_dice at weights 1 and 1), as the trainer builds it from a config.
+BCE_DICE = loss_from_config(ml_collections.ConfigDict({"name": ""}))
+
+
 def _toy_state(*, ema, seed=0):
     init = state_lib.state_initializer(IMAGE_SIZE, _Toy(), optax.adam(1e-2), ema=ema)
     return init(jax.random.key(seed))
@@ -73,8 +79,7 @@ def _jitted_step(ema_decay, ema_start_step):
             steps.train_step,
             model=_Toy(),
             optimizer=optax.adam(1e-2),
-            bce_weight=1.0,
-            dice_weight=1.0,
+            loss_fn=BCE_DICE,
             ema_decay=ema_decay,
             ema_start_step=ema_start_step,
         )
@@ -156,9 +161,7 @@ def test_the_eval_step_uses_the_average_when_the_state_has_one():
     }
     state = state.replace(ema=ema)
     batch = _batch(0)
-    evaluate = jax.jit(
-        lambda s: steps.eval_step(s, batch, model=_Toy(), bce_weight=1.0, dice_weight=1.0)
-    )
+    evaluate = jax.jit(lambda s: steps.eval_step(s, batch, model=_Toy(), loss_fn=BCE_DICE))
     as_average = state_lib.TrainState(
         step=state.step,
         params=ema["params"],
