@@ -126,7 +126,7 @@ def test_workdirs_from_before_num_seeds_resume_unchanged(tmp_path):
 
 @pytest.mark.slow
 def test_seed_states_initialise_exactly_like_single_runs_and_round_trip():
-    config = tiny_config(seed=3, num_seeds=2)
+    config = small_config(seed=3, num_seeds=2)
     mesh = sharding.make_seed_mesh(2)
     run = train_lib.setup_run(config, mesh)
     stacked = state_lib.create_seed_train_states(config, run.model, run.optimizer, mesh)

@@ -96,7 +96,7 @@ def test_gradient_clipping_bounds_the_update():
 
 @pytest.fixture(scope="module")
 def two_batches():
-    config = tiny_config()
+    config = small_config()
     return config, first_batches(config, 2)
 
 
@@ -126,7 +126,7 @@ def test_sharded_step_on_8_devices_equals_single_device_step(two_batches):
 @pytest.mark.slow
 def test_bfloat16_compute_keeps_float32_state_and_loss(two_batches):
     _, batches = two_batches
-    config = tiny_config(dtype="bfloat16")
+    config = small_config(dtype="bfloat16")
     state, step_metrics = _run_steps(config, sharding.make_mesh(), batches[:1])
     leaves = jax.tree_util.tree_leaves(
         jax.device_get((state.params, state.batch_stats, state.opt_state))
@@ -296,7 +296,7 @@ def test_killed_and_resumed_run_ends_with_the_same_parameters(uninterrupted, tmp
 
 @pytest.mark.slow
 def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
-    config = tiny_config(**{"checkpoint.every_steps": 2, "log_every_steps": 1})
+    config = small_config(**{"checkpoint.every_steps": 2, "log_every_steps": 1})
     workdir = str(tmp_path / "nan")
 
     def poison(index, batch):
@@ -316,7 +316,7 @@ def test_nan_loss_stops_the_run_and_keeps_the_last_good_checkpoint(tmp_path):
 
 @pytest.mark.slow
 def test_training_input_that_ends_early_is_an_error(tmp_path):
-    config = tiny_config()
+    config = small_config()
     short = _AlteredTrainInput(config, lambda index, batch: batch if index < 3 else None)
     with pytest.raises(RuntimeError, match="ended after step 3, before its 6 steps"):
         train_lib.train_and_evaluate(config, str(tmp_path / "short"), pipeline=short)
@@ -500,7 +500,7 @@ def test_due_events_is_the_loops_only_timing_rule():
 
 @pytest.mark.slow
 def test_run_reports_the_selected_checkpoint_on_the_held_out_test_split(tmp_path):
-    config = tiny_config(**{"data.test_fraction": 0.15, "num_epochs": 1})
+    config = small_config(**{"data.test_fraction": 0.15, "num_epochs": 1})
     workdir = tmp_path / "with_test"
     (trained,) = train_lib.train_and_evaluate(
         config, str(workdir), mesh=sharding.make_mesh(jax.devices()[:1])
@@ -580,7 +580,7 @@ def test_allowed_config_change_resumes_and_is_recorded_with_its_step(uninterrupt
 @pytest.mark.slow
 def test_raising_num_epochs_extends_a_run_with_the_schedule_rebuilt(tmp_path, caplog):
     """A finished cosine run is extended: the rate jumps from 0 back up to the new curve's value."""
-    config = tiny_config(**{"optimizer.schedule": "cosine"})
+    config = small_config(**{"optimizer.schedule": "cosine"})
     workdir = str(tmp_path / "extended")
     mesh = sharding.make_mesh(jax.devices()[:1])
     train_lib.train_and_evaluate(config, workdir, mesh=mesh)
