@@ -1,4 +1,6 @@
-"""Test set-up: 8 fake CPU devices, so every test exercises the sharded code path.
+"""Test set-up: 8 fake CPU devices, so that tests run the sharded code path by default.
+
+(Tests that pass a mesh of their own choose fewer: the shared trained workdir trains on one.)
 
 This must run before JAX initialises its backend, hence at conftest import time.
 """
