@@ -52,6 +52,11 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
     # Squeeze-excite MLPs (se, cbam, scse): C -> max(C // r, min(C, 8)) -> C.
     config.model.se_reduction = 16
+    # The norm of every block (bts_jax/models/norms.py): "batch" (momentum 0.9, eps 1e-5; the only
+    # one with running statistics) | "group(G)" (min(G, C) groups must divide each width C) |
+    # "instance" | "layer" | "none", arguments as "batch(momentum=0.99)", or an import path
+    # "package.module:name" (docs/extending.md).
+    config.model.norm = "batch"
 
     config.data = ml_collections.ConfigDict()
     # "sample" | "sample_128" (bundled, see bts_jax/data/sample*/README.md) | "folder" | "tfds"

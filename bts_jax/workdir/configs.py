@@ -61,6 +61,8 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.attention": "",
     "model.se_reduction": 16,
     "model.upsample_impl": "auto",
+    # Norms by name (bts_jax/models/norms.py): BatchNorm everywhere before.
+    "model.norm": "batch",
 }
 
 
