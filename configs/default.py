@@ -57,6 +57,10 @@ def get_config() -> ml_collections.ConfigDict:
     # "instance" | "layer" | "none", arguments as "batch(momentum=0.99)", or an import path
     # "package.module:name" (docs/extending.md).
     config.model.norm = "batch"
+    # The head's initial tumour probability p: its bias starts at log(p / (1 - p)) (Lin et al.
+    # 2017). None = a zero bias (p = 0.5); a number in (0, 1); "auto" = the tumour pixel fraction
+    # of the training split, recorded in environment.json and the log.
+    config.model.output_bias_prior = ml_collections.config_dict.placeholder(object)
 
     config.data = ml_collections.ConfigDict()
     # "sample" | "sample_128" (bundled, see bts_jax/data/sample*/README.md) | "folder" | "tfds"

@@ -6,6 +6,7 @@ Importing this package hides the GPUs from TensorFlow, which only feeds the host
 
 from bts_jax.data.batching import local_batch_size, num_eval_batches, steps_per_epoch
 from bts_jax.data.cache import DataCache
+from bts_jax.data.fractions import mask_fraction, tumour_pixel_fraction
 from bts_jax.data.images import (
     as_grayscale,
     content_box,
@@ -42,6 +43,7 @@ __all__ = [
     "load_grayscale",
     "local_batch_size",
     "make_dataset",
+    "mask_fraction",
     "num_eval_batches",
     "preprocess_image",
     "read_image_file",
@@ -49,4 +51,5 @@ __all__ = [
     "split_examples",
     "steps_per_epoch",
     "split_record",
+    "tumour_pixel_fraction",
 ]

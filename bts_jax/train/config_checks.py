@@ -11,6 +11,7 @@ from typing import Any
 
 from bts_jax import data as data_lib
 from bts_jax.models import build_model
+from bts_jax.models.head import check_output_bias_prior
 from bts_jax.sharding import seed_axis_size
 
 OPTIMIZERS = ("adam", "adamw")
@@ -92,10 +93,11 @@ def _check_optimizer(optimizer: Any) -> None:
 def validate_config(config: Any, *, device_count: int, process_count: int) -> None:
     """Raises a ValueError naming the field when ``config`` cannot run on these devices.
 
-    Checks: the model section (names, placements, widths, dtype), the image size against the
-    number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the data axis of
-    the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against the device and
-    process counts, the number of epochs, and the optimiser.
+    Checks: the model section (names, placements, widths, dtype, the norm against every layer's
+    width, the head's ``output_bias_prior``), the image size against the number of U-Net stages,
+    ``num_seeds`` (one host; each seed's batch against the data axis of the seed mesh, see
+    `bts_jax.sharding.make_seed_mesh`), both batch sizes against the device and process counts,
+    the number of epochs, and the optimiser.
 
     Args:
       config: an experiment config (``configs/default.py``'s fields).
@@ -103,6 +105,7 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
       process_count: hosts (``jax.process_count()``).
     """
     build_model(config.model, dtype=config.dtype)
+    check_output_bias_prior(config.model.get("output_bias_prior"))
     _check_image_size(config)
     _check_seeds(config, device_count, process_count)
     _check_batches(config, device_count, process_count)

@@ -66,7 +66,8 @@ def train_step(
             bce_weight=bce_weight,
             dice_weight=dice_weight,
         )
-        return loss, (updates["batch_stats"], parts)
+        # A model without BatchNorm (config.model.norm) has no running statistics to update.
+        return loss, (updates.get("batch_stats", {}), parts)
 
     (loss, (batch_stats, parts)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -92,7 +93,7 @@ def eval_step(
     dice_weight: float,
     with_predictions: bool = True,
 ) -> dict[str, jax.Array]:
-    """Evaluates a global batch with the running BatchNorm statistics. Pure.
+    """Evaluates a global batch with the running BatchNorm statistics, if any. Pure.
 
     Args:
       state: the train state.

@@ -61,8 +61,9 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.attention": "",
     "model.se_reduction": 16,
     "model.upsample_impl": "auto",
-    # Norms by name (bts_jax/models/norms.py): BatchNorm everywhere before.
+    # Norms by name (bts_jax/models/norms.py): BatchNorm everywhere before; the head's bias at 0.
     "model.norm": "batch",
+    "model.output_bias_prior": None,
 }
 
 
