@@ -71,15 +71,23 @@ def test_the_record_names_the_setting_prior_and_bias():
     assert state_lib.output_bias_record(small(), 1) is None
 
 
-def test_each_seed_starts_at_its_own_prior():
-    config = small(**{"num_seeds": 2, "model.output_bias_prior": "auto"})
+def test_each_seed_starts_at_its_own_prior_and_stacks_without_batch_stats():
+    config = small(**{"num_seeds": 2, "model.output_bias_prior": "auto", "model.norm": "layer"})
     model = build_model(config.model)
-    mesh = sharding.make_seed_mesh(2, jax.devices()[:2])
+    devices = jax.devices()[:2]
     state = state_lib.create_seed_train_states(
-        config, model, optax.adam(1e-3), mesh, train_fractions=[0.01, 0.2]
+        config,
+        model,
+        optax.adam(1e-3),
+        sharding.make_seed_mesh(2, devices),
+        train_fractions=[0.01, 0.2],
     )
     probabilities = jax.nn.sigmoid(state.params["head"]["bias"])
     np.testing.assert_allclose(probabilities, [[0.01], [0.2]], rtol=1e-5)
+    # A model without BatchNorm: every seed's state has empty batch_stats, stacked or not.
+    singles = state_lib.unstack_train_state(state, sharding.make_mesh(devices))
+    assert state.batch_stats == {} and [s.batch_stats for s in singles] == [{}, {}]
+    np.testing.assert_allclose(jax.nn.sigmoid(singles[1].params["head"]["bias"]), [0.2], rtol=1e-5)
 
 
 def test_auto_reads_the_training_split_alone():
