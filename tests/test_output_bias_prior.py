@@ -3,12 +3,16 @@
 The models here have one stage of width 4 on 4x4 inputs (the prior does not depend on the size).
 """
 
+import os
+
 import chex
 import jax
 import numpy as np
 import optax
 import pytest
+from absl import flags
 from helpers import tiny_config
+from ml_collections import config_flags
 
 from bts_jax import data as data_lib
 from bts_jax import sharding
@@ -16,6 +20,8 @@ from bts_jax.models import build_model
 from bts_jax.train import seeds
 from bts_jax.train import state as state_lib
 from bts_jax.train.config_checks import validate_config
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small(**overrides):
@@ -111,3 +117,20 @@ def test_auto_reads_the_training_split_alone():
 def test_mask_fraction_counts_nonzero_pixels():
     assert data_lib.mask_fraction(np.array([[[0, 1], [0, 0]], [[1, 1], [0, 0]]])) == 3 / 8
     assert data_lib.mask_fraction(np.zeros((0, 4, 4))) == 0.0
+
+
+@pytest.mark.parametrize("value,expected", [("0.015", 0.015), ("auto", "auto"), ("None", None)])
+def test_the_command_line_sets_the_prior_and_the_norm(value, expected):
+    argv = [
+        "train.py",
+        f"--config={os.path.join(REPO, 'configs', 'test.py')}",
+        f"--config.model.output_bias_prior={value}",
+        "--config.model.norm=batch(momentum=0.99)",
+    ]
+    flag_values = flags.FlagValues()
+    config_flags.DEFINE_config_file(
+        "config", None, "", flag_values=flag_values, lock_config=True, sys_argv=argv
+    )
+    flag_values(argv)
+    assert flag_values.config.model.output_bias_prior == expected
+    assert flag_values.config.model.norm == "batch(momentum=0.99)"
