@@ -166,7 +166,7 @@ class UNet(nn.Module):
     se_reduction: int = 16
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
-    # Last, so that positional construction keeps its meaning.
+    # The fields added last stay last, so that positional construction keeps its meaning.
     upsample_impl: str = "auto"
     norm: str = norms.DEFAULT_NORM
 
