@@ -52,6 +52,15 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
     # Squeeze-excite MLPs (se, cbam, scse): C -> max(C // r, min(C, 8)) -> C.
     config.model.se_reduction = 16
+    # The norm of every block (bts_jax/models/norms.py): "batch" (momentum 0.9, eps 1e-5; the only
+    # one with running statistics) | "group(G)" (min(G, C) groups must divide each width C) |
+    # "instance" | "layer" | "none", arguments as "batch(momentum=0.99)", or an import path
+    # "package.module:name" (docs/extending.md).
+    config.model.norm = "batch"
+    # The head's initial tumour probability p: its bias starts at log(p / (1 - p)) (Lin et al.
+    # 2017). None = a zero bias (p = 0.5); a number in (0, 1); "auto" = the tumour pixel fraction
+    # of the training split, recorded in environment.json and the log.
+    config.model.output_bias_prior = ml_collections.config_dict.placeholder(object)
 
     config.data = ml_collections.ConfigDict()
     # "sample" | "sample_128" (bundled, see bts_jax/data/sample*/README.md) | "folder" | "tfds"

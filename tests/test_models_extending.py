@@ -21,7 +21,7 @@ from ml_collections import config_flags
 from bts_jax.config_tools import load_config_file
 from bts_jax.data import augment_ops, check_augmentations
 from bts_jax.experiments import runner, sweeps
-from bts_jax.models import build_model, registry
+from bts_jax.models import build_model, norms, registry
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "extending.md")
@@ -70,18 +70,23 @@ def parse_train_command(argv):
 def doc_folder(tmp_path, monkeypatch):
     saved = {kind: dict(blocks) for kind, blocks in registry._REGISTRY.items()}
     saved_ops = dict(augment_ops._REGISTRY)
+    saved_norms = dict(norms._NORMS)
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     yield tmp_path
     for kind, blocks in saved.items():
         registry._REGISTRY[kind].clear()
         registry._REGISTRY[kind].update(blocks)
+    norms._NORMS.clear()
+    norms._NORMS.update(saved_norms)
+    norms.resolve_norm.cache_clear()
     registry._import_block.cache_clear()
     augment_ops._REGISTRY.clear()
     augment_ops._REGISTRY.update(saved_ops)
     augment_ops._import_op.cache_clear()
     sys.modules.pop("my_blocks", None)
     sys.modules.pop("my_augment", None)
+    sys.modules.pop("my_norms", None)
 
 
 @pytest.mark.slow

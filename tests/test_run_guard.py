@@ -136,6 +136,22 @@ def test_a_workdir_saved_before_upsample_impl_existed_resumes_unchanged(tmp_path
     assert [(c.field, c.safe) for c in changes] == [("model.upsample_impl", True)]
 
 
+def test_workdirs_from_before_norms_and_the_head_prior_resume_unchanged(tmp_path):
+    config = test_config.get_config()
+    saved = json.loads(config.to_json_best_effort())
+    for field in ("norm", "output_bias_prior"):
+        del saved["model"][field]
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    assert workdir_lib.check_config(config, tmp_path, checkpoint_step=6) == []
+    config.model.norm = "group(8)"
+    config.model.output_bias_prior = "auto"
+    changes = workdir_lib.check_config(config, tmp_path, checkpoint_step=6, allow_change=True)
+    assert [(c.field, c.old, c.new) for c in changes] == [
+        ("model.norm", "batch", "group(8)"),
+        ("model.output_bias_prior", None, "auto"),
+    ]
+
+
 def test_non_finite_config_values_are_refused(tmp_path):
     config = test_config.get_config()
     config.optimizer.learning_rate = float("nan")

@@ -11,6 +11,7 @@ from bts_jax.data.augment_ops import apply_ops, op_names, parse_ops, register_op
 from bts_jax.data.batching import local_batch_size, num_eval_batches, steps_per_epoch
 from bts_jax.data.cache import DataCache
 from bts_jax.data.examples import get_examples
+from bts_jax.data.fractions import mask_fraction, tumour_pixel_fraction
 from bts_jax.data.images import (
     as_grayscale,
     content_box,
@@ -50,6 +51,7 @@ __all__ = [
     "load_grayscale",
     "local_batch_size",
     "make_dataset",
+    "mask_fraction",
     "num_eval_batches",
     "op_names",
     "parse_ops",
@@ -60,4 +62,5 @@ __all__ = [
     "split_examples",
     "steps_per_epoch",
     "split_record",
+    "tumour_pixel_fraction",
 ]

@@ -4,13 +4,15 @@ Registered names (docs/design.md section 9): ``none``, ``eca`` (Wang et al. 2020
 ``layers.py``), ``se`` (squeeze-and-excitation, Hu et al. 2018), ``cbam`` (Woo et al. 2018),
 ``coord`` (coordinate attention, Hou et al. 2021) and ``scse`` (concurrent spatial and channel
 SE, Roy et al. 2018). Global pooling runs in float32 whatever the computation dtype, as in ECA.
+The BatchNorm of ``cbam`` and ``coord`` is ``options.norm`` (``config.model.norm``), BatchNorm by
+default.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bts_jax.models.layers import BATCH_NORM_EPSILON, BATCH_NORM_MOMENTUM, ECA
+from bts_jax.models.layers import DEFAULT_NORM, ECA, apply_norm, has_norm
 from bts_jax.models.registry import BlockOptions, register_attention
 
 # The fewest hidden units of a squeeze-excite MLP (capped at C): at U-Net widths 16-64 the
@@ -34,17 +36,6 @@ def squeeze_units(channels: int, reduction: int, minimum: int = MIN_HIDDEN) -> i
 def _spatial_mean(x: jax.Array) -> jax.Array:
     """(B, H, W, C) -> (B, C), averaged in float32."""
     return jnp.mean(x.astype(jnp.float32), axis=(1, 2))
-
-
-def _batch_norm(train: bool, name: str, **dtypes) -> nn.BatchNorm:
-    """BatchNorm with the U-Net's settings (docs/design.md section 1) over all but the last axis."""
-    return nn.BatchNorm(
-        use_running_average=not train,
-        momentum=BATCH_NORM_MOMENTUM,
-        epsilon=BATCH_NORM_EPSILON,
-        name=name,
-        **dtypes,
-    )
 
 
 class NoAttention(nn.Module):
@@ -91,19 +82,22 @@ class CBAM(nn.Module):
     Channel: ``Mc = sigmoid(MLP(avg_hw x) + MLP(max_hw x))``, one MLP without biases
     (C -> h -> C, ReLU; the paper's equation and timm's default), ``x' = x * Mc``. Spatial:
     ``Ms = sigmoid(BN(conv7x7([mean_c x'; max_c x'])))``, no bias, padding 3, with the
-    BatchNorm of the authors' code and timm; ``y = x' * Ms``.
+    BatchNorm of the authors' code and timm (another ``norm``; with ``"none"`` the convolution
+    has a bias); ``y = x' * Ms``.
 
     Attributes:
       reduction: the channel MLP's ratio r (h = :func:`squeeze_units`).
       spatial_kernel_size: the spatial convolution's kernel (7 in the paper).
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      norm: the norm of the spatial map (`bts_jax.models.norms`), at ``spatial_bn``.
     """
 
     reduction: int = 16
     spatial_kernel_size: int = 7
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm: str = DEFAULT_NORM
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -125,9 +119,14 @@ class CBAM(nn.Module):
             axis=-1,
         )  # (B, H, W, 2): channel mean, channel max
         a = nn.Conv(
-            1, (k, k), padding=((k // 2,) * 2,) * 2, use_bias=False, name="spatial_conv", **dtypes
+            1,
+            (k, k),
+            padding=((k // 2,) * 2,) * 2,
+            use_bias=not has_norm(self.norm),  # A bias only where no norm shifts the map.
+            name="spatial_conv",
+            **dtypes,
         )(maps.astype(self.dtype))
-        a = _batch_norm(train, "spatial_bn", **dtypes)(a)
+        a = apply_norm(self.norm, a, train=train, name="spatial_bn", **dtypes)
         return x * jax.nn.sigmoid(a).astype(x.dtype)
 
 
@@ -146,12 +145,14 @@ class CoordinateAttention(nn.Module):
       min_hidden: the floor of m (8 in the paper; not capped at C).
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      norm: the norm of the hidden features (`bts_jax.models.norms`), at ``bn``.
     """
 
     reduction: int = 32
     min_hidden: int = 8
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm: str = DEFAULT_NORM
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -162,7 +163,7 @@ class CoordinateAttention(nn.Module):
         z = jnp.concatenate([x32.mean(axis=2), x32.mean(axis=1)], axis=1)  # (B, H + W, C)
         hidden = max(self.min_hidden, channels // self.reduction)
         z = nn.Dense(hidden, name="reduce", **dtypes)(z.astype(self.dtype))
-        z = _batch_norm(train, "bn", **dtypes)(z)
+        z = apply_norm(self.norm, z, train=train, name="bn", **dtypes)
         z = jax.nn.hard_swish(z)
         gate_h = jax.nn.sigmoid(nn.Dense(channels, name="attend_h", **dtypes)(z[:, :height]))
         gate_w = jax.nn.sigmoid(nn.Dense(channels, name="attend_w", **dtypes)(z[:, height:]))
@@ -208,15 +209,17 @@ def _eca(channels, *, name, dtype, param_dtype, options: BlockOptions):
 def _reduced(cls):
     def factory(channels, *, name, dtype, param_dtype, options: BlockOptions):
         del channels
-        return cls(options.se_reduction, name=name, dtype=dtype, param_dtype=param_dtype)
+        # Only CBAM of these has a norm (its spatial map's).
+        norm = {"norm": options.norm} if "norm" in cls.__dataclass_fields__ else {}
+        return cls(options.se_reduction, name=name, dtype=dtype, param_dtype=param_dtype, **norm)
 
-    factory.__doc__ = f"{cls.__name__} with ``options.se_reduction``."
+    factory.__doc__ = f"{cls.__name__} with ``options.se_reduction`` (and ``options.norm``)."
     return factory
 
 
 def _coord(channels, *, name, dtype, param_dtype, options: BlockOptions):
-    del channels, options
-    return CoordinateAttention(name=name, dtype=dtype, param_dtype=param_dtype)
+    del channels
+    return CoordinateAttention(name=name, dtype=dtype, param_dtype=param_dtype, norm=options.norm)
 
 
 register_attention("none", _none)

@@ -4,7 +4,8 @@ Registered names (docs/design.md section 9): ``double_conv`` (ConvBNAct 3x3 + Re
 are the U-Net's double convolution), ``gsconv`` (GSConv, Li et al. 2022), ``dsconv``
 (depthwise-separable, Howard et al. 2017 / Chollet 2017) and ``ghost`` (ghost module, Han et al.
 2020). Each maps (B, H, W, C_in) to (B, ceil(H / s), ceil(W / s), features) for stride s, the
-striding done by its first convolution, and is called with ``train`` (BatchNorm mode).
+striding done by its first convolution, and is called with ``train`` (BatchNorm mode). Each
+norm is BatchNorm unless ``options.norm`` (``config.model.norm``) names another.
 """
 
 import math
@@ -13,7 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from bts_jax.models.layers import ConvBNAct, GSConv
+from bts_jax.models.layers import DEFAULT_NORM, ConvBNAct, GSConv
 from bts_jax.models.registry import BlockOptions, register_conv
 
 
@@ -33,6 +34,7 @@ class DepthwiseSeparableConv(nn.Module):
       depthwise_impl: how the depthwise convolution is computed (``layers.DEPTHWISE_IMPLS``).
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      norm: the norm after each convolution (`bts_jax.models.norms`).
     """
 
     features: int
@@ -42,12 +44,13 @@ class DepthwiseSeparableConv(nn.Module):
     depthwise_impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm: str = DEFAULT_NORM
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Maps (B, H, W, C_in) to (B, ceil(H / strides), ceil(W / strides), features)."""
         channels = x.shape[-1]
-        dtypes = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype)
+        dtypes = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, norm=self.norm)
         x = ConvBNAct(
             channels,
             self.kernel_size,
@@ -79,6 +82,7 @@ class GhostConv(nn.Module):
       depthwise_impl: how the cheap depthwise convolution is computed.
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      norm: the norm after each convolution (`bts_jax.models.norms`).
     """
 
     features: int
@@ -90,6 +94,7 @@ class GhostConv(nn.Module):
     depthwise_impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm: str = DEFAULT_NORM
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -97,7 +102,7 @@ class GhostConv(nn.Module):
         if self.ratio < 2:
             raise ValueError(f"GhostConv needs ratio >= 2, got {self.ratio}.")
         intrinsic = math.ceil(self.features / self.ratio)
-        dtypes = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype)
+        dtypes = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, norm=self.norm)
         primary = ConvBNAct(intrinsic, self.kernel_size, self.strides, name="primary", **dtypes)(
             x, train=train
         )
@@ -113,9 +118,15 @@ class GhostConv(nn.Module):
 
 
 def _double_conv(features, *, strides, name, dtype, param_dtype, options: BlockOptions):
-    del options
     return ConvBNAct(
-        features, 3, strides, act="relu", name=name, dtype=dtype, param_dtype=param_dtype
+        features,
+        3,
+        strides,
+        act="relu",
+        name=name,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        norm=options.norm,
     )
 
 
@@ -129,11 +140,12 @@ def _gsconv(features, *, strides, name, dtype, param_dtype, options: BlockOption
         name=name,
         dtype=dtype,
         param_dtype=param_dtype,
+        norm=options.norm,
     )
 
 
 def _with_depthwise_impl(cls):
-    """A factory for a layer whose only setting from ``options`` is ``depthwise_impl``."""
+    """A factory for a layer whose settings from ``options`` are ``depthwise_impl`` and ``norm``."""
 
     def factory(features, *, strides, name, dtype, param_dtype, options: BlockOptions):
         return cls(
@@ -143,6 +155,7 @@ def _with_depthwise_impl(cls):
             name=name,
             dtype=dtype,
             param_dtype=param_dtype,
+            norm=options.norm,
         )
 
     return factory

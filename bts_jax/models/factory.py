@@ -52,12 +52,13 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
 
     Every block the config names (``gsconv_in``, ``eca_in``, ``conv``, ``attention``) is built
     once here on a tiny abstract input, so an unknown name, an import path that fails or a block
-    that breaks its shape contract is reported now, naming its config field.
+    that breaks its shape contract is reported now, naming its config field; so is a norm
+    (``norm``) that is unknown or does not fit a layer's channel count.
 
     Args:
       model_config: the ``model`` field of an experiment config (see ``configs/default.py``).
         Fields added after a config was written (``conv``, ``attention``, ``se_reduction``,
-        ``depthwise_impl``) take the values that keep its old meaning.
+        ``depthwise_impl``, ``norm``) take the values that keep its old meaning.
       dtype: computation dtype name, ``"float32"`` or ``"bfloat16"``; parameters stay float32.
 
     Returns:
@@ -86,6 +87,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
         upsample_impl=model_config.get("upsample_impl", "auto"),
         eca_kernel_size=int(model_config.eca_kernel_size) or None,
         se_reduction=int(model_config.get("se_reduction", 16)),
+        # Configs written before the field existed had BatchNorm everywhere.
+        norm=model_config.get("norm", "batch"),
         dtype=parse_dtype(dtype),
         param_dtype=jnp.float32,
     )

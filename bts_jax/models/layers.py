@@ -1,9 +1,10 @@
 """The building blocks of the improved U-Net: ConvBNAct, GSConv with channel shuffle, and ECA.
 
 All tensors are NHWC. Each module takes ``dtype`` (computation) and ``param_dtype`` (parameters,
-float32 by default). BatchNorm statistics are always computed and stored in float32: Flax promotes
-the statistics to at least float32 whatever ``dtype`` is, and ``param_dtype`` keeps the running
-averages in float32.
+float32 by default). Norm statistics are always computed (and BatchNorm's stored) in float32: Flax
+promotes the statistics to at least float32 whatever ``dtype`` is, and ``param_dtype`` keeps the
+running averages in float32. The norm is BatchNorm unless a block's ``norm`` names another
+(`bts_jax.models.norms`).
 """
 
 import math
@@ -23,6 +24,13 @@ from bts_jax.models.formulations import (  # noqa: F401
     resolve_upsample_impl,
     shifted_depthwise_conv,
 )
+from bts_jax.models.norms import (  # noqa: F401  (importable from here as before the registry)
+    BATCH_NORM_EPSILON,
+    BATCH_NORM_MOMENTUM,
+    DEFAULT_NORM,
+    apply_norm,
+    has_norm,
+)
 
 # The activations a block can use. "mish" is the GSConv authors' paper-era default.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -32,10 +40,6 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 }
 
 SHUFFLE_MODES = ("interleave", "legacy", "none")
-
-# docs/design.md section 1: eps 1e-5 and PyTorch momentum 0.1, i.e. Flax momentum 0.9.
-BATCH_NORM_EPSILON = 1e-5
-BATCH_NORM_MOMENTUM = 0.9
 
 
 def get_activation(name: str | None) -> Callable[[jax.Array], jax.Array]:
@@ -113,7 +117,9 @@ def eca_kernel_size(channels: int, gamma: int = 2, b: int = 1) -> int:
 
 
 class ConvBNAct(nn.Module):
-    """Convolution without bias, symmetric k // 2 padding, BatchNorm, then an activation.
+    """Convolution without bias, symmetric k // 2 padding, a norm (BatchNorm), then an activation.
+
+    With ``norm="none"`` the convolution has a bias instead, as nothing after it shifts it.
 
     Attributes:
       features: number of output channels.
@@ -124,6 +130,7 @@ class ConvBNAct(nn.Module):
       depthwise_impl: how a depthwise convolution is computed, one of ``DEPTHWISE_IMPLS``.
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      norm: the norm after the convolution (`bts_jax.models.norms`), at the path ``bn``.
     """
 
     features: int
@@ -134,6 +141,7 @@ class ConvBNAct(nn.Module):
     depthwise_impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm: str = DEFAULT_NORM
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -141,7 +149,7 @@ class ConvBNAct(nn.Module):
 
         Args:
           x: input of shape (B, H, W, C_in).
-          train: use batch statistics (and update the running ones) when True.
+          train: BatchNorm uses batch statistics (and updates the running ones) when True.
 
         Returns:
           Output of shape (B, H / strides, W / strides, features).
@@ -158,19 +166,14 @@ class ConvBNAct(nn.Module):
             padding=((self.kernel_size // 2,) * 2,) * 2,
             feature_group_count=self.groups,
             conv_general_dilated=conv_fn if self.groups > 1 else None,
-            use_bias=False,
+            use_bias=not has_norm(self.norm),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             name="conv",
         )(x)
-        x = nn.BatchNorm(
-            use_running_average=not train,
-            momentum=BATCH_NORM_MOMENTUM,
-            epsilon=BATCH_NORM_EPSILON,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            name="bn",
-        )(x)
+        x = apply_norm(
+            self.norm, x, train=train, name="bn", dtype=self.dtype, param_dtype=self.param_dtype
+        )
         return activation(x)
 
 
@@ -190,6 +193,7 @@ class GSConv(nn.Module):
       depthwise_impl: how the depthwise convolution is computed, one of ``DEPTHWISE_IMPLS``.
       dtype: computation dtype.
       param_dtype: parameter dtype.
+      norm: the norm of both branches (`bts_jax.models.norms`).
     """
 
     features: int
@@ -200,6 +204,7 @@ class GSConv(nn.Module):
     depthwise_impl: str = "auto"
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
+    norm: str = DEFAULT_NORM
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -207,7 +212,7 @@ class GSConv(nn.Module):
 
         Args:
           x: input of shape (B, H, W, C_in).
-          train: BatchNorm mode.
+          train: the norms' mode (BatchNorm: batch statistics when True).
 
         Returns:
           Output of shape (B, H / strides, W / strides, features).
@@ -218,7 +223,7 @@ class GSConv(nn.Module):
             raise ValueError(f"Unknown GSConv shuffle {self.shuffle!r}; expected {SHUFFLE_MODES}.")
         get_activation(self.act)  # Fails early, naming the activation, before any parameter.
         half = self.features // 2
-        common = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype)
+        common = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, norm=self.norm)
         x1 = ConvBNAct(half, self.kernel_size, self.strides, name="dense", **common)(x, train=train)
         x2 = ConvBNAct(
             half, 5, groups=half, depthwise_impl=self.depthwise_impl, name="depthwise", **common

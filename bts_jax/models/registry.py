@@ -42,6 +42,12 @@ DEFAULT_BLOCKS = {"conv": "double_conv", "attention": "none"}
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
 
 Factory = Callable[..., nn.Module]
+
+
+class NormError(ValueError):
+    """A norm that cannot normalise a layer (``bts_jax.models.norms``: e.g. its group count)."""
+
+
 _REGISTRY: dict[str, dict[str, Factory]] = {"attention": {}, "conv": {}}
 
 
@@ -57,6 +63,8 @@ class BlockOptions:
       eca_kernel_size: ECA's 1D kernel size, ``None`` for the ECA-Net rule.
       se_reduction: reduction ratio r of the squeeze-excite MLPs (``se``, ``cbam``'s channel
         attention, ``scse``'s channel branch): ``max(C // r, min(C, 8))`` hidden units.
+      norm: the norm of every block that has one (``bts_jax.models.norms``: ``"batch"``,
+        ``"group(8)"``, ...); a user's factory may read it too.
     """
 
     gsconv_act: str = "mish"
@@ -64,6 +72,7 @@ class BlockOptions:
     depthwise_impl: str = "auto"
     eca_kernel_size: int | None = None
     se_reduction: int = 16
+    norm: str = "batch"
 
 
 def _register(kind: str, name: str, block: Any, replace: bool) -> None:
@@ -345,6 +354,8 @@ def check_block(
             ),
             x,
         )
+    except NormError:
+        raise  # The norm's setting, not the block's, is to blame: its caller names it.
     except Exception as error:  # A user's block may fail in any way: name the setting.
         raise ValueError(
             f"{where}: the {kind} block {name!r} failed on an input of shape {x.shape} "

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from bts_jax.models import attention as _attention  # noqa: F401  (registers the zoo)
 from bts_jax.models import convs as _convs  # noqa: F401  (registers the zoo)
-from bts_jax.models import registry
+from bts_jax.models import norms, registry
 from bts_jax.models.layers import (
     DEPTHWISE_IMPLS,
     SHUFFLE_MODES,
@@ -147,6 +147,9 @@ class UNet(nn.Module):
       param_dtype: parameter dtype.
       upsample_impl: how ``"transpose"`` is computed: ``"auto"`` (``"gemm"`` on CPU,
         ``"conv_transpose"`` elsewhere), ``"conv_transpose"`` or ``"gemm"``; the same function.
+      norm: the norm of every block that has one (`bts_jax.models.norms`): ``"batch"`` (the
+        only one with running statistics, ``batch_stats``), ``"group(G)"``, ``"instance"``,
+        ``"layer"``, ``"none"``, with arguments (``"batch(momentum=0.99)"``), or an import path.
     """
 
     features: Sequence[int] = (64, 128, 256, 512)
@@ -163,7 +166,9 @@ class UNet(nn.Module):
     se_reduction: int = 16
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
-    upsample_impl: str = "auto"  # Last, so that positional construction keeps its meaning.
+    # The fields added last stay last, so that positional construction keeps its meaning.
+    upsample_impl: str = "auto"
+    norm: str = norms.DEFAULT_NORM
 
     @property
     def downsampling_factor(self) -> int:
@@ -179,6 +184,7 @@ class UNet(nn.Module):
             depthwise_impl=self.depthwise_impl,
             eca_kernel_size=self.eca_kernel_size,
             se_reduction=self.se_reduction,
+            norm=self.norm,
         )
 
     def check_input_shape(self, shape: Sequence[int]) -> None:
@@ -226,6 +232,7 @@ class UNet(nn.Module):
             )
         if self.se_reduction < 1:
             raise ValueError(f"UNet.se_reduction must be >= 1, got {self.se_reduction}.")
+        norms.resolve_norm(self.norm, "UNet.norm")  # Unknown names, failed imports, arguments.
         legacy = {
             "gsconv_in": _check_places(self.gsconv_in, GSCONV_PLACES, "gsconv_in"),
             "eca_in": _check_places(self.eca_in, ECA_PLACES, "eca_in"),
@@ -248,24 +255,37 @@ class UNet(nn.Module):
     def check_blocks(self) -> None:
         """Builds every stage group's blocks once on a tiny abstract input (no computation).
 
+        A norm other than BatchNorm may not fit some layer's width (``group(G)``): the whole
+        model is then also built abstractly once, at the smallest input, so every norm layer is
+        checked.
+
         Raises:
           ValueError: naming ``UNet.conv`` or ``UNet.attention`` and the block that cannot be
-            built or does not keep its shape contract (see `registry.check_block`).
+            built or does not keep its shape contract (see `registry.check_block`), or
+            ``UNet.norm`` and the channel count a norm cannot normalise.
         """
         blocks = self._check_fields()
         widths = self.group_widths()
         common = dict(dtype=self.dtype, param_dtype=self.param_dtype, options=self.block_options)
-        for kind, groups in blocks.items():
-            for group, name in groups.items():
-                c_in, c_out = widths[group]
-                registry.check_block(
-                    kind,
-                    name,
-                    where=f"UNet.{kind} ({group})",
-                    in_channels=c_out if kind == "attention" else c_in,
-                    features=c_out,
-                    **common,
+        try:
+            for kind, groups in blocks.items():
+                for group, name in groups.items():
+                    c_in, c_out = widths[group]
+                    registry.check_block(
+                        kind,
+                        name,
+                        where=f"UNet.{kind} ({group})",
+                        in_channels=c_out if kind == "attention" else c_in,
+                        features=c_out,
+                        **common,
+                    )
+            if norms.parse_norm(self.norm).name != "batch":
+                size = self.downsampling_factor
+                jax.eval_shape(
+                    lambda: self.init(jax.random.key(0), jnp.zeros((1, size, size, 1)), train=False)
                 )
+        except registry.NormError as error:
+            raise ValueError(f"UNet.norm={self.norm!r}: {error}") from error
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -273,7 +293,8 @@ class UNet(nn.Module):
 
         Args:
           x: images of shape (B, H, W, C_in), H and W multiples of ``2 ** len(features)``.
-          train: BatchNorm uses (and updates) batch statistics when True.
+          train: BatchNorm uses (and updates) batch statistics when True; other norms do
+            the same in both modes.
 
         Returns:
           Logits of shape (B, H, W, num_classes) in ``dtype``.

@@ -11,6 +11,7 @@ from typing import Any
 
 from bts_jax import data as data_lib
 from bts_jax.models import build_model
+from bts_jax.models.head import check_output_bias_prior
 from bts_jax.sharding import seed_axis_size
 from bts_jax.train.loss_builder import check_loss_config
 from bts_jax.train.optim import bind_optimizer
@@ -107,13 +108,13 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
 
     Checks: the training augmentation (``config.data.augmentations``, or the old switches of
     ``config.data.augment``: op names, arguments, each op run once on a tiny pair; see
-    `bts_jax.data.check_augmentations`), the model section (names, placements, widths, dtype),
-    the image size against the number of U-Net stages, ``num_seeds`` (one host; each seed's batch
-    against the data axis of the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch
-    sizes against the device and process counts, the number of epochs, the optimiser and
-    schedule (names and arguments), the loss (`bts_jax.train.loss_builder.check_loss_config`:
-    names, arguments, one abstract call) and the weight averaging (``ema_decay`` in [0, 1),
-    ``ema_start_step`` >= 0).
+    `bts_jax.data.check_augmentations`), the model section (names, placements, widths, dtype,
+    the norm against every layer's width, the head's ``output_bias_prior``), the image size
+    against the number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the
+    data axis of the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against
+    the device and process counts, the number of epochs, the optimiser and schedule (names and
+    arguments), the loss (`bts_jax.train.loss_builder.check_loss_config`: names, arguments, one
+    abstract call) and the weight averaging (``ema_decay`` in [0, 1), ``ema_start_step`` >= 0).
 
     Args:
       config: an experiment config (``configs/default.py``'s fields).
@@ -123,6 +124,7 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     _check_ema(config)
     data_lib.check_augmentations(config.data)
     build_model(config.model, dtype=config.dtype)
+    check_output_bias_prior(config.model.get("output_bias_prior"))
     _check_image_size(config)
     _check_seeds(config, device_count, process_count)
     _check_batches(config, device_count, process_count)

@@ -42,6 +42,7 @@ from bts_jax.train.state import (
     TrainState,
     create_seed_train_states,
     create_train_state,
+    output_bias_record,
     stack_train_states,
     unstack_train_state,
 )
@@ -97,6 +98,7 @@ class SeedRun:
       best_miou: the best validation mIoU so far.
       epoch_metrics: the fetched step metrics of the current epoch (since the run started).
       resumed_losses: the losses of the current epoch's steps before a resume, from the save.
+      train_fraction: its training split's tumour pixel fraction, once `tumour_fraction` read it.
     """
 
     config: ml_collections.ConfigDict
@@ -109,6 +111,20 @@ class SeedRun:
     best_miou: float = -math.inf
     epoch_metrics: list[dict] = dataclasses.field(default_factory=list)
     resumed_losses: list[float] = dataclasses.field(default_factory=list)
+    train_fraction: float | None = None
+
+    def tumour_fraction(self) -> float | None:
+        """The training split's tumour pixel fraction if the prior is ``"auto"``, else None.
+
+        Only the training split's masks are read (`bts_jax.data.tumour_pixel_fraction`), once.
+        """
+        if self.config.model.get("output_bias_prior") != "auto":
+            return None
+        if self.train_fraction is None:
+            self.train_fraction = data_lib.tumour_pixel_fraction(
+                self.config, "train", self.pipeline.cache
+            )
+        return self.train_fraction
 
     def restore_history(self, meta: dict[str, Any]) -> None:
         """Takes the history, best mIoU and epoch so far of a restored save (or a new run's)."""
@@ -266,10 +282,21 @@ class SeedGroup:
         optimizer: optax.GradientTransformation,
         mesh: Mesh,
     ) -> TrainState:
-        """Every seed's state at step 0 (seed k from ``config.seed + k``), on the train mesh."""
+        """Every seed's state at step 0 (seed k from ``config.seed + k``), on the train mesh.
+
+        The head's bias starts at each seed's ``config.model.output_bias_prior`` (logged).
+        """
+        fractions = [run.tumour_fraction() for run in self.runs]
+        for run, fraction in zip(self.runs, fractions, strict=True):
+            record = output_bias_record(run.config, model.num_classes, fraction)
+            if record and jax.process_index() == 0:
+                logging.info("%smodel.output_bias_prior: %s", run.log_prefix, record)
         if self.stacked:
-            return create_seed_train_states(config, model, optimizer, mesh)
-        return create_train_state(config, model, optimizer, mesh)
+            auto = fractions[0] is not None
+            return create_seed_train_states(
+                config, model, optimizer, mesh, train_fractions=fractions if auto else None
+            )
+        return create_train_state(config, model, optimizer, mesh, train_fraction=fractions[0])
 
     def restore(
         self, abstract: TrainState, step: int, mesh: Mesh

@@ -16,6 +16,7 @@ from bts_jax.train.config_checks import validate_config
 from bts_jax.train.optim import create_learning_rate_schedule, create_optimizer
 from bts_jax.train.run_setup import RunSetup
 from bts_jax.train.seeds import SeedRun, num_seeds_of, seed_configs
+from bts_jax.train.state import output_bias_record
 from bts_jax.train.steps import make_eval_step
 from bts_jax.workdir import ConfigChange
 
@@ -134,6 +135,9 @@ def log_schedule_change(
 def record_environment(member: SeedRun, resume_step: int | None, run: RunSetup) -> None:
     """Appends this start's environment (versions, devices, code, data) to environment.json.
 
+    A new run with ``config.model.output_bias_prior`` set also records the prior its head
+    starts at (``"output_bias_prior"``: setting, prior, bias; `output_bias_record`).
+
     Args:
       member: the run (its workdir and input).
       resume_step: the step it starts from, None for a new run.
@@ -145,4 +149,9 @@ def record_environment(member: SeedRun, resume_step: int | None, run: RunSetup) 
     record = workdir_lib.environment_record(
         data, step=resume_step or 0, devices=run.mesh.devices.flat
     )
+    prior = None
+    if resume_step is None:
+        prior = output_bias_record(member.config, run.model.num_classes, member.tumour_fraction())
+    if prior is not None:
+        record["output_bias_prior"] = prior
     workdir_lib.write_environment(member.workdir, record)

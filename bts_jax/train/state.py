@@ -1,11 +1,13 @@
 """The train state: everything a run needs to continue exactly where it stopped.
 
 The state is replicated over the run's ``("data",)`` mesh (`bts_jax.sharding`); it is initialised
-from ``config.seed`` (`create_train_state`), or restored into `abstract_train_state`, which
-computes nothing. Seeds trained together (`bts_jax.train.seeds`) stack their states along a
-leading seed axis: `create_seed_train_states`, `stack_train_states`, `unstack_train_state`.
-A run that averages its weights (``config.ema_decay > 0``, `bts_jax.train.ema`) has an
-`EmaTrainState`; `eval_variables` gives the weights any state is evaluated with.
+from ``config.seed`` (`create_train_state`), with the head's bias at the prior
+``config.model.output_bias_prior`` when set (`output_bias_prior`), or restored into
+`abstract_train_state`, which computes nothing. Seeds trained together (`bts_jax.train.seeds`)
+stack their states along a leading seed axis: `create_seed_train_states`, `stack_train_states`,
+`unstack_train_state`. A run that averages its weights (``config.ema_decay > 0``,
+`bts_jax.train.ema`) has an `EmaTrainState`; `eval_variables` gives the weights any state is
+evaluated with.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bts_jax.models.head import AUTO, check_output_bias_prior, output_bias, with_output_bias
 from bts_jax.sharding import SEED_AXIS
 from bts_jax.workdir.weights import ema_enabled, evaluated_variables
 
@@ -34,7 +37,8 @@ class TrainState:
     Attributes:
       step: number of optimiser updates done, int32 scalar.
       params: model parameters (float32).
-      batch_stats: BatchNorm running statistics (float32).
+      batch_stats: BatchNorm running statistics (float32); ``{}`` for a model without
+        BatchNorm (``config.model.norm`` other than ``batch``).
       opt_state: optax state.
       rng: raw key data (uint32) of the run's base key; the step folds in the step number, so
         restoring it and the step restores every future random draw.
@@ -96,14 +100,17 @@ def state_initializer(
       ema: return an `EmaTrainState` whose average starts at the initial weights.
 
     Returns:
-      ``init(rng)``: splits ``rng`` into the model's initialisation key and the run's key.
+      ``init(rng, output_bias=None)``: splits ``rng`` into the model's initialisation key and the
+      run's key; an ``output_bias`` of shape (num_classes,) replaces the head's initial bias.
     """
 
-    def init(rng):
+    def init(rng, output_bias=None):
         init_rng, run_rng = jax.random.split(rng)
         dummy = jnp.zeros((1, image_size, image_size, 1), jnp.float32)
         variables = model.init(init_rng, dummy, train=False)
         params = variables["params"]
+        if output_bias is not None:  # None leaves the initialisation exactly as before the prior.
+            params = with_output_bias(params, output_bias)
         fields = dict(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -123,25 +130,91 @@ def _initializer(config: ml_collections.ConfigDict, model, optimizer):
     return state_initializer(int(config.data.image_size), model, optimizer, ema=ema_enabled(config))
 
 
+def output_bias_prior(
+    config: ml_collections.ConfigDict, train_fraction: float | None = None
+) -> float | None:
+    """The tumour probability the head starts at (``config.model.output_bias_prior``).
+
+    Args:
+      config: experiment config.
+      train_fraction: the training split's tumour pixel fraction
+        (`bts_jax.data.tumour_pixel_fraction`), needed for ``"auto"`` only.
+
+    Returns:
+      None (the setting is unset: the zero bias), the set probability, or for ``"auto"``
+      ``train_fraction``.
+
+    Raises:
+      ValueError: naming the setting, for an invalid value, ``"auto"`` without
+        ``train_fraction``, or a training split whose fraction is 0 or 1.
+    """
+    where = "config.model.output_bias_prior"
+    setting = check_output_bias_prior(config.model.get("output_bias_prior"), where)
+    if setting != AUTO:
+        return setting
+    if train_fraction is None:
+        raise ValueError(
+            f"{where}='auto' needs the training split's tumour pixel fraction "
+            "(bts_jax.data.tumour_pixel_fraction), passed as train_fraction."
+        )
+    return check_output_bias_prior(
+        train_fraction, f"{where}='auto': the training split's tumour pixel fraction"
+    )
+
+
+def output_bias_record(
+    config: ml_collections.ConfigDict, num_classes: int, train_fraction: float | None = None
+) -> dict[str, Any] | None:
+    """What a run records of its head's prior (environment.json, the log); None when unset.
+
+    Args:
+      config: experiment config.
+      num_classes: the model's output channels.
+      train_fraction: as in `output_bias_prior`.
+
+    Returns:
+      ``{"setting": "auto" or p, "prior": p, "bias": [K floats]}`` or None.
+    """
+    prior = output_bias_prior(config, train_fraction)
+    if prior is None:
+        return None
+    bias = output_bias(prior, num_classes)
+    setting = config.model.output_bias_prior
+    return {"setting": setting, "prior": prior, "bias": [float(b) for b in bias]}
+
+
+def _initial_bias(config, model: nn.Module, train_fraction: float | None) -> np.ndarray | None:
+    prior = output_bias_prior(config, train_fraction)
+    return None if prior is None else output_bias(prior, int(model.num_classes))
+
+
 def create_train_state(
     config: ml_collections.ConfigDict,
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
+    *,
+    train_fraction: float | None = None,
 ) -> TrainState:
     """Initialises the train state from ``config.seed``, replicated over ``mesh``.
 
     Args:
-      config: experiment config (``seed``, ``data.image_size``, ``ema_decay``).
+      config: experiment config (``seed``, ``data.image_size``, ``ema_decay``,
+        ``model.output_bias_prior``).
       model: the segmentation model.
       optimizer: the optax transformation whose state is initialised.
       mesh: device mesh; the state is replicated on all its devices.
+      train_fraction: the training split's tumour pixel fraction, for
+        ``model.output_bias_prior="auto"``.
 
     Returns:
       A TrainState at step 0 (an `EmaTrainState` when ``config.ema_decay > 0``).
     """
     init = _initializer(config, model, optimizer)
-    return jax.jit(init, out_shardings=NamedSharding(mesh, P()))(jax.random.key(config.seed))
+    bias = _initial_bias(config, model, train_fraction)
+    return jax.jit(lambda rng: init(rng, bias), out_shardings=NamedSharding(mesh, P()))(
+        jax.random.key(config.seed)
+    )
 
 
 def abstract_train_state(
@@ -176,6 +249,8 @@ def create_seed_train_states(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
     mesh: Mesh,
+    *,
+    train_fractions: Sequence[float] | None = None,
 ) -> TrainState:
     """Initialises ``config.num_seeds`` states at once, seed k from ``config.seed + k``.
 
@@ -187,22 +262,32 @@ def create_seed_train_states(
       model: the segmentation model.
       optimizer: the optax transformation whose state is initialised.
       mesh: a `make_seed_mesh` mesh; the seed axis of the state is sharded over its "seed" axis.
+      train_fractions: each seed's training-split tumour pixel fraction (the seeds' splits may
+        differ), for ``model.output_bias_prior="auto"``.
 
     Returns:
       A TrainState whose every leaf has a leading seed axis of size ``config.num_seeds``.
     """
     init = _initializer(config, model, optimizer)
+    num_seeds = int(config.num_seeds)
+    fractions = list(train_fractions) if train_fractions is not None else [None] * num_seeds
+    biases = [_initial_bias(config, model, fraction) for fraction in fractions]
     # The raw key data of each seed's key, so the keys are exactly those of single runs.
     keys = np.stack(
         [
             np.asarray(jax.random.key_data(jax.random.key(int(config.seed) + k)))
-            for k in range(int(config.num_seeds))
+            for k in range(num_seeds)
         ]
     )
     seeded = NamedSharding(mesh, P(SEED_AXIS))
+    if biases[0] is None:
+        return jax.jit(
+            jax.vmap(lambda data: init(jax.random.wrap_key_data(data))), out_shardings=seeded
+        )(keys)
     return jax.jit(
-        jax.vmap(lambda data: init(jax.random.wrap_key_data(data))), out_shardings=seeded
-    )(keys)
+        jax.vmap(lambda data, bias: init(jax.random.wrap_key_data(data), bias)),
+        out_shardings=seeded,
+    )(keys, np.stack(biases))
 
 
 def _stack(*states: TrainState) -> TrainState:

@@ -67,7 +67,8 @@ def train_step(
             rngs={"dropout": step_rng},
         )
         loss, parts = loss_fn(logits, batch["mask"], batch["valid"])
-        return loss, (updates["batch_stats"], parts)
+        # A model without BatchNorm (config.model.norm) has no running statistics to update.
+        return loss, (updates.get("batch_stats", {}), parts)
 
     (loss, (batch_stats, parts)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -96,7 +97,7 @@ def eval_step(
     loss_fn: LossFn,
     with_predictions: bool = True,
 ) -> dict[str, jax.Array]:
-    """Evaluates a global batch with the running BatchNorm statistics. Pure.
+    """Evaluates a global batch with the running BatchNorm statistics, if any. Pure.
 
     The weights are those `bts_jax.train.state.eval_variables` chooses: the moving average of
     the weights when the state has one, else the weights.

@@ -69,6 +69,9 @@ IMPLIED_FIELDS: dict[str, Any] = {
     # Weight averaging (bts_jax.train.ema): off.
     "ema_decay": 0.0,
     "ema_start_step": 0,
+    # Norms by name (bts_jax/models/norms.py): BatchNorm everywhere before; the head's bias at 0.
+    "model.norm": "batch",
+    "model.output_bias_prior": None,
 }
 
 

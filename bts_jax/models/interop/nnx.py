@@ -106,7 +106,7 @@ class UNet(nnx.Module):
           **unet_fields: the fields of the Linen :class:`bts_jax.models.UNet` (``features``,
             ``num_classes``, ``upsample``, ``gsconv_in``, ``eca_in``, ``conv``, ``attention``,
             ``gsconv_act``, ``gsconv_shuffle``, ``depthwise_impl``, ``upsample_impl``,
-            ``eca_kernel_size``, ``se_reduction``, ``dtype``, ``param_dtype``).
+            ``eca_kernel_size``, ``se_reduction``, ``norm``, ``dtype``, ``param_dtype``).
 
         Raises:
           ValueError: for an invalid field value, as the Linen UNet does.
