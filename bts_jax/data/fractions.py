@@ -8,8 +8,8 @@ import numpy as np
 
 from bts_jax.data.batching import host_shard
 from bts_jax.data.cache import DataCache
+from bts_jax.data.examples import get_examples
 from bts_jax.data.pipeline import _decode_all, _pixels_key
-from bts_jax.data.sources import get_examples
 from bts_jax.data.splits import SPLITS, split_examples
 
 
