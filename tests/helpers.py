@@ -7,10 +7,15 @@ import subprocess
 import sys
 from collections.abc import Iterator, Mapping
 
+import jax
 import ml_collections
 
+from bts_jax import data as data_lib
+from bts_jax import sharding
+from bts_jax import train as train_lib
 from bts_jax.config_tools import apply_overrides
 from bts_jax.configs import test as test_config
+from bts_jax.train import state as state_lib
 
 
 def tiny_config(**overrides) -> ml_collections.ConfigDict:
@@ -39,6 +44,33 @@ def resumable_config() -> ml_collections.ConfigDict:
     bit for bit with the uninterrupted run of ``tests/test_train.py``.
     """
     return small_config(num_epochs=2, **{"checkpoint.every_steps": 2})
+
+
+def params_of(state):
+    """A train state's parameters, on the host."""
+    return jax.device_get(state.params)
+
+
+def first_batches(config, n: int, *, process_index: int = 0, process_count: int = 1) -> list:
+    """The first ``n`` training batches of epoch 0 that host ``process_index`` reads."""
+    batches = []
+    batches_of_epoch = data_lib.make_dataset(
+        config, "train", process_index=process_index, process_count=process_count
+    )
+    for batch in batches_of_epoch:
+        batches.append(batch)
+        if len(batches) == n:
+            break
+    return batches
+
+
+def run_steps(config, mesh, batches):
+    """Trains ``batches`` from ``config``'s initial state on ``mesh``: (state, last metrics)."""
+    run = train_lib.setup_run(config, mesh)
+    state = state_lib.create_train_state(config, run.model, run.optimizer, mesh)
+    for batch in batches:
+        state, step_metrics = run.train_fn(state, sharding.make_global_batch(batch, mesh))
+    return state, jax.device_get(step_metrics)
 
 
 def read_text(*path: str) -> str:
