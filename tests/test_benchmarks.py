@@ -8,11 +8,14 @@ import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
+# helpers.SMALL_MODEL: the scripts' wiring is under test, so the smallest model that has them all.
+SMALL = ["--config.model.features=(4, 8)", "--config.data.image_size=16"]
 COMMANDS = {
     "train_throughput": [
         "benchmarks/train_throughput.py",
         "--config",
         "configs/test.py",
+        *SMALL,
         "--steps=2",
         "--warmup=1",
     ],
@@ -21,6 +24,7 @@ COMMANDS = {
         "benchmarks/train_throughput.py",
         "--config",
         "configs/test.py",
+        *SMALL,
         "--steps=1",
         "--warmup=0",
     ],
@@ -34,7 +38,8 @@ COMMANDS = {
         "benchmarks/seeds_throughput.py",
         "--config",
         "configs/test.py",
-        "--image_size=32",
+        "--config.model.features=(4, 8)",
+        "--image_size=16",
         "--num_seeds=1,2",
         "--steps=2",
         "--warmup=1",

@@ -295,6 +295,9 @@ def test_every_op_and_a_users_op_train_from_the_command_line(tmp_path):
             str(tmp_path / "run"),
             "--config.num_epochs=1",
             f"--config.data.augmentations={every}",
+            # helpers.SMALL_MODEL: the ops are under test, not the model.
+            "--config.model.features=(4, 8)",
+            "--config.data.image_size=16",
         ],
         cwd=REPO,
         env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"},

@@ -11,7 +11,7 @@ import ml_collections
 import numpy as np
 import optax
 import pytest
-from helpers import read_text, tiny_config
+from helpers import read_text, small_config, tiny_config
 
 from bts_jax import sharding
 from bts_jax import train as train_lib
@@ -319,7 +319,7 @@ def test_old_configs_take_the_same_train_steps_bit_for_bit(get_config, overrides
 @pytest.mark.slow
 def test_a_run_with_other_recipe_parts_trains(tmp_path):
     """configs/test.py for one epoch with a non-default loss, optimiser and schedule."""
-    config = tiny_config(
+    config = small_config(
         **{
             "loss.name": "focal(gamma=2):1,dice(per_image=true):1",
             "optimizer.name": "sgd(momentum=0.9,nesterov=true)",

@@ -8,7 +8,7 @@ the training split.
 import jax
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import small_config
 
 from bts_jax import data as data_lib
 from bts_jax import inference, sharding, train
@@ -19,7 +19,7 @@ from bts_jax.train import state as state_lib
 
 @pytest.mark.slow
 def test_a_group_norm_run_with_an_auto_prior_trains_evaluates_predicts_and_exports(tmp_path):
-    config = tiny_config(**{"model.norm": "group(4)", "model.output_bias_prior": "auto"})
+    config = small_config(**{"model.norm": "group(4)", "model.output_bias_prior": "auto"})
     workdir = str(tmp_path / "run")
     mesh = sharding.make_mesh(jax.devices()[:1])
     (result,) = train.train_and_evaluate(config, workdir, mesh=mesh, show_progress=False)
