@@ -248,6 +248,7 @@ def test_batch_is_the_default_and_its_model_is_todays():
     assert build_model(config.model) == old and old.norm == "batch"
 
 
+@pytest.mark.slow
 def test_group_norm_nnx_unet_matches_linen():
     unet = tiny("paper", "group(2)", features=(4, 8))
     x = jax.random.normal(jax.random.key(1), (2, 8, 8, 1))
