@@ -234,6 +234,7 @@ def ema_workdir(tmp_path_factory):
     return path, _write_workdir(path, tiny_config(**EMA))
 
 
+@pytest.mark.slow
 def test_a_checkpoint_keeps_the_raw_and_the_averaged_weights(ema_workdir):
     path, saved = ema_workdir
     config = workdir_lib.load_config(path)
@@ -245,6 +246,7 @@ def test_a_checkpoint_keeps_the_raw_and_the_averaged_weights(ema_workdir):
         chex.assert_trees_all_equal(jax.device_get(restored), saved)
 
 
+@pytest.mark.slow
 def test_predict_and_ensembles_of_an_ema_workdir_use_the_average(ema_workdir, tmp_path):
     path, saved = ema_workdir
     config, model, variables = workdir_lib.load_trained_model(path)
@@ -292,6 +294,7 @@ def _strip_ema_fields(path):
         json.dump(saved, f)
 
 
+@pytest.mark.slow
 def test_an_old_workdir_loads_evaluates_and_resumes(tmp_path):
     path = str(tmp_path / "old")
     saved = _write_workdir(path, tiny_config())

@@ -170,6 +170,7 @@ def test_predict_masks_sizes_values_and_batch_independence(workdir):
     np.testing.assert_array_equal(from_rgb, masks[2])
 
 
+@pytest.mark.slow
 def test_predict_masks_matches_a_direct_forward(workdir):
     config, model, variables = _shifted_model(workdir)
     images = _images()

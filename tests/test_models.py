@@ -533,6 +533,7 @@ def test_eval_output_of_a_sample_does_not_depend_on_the_batch(paper_tiny):
         chex.assert_trees_all_close(alone[0], batch_out[i], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_train_mode_depends_on_the_batch_and_updates_batch_stats(paper_tiny):
     model, variables, x = paper_tiny
     out, updates = apply(model, variables, x, train=True)

@@ -40,6 +40,7 @@ def test_parameter_trees_are_those_of_6129bd7(golden, case, widths):
 # Between them every block of the legacy switches: double_conv, GSConv, ECA in a stage and on
 # the skips (the trees above cover every config; tests/test_models_registry.py shows the new
 # fields compile to the same programs).
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["paper", "skip_eca"])
 def test_outputs_for_the_same_variables_are_those_of_6129bd7(golden, case):
     _, outputs = golden

@@ -205,6 +205,7 @@ def test_batch_norm_models_are_todays(model):
     assert stats == {p.rsplit("/", 1)[0] for p in leaf_paths(shapes["params"]) if "bn/" in p}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("norm", NORMS[1:])
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_norm_builds_and_runs_in_every_place(model, norm):
@@ -264,6 +265,7 @@ def test_group_norm_nnx_unet_matches_linen():
     "spec,scale",
     [("tests.user_blocks:RMSNorm", 1.0), ("tests.user_blocks:scaled_group_norm(2, gain=0.5)", 0.5)],
 )
+@pytest.mark.slow
 def test_a_users_norm_by_import_path(spec, scale):
     config = test_config.get_config()
     config.model.features = (4,)

@@ -34,6 +34,7 @@ def initial_params(config, **kwargs):
     return state_lib.create_train_state(config, model, optax.adam(1e-3), mesh, **kwargs).params
 
 
+@pytest.mark.slow
 def test_unset_prior_is_todays_initialisation_bit_for_bit():
     config = small()
     assert config.model.output_bias_prior is None
@@ -43,6 +44,7 @@ def test_unset_prior_is_todays_initialisation_bit_for_bit():
     chex.assert_trees_all_equal(initial_params(config), expected)
 
 
+@pytest.mark.slow
 def test_a_set_prior_gives_sigmoid_bias_p_and_changes_nothing_else():
     params = initial_params(small(**{"model.output_bias_prior": 0.02}))
     np.testing.assert_allclose(jax.nn.sigmoid(params["head"]["bias"]), [0.02], rtol=1e-6)
@@ -54,6 +56,7 @@ def test_a_set_prior_gives_sigmoid_bias_p_and_changes_nothing_else():
     chex.assert_trees_all_equal(without_bias(params), without_bias(plain))
 
 
+@pytest.mark.slow
 def test_auto_takes_the_given_training_fraction_and_needs_one():
     config = small(**{"model.output_bias_prior": "auto"})
     params = initial_params(config, train_fraction=0.03)
@@ -77,6 +80,7 @@ def test_the_record_names_the_setting_prior_and_bias():
     assert state_lib.output_bias_record(small(), 1) is None
 
 
+@pytest.mark.slow
 def test_each_seed_starts_at_its_own_prior_and_stacks_without_batch_stats():
     config = small(**{"num_seeds": 2, "model.output_bias_prior": "auto", "model.norm": "layer"})
     model = build_model(config.model)
@@ -96,6 +100,7 @@ def test_each_seed_starts_at_its_own_prior_and_stacks_without_batch_stats():
     np.testing.assert_allclose(jax.nn.sigmoid(singles[1].params["head"]["bias"]), [0.2], rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_auto_reads_the_training_split_alone():
     config = tiny_config(**{"model.output_bias_prior": "auto"})
     pipeline = data_lib.InputPipeline(config, process_index=0, process_count=1)
