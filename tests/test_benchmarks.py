@@ -1,10 +1,12 @@
 """Every benchmark script runs as the README shows it, from the repository root, for a tiny step."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+from helpers import copy_workdir, read_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -115,3 +117,41 @@ def test_gpu_check_dry_run_runs_every_section_on_the_cpu(tmp_path):
     assert "(depthwise dense)" in out and "(upsample gemm)" in out
     assert "| 2 |" in out.split("=== 3 paper protocol")[1].split("=== 4")[0]
     assert "| 2 |" in out.split("=== 4 seeds")[1]
+
+
+# ----------------------------------------------------------------------------- kept cells
+
+
+def test_reproduce_kept_cell_names_each_difference(trained_workdir, tmp_path):
+    import reproduce_kept_cell
+
+    copy = copy_workdir(trained_workdir, tmp_path)
+    assert reproduce_kept_cell.differences(trained_workdir, copy) == []
+    rows = [json.loads(line) for line in read_text(copy, "metrics.jsonl").splitlines()]
+    rows[0]["train_loss"] += 1e-7
+    rows[0]["train_images_per_s"] += 1.0  # measured, never compared
+    with open(os.path.join(copy, "metrics.jsonl"), "w") as f:
+        f.write("".join(json.dumps(row) + "\n" for row in rows))
+    with open(os.path.join(copy, "per_image_validation.csv"), "a") as f:
+        f.write("extra,row\n")
+    found = reproduce_kept_cell.differences(trained_workdir, copy)
+    assert len(found) == 2 and found[0].startswith("metrics.jsonl epoch 1 train_loss: kept")
+    assert found[1] == "per_image_validation.csv differs"
+
+
+@pytest.mark.slow
+def test_reproduce_kept_cell_retrains_the_trained_workdir_identically(trained_workdir, tmp_path):
+    # The shared workdir was trained on one device, as this subprocess trains.
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
+    command = ["benchmarks/reproduce_kept_cell.py", f"--cell={trained_workdir}"]
+    done = subprocess.run(
+        [sys.executable, *command, f"--workdir={tmp_path / 'rerun'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    assert done.stdout.rstrip().endswith("identical")
+    assert "metrics.jsonl (1 epochs" in done.stdout
