@@ -56,6 +56,16 @@ COMMANDS = {
         "--warmup=0",
         "--top=3",
     ],
+    "recipe_costs": [
+        "benchmarks/recipe_costs.py",
+        "--config",
+        "configs/test.py",
+        *SMALL,
+        "--steps=1",
+        "--warmup=0",
+        "--rounds=1",
+        "--variants=batch=model.norm=batch;EMA=ema_decay=0.9",
+    ],
     "input_pipeline": [
         "benchmarks/input_pipeline.py",
         "--data_dir=",
@@ -71,6 +81,7 @@ EXPECTED = {
     "seeds_throughput": "| 2 |",
     "input_pipeline": "cache on, later epochs",
     "profile_step": "| depthwise kernel gradient |",
+    "recipe_costs": "| EMA | `ema_decay=0.9` |",
 }
 
 
