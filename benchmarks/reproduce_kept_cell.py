@@ -1,7 +1,7 @@
 """Trains a kept sweep cell again from its config.json alone and compares it with what was kept.
 
     python benchmarks/reproduce_kept_cell.py \
-        --cell docs/results/quickstart_ablation/unet/seed_0 --workdir /tmp/unet_seed_0
+        --kept_cell docs/results/quickstart_ablation/unet/seed_0 --workdir /tmp/unet_seed_0
 
 The cells kept under docs/results hold no checkpoints, only their metrics and evaluation files, so
 the rerun is compared on those: every row of ``metrics.jsonl`` but the measured images/s, and
@@ -23,8 +23,10 @@ from bts_jax import workdir as workdir_lib
 from bts_jax.cli import flags as cli_flags
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("cell", None, "A kept cell's folder (config.json, metrics.jsonl, eval files).")
-flags.mark_flag_as_required("cell")
+flags.DEFINE_string(
+    "kept_cell", None, "A kept cell's folder (config.json, metrics.jsonl, eval files)."
+)
+flags.mark_flag_as_required("kept_cell")
 cli_flags.define_workdir_flag("Where the rerun trains (a new folder).")
 
 COMPARED_FILES = ("eval_validation.json", "per_image_validation.csv")
@@ -57,13 +59,13 @@ def differences(kept: str, rerun: str) -> list[str]:
 
 def main(argv):
     del argv
-    config = workdir_lib.load_config(FLAGS.cell)
+    config = workdir_lib.load_config(FLAGS.kept_cell)
     if os.path.exists(FLAGS.workdir):
         sys.exit(f"--workdir={FLAGS.workdir} exists: the rerun needs a new folder.")
     train_lib.train_and_evaluate(config, FLAGS.workdir, show_progress=False)
-    found = differences(FLAGS.cell, FLAGS.workdir)
-    rows = len(replayable_rows(FLAGS.cell))
-    print(f"kept cell: {FLAGS.cell}\nrerun:     {FLAGS.workdir}")
+    found = differences(FLAGS.kept_cell, FLAGS.workdir)
+    rows = len(replayable_rows(FLAGS.kept_cell))
+    print(f"kept cell: {FLAGS.kept_cell}\nrerun:     {FLAGS.workdir}")
     print(
         f"compared:  metrics.jsonl ({rows} epochs, all but train_images_per_s), "
         + ", ".join(COMPARED_FILES)

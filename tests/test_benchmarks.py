@@ -154,7 +154,7 @@ def test_reproduce_kept_cell_names_each_difference(trained_workdir, tmp_path):
 def test_reproduce_kept_cell_retrains_the_trained_workdir_identically(trained_workdir, tmp_path):
     # The shared workdir was trained on one device, as this subprocess trains.
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
-    command = ["benchmarks/reproduce_kept_cell.py", f"--cell={trained_workdir}"]
+    command = ["benchmarks/reproduce_kept_cell.py", f"--kept_cell={trained_workdir}"]
     done = subprocess.run(
         [sys.executable, *command, f"--workdir={tmp_path / 'rerun'}"],
         cwd=REPO,

@@ -63,6 +63,8 @@ def main(argv: list[str]) -> None:
     from bts_jax.inference import scoring, settings_tag
 
     tag = settings_tag(len(workdirs), settings)
+    # "best checkpoint of RUN", or "best checkpoints of A, B" for an ensemble.
+    scored = f"{FLAGS.which} checkpoint{'s' if len(workdirs) > 1 else ''} of {', '.join(workdirs)}"
     if FLAGS.data_dir:
         record = {"prediction": scoring.prediction_record(workdirs, FLAGS.which, settings)}
         found, json_path = scoring.score_examples(
@@ -75,10 +77,7 @@ def main(argv: list[str]) -> None:
             record=record,
         )
         metrics = found.metrics
-        title = (
-            f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on "
-            f"{os.path.abspath(FLAGS.data_dir)} (each image at its own size):"
-        )
+        title = f"{scored} on {os.path.abspath(FLAGS.data_dir)} (each image at its own size):"
     else:
         metrics, json_path = scoring.score_split(
             workdirs,
@@ -87,7 +86,7 @@ def main(argv: list[str]) -> None:
             settings=settings,
             output_dir=FLAGS.output_dir,
         )
-        title = f"{FLAGS.which} checkpoint(s) of {', '.join(workdirs)} on {FLAGS.split} ({tag}):"
+        title = f"{scored} on {FLAGS.split} ({tag}):"
     print_metrics(metrics, title)
     suffix = " and its per_image CSV" if FLAGS.data_dir else ""
     print(f"Saved {os.path.abspath(json_path)}{suffix}")
