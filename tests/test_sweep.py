@@ -8,7 +8,7 @@ import sys
 
 import ml_collections
 import pytest
-from helpers import LoggedProcess
+from helpers import LoggedProcess, read_text
 
 from bts_jax import train as train_lib
 from bts_jax import workdir as workdir_lib
@@ -255,11 +255,30 @@ def test_cell_indices_out_of_range_are_named(finished):
         ({"test_folder": 3}, r"sweep.test_folder=3 must be a folder path"),
         ({"variant_seeds": {"vgg": (0,)}}, r"sweep.variant_seeds names \['vgg'\]"),
         ({"variant_seeds": {"unet": ()}}, r"sweep.variant_seeds.unet must be a non-empty list"),
+        ({"score_split": "train"}, r"sweep.score_split='train' must be one of \['test', "),
+        (
+            {"score_split": "validation", "test_folder": "images"},
+            r"sweep.score_split='validation' .*cannot go with sweep.test_folder",
+        ),
     ],
 )
 def test_bad_test_folders_and_variant_seeds_are_named(changes, message):
     with pytest.raises(ValueError, match=message):
         sweeps.parse_sweep(tiny_sweep(**changes))
+
+
+def test_a_study_scored_on_validation_reads_no_test_split(tmp_path):
+    assert sweeps.parse_sweep(tiny_sweep()).test_split == "test"
+    definition = sweeps.parse_sweep(tiny_sweep(score_split="validation", devices_per_run=0))
+    assert (definition.test_split, definition.scored_title) == ("validation", "Validation")
+    # sweep.json reads back through the same checks; files written before the field mean "test".
+    path = sweeps.write_sweep(definition, tmp_path)
+    assert sweeps.load_sweep(tmp_path).to_json() == json.loads(json.dumps(definition.to_json()))
+    written = json.loads(read_text(path))
+    del written["score_split"]
+    with open(path, "w") as f:
+        json.dump(written, f)
+    assert sweeps.load_sweep(tmp_path).score_split == "test"
 
 
 def test_variant_seeds_give_a_variant_its_own_cells():

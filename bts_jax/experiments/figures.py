@@ -21,14 +21,19 @@ def _save(fig: Figure, path: str) -> str:
 
 
 def plot_test_dice(
-    runs_by_variant: Mapping[str, Sequence[Run]], path: str, *, metric: str = "dice"
+    runs_by_variant: Mapping[str, Sequence[Run]],
+    path: str,
+    *,
+    metric: str = "dice",
+    split_title: str = "Test",
 ) -> str:
-    """Box plot of a test metric per variant with one dot per seed (the seed's fold mean).
+    """Box plot of a scored metric per variant with one dot per seed (the seed's fold mean).
 
     Args:
       runs_by_variant: variant -> its finished runs (a variant without runs gets an empty slot).
       path: the PNG to write.
-      metric: the ``eval_test.json`` key to plot.
+      metric: the key of the scored evaluation (``eval_test.json``...) to plot.
+      split_title: the scored split's name ("Test" or "Validation").
 
     Returns:
       ``path``.
@@ -44,8 +49,9 @@ def plot_test_dice(
     for x, vs in zip(positions, values, strict=True):
         ax.scatter(x + jitter.uniform(-0.12, 0.12, len(vs)), vs, s=18, zorder=3)
     ax.set_xticks(positions, names, rotation=20, ha="right")
-    ax.set_ylabel(f"test {METRICS[metric].label}" if metric in METRICS else f"test {metric}")
-    ax.set_title("Test split, one dot per seed")
+    label = METRICS[metric].label if metric in METRICS else metric
+    ax.set_ylabel(f"{split_title.lower()} {label}")
+    ax.set_title(f"{split_title} split, one dot per seed")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)

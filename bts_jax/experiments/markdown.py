@@ -11,6 +11,7 @@ from typing import Any
 from bts_jax.experiments.analysis import METRICS, SUMMARY_METRICS
 from bts_jax.experiments.results import MissingCell, Run, split_protocol
 from bts_jax.experiments.sweeps import SweepDefinition
+from bts_jax.experiments.training import training_table
 
 
 def fmt(value: float | None, digits: int = 4) -> str:
@@ -72,6 +73,7 @@ def report_markdown(
     alpha: float,
     provenance: Mapping[str, Any] | None = None,
     reproducibility: Mapping[str, Any] | None = None,
+    training: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> str:
     """The text of ``report.md``.
 
@@ -87,13 +89,17 @@ def report_markdown(
       alpha: the significance level of the verdicts.
       provenance: `bts_jax.experiments.provenance.environments` of the runs.
       reproducibility: the sweep's ``reproducibility.json`` (`bts_jax.experiments.cells`).
+      training: `bts_jax.experiments.training.training_summary` of the runs (its table follows
+        the metrics).
 
     Returns:
       The markdown.
     """
     lines = _header(sweep, runs, missing)
-    lines += _variant_table(variant_stats)
-    lines += _type_table(variant_stats)
+    lines += _variant_table(variant_stats, sweep.scored_title)
+    if training:
+        lines += training_table(training, sweep.scored_title)
+    lines += _type_table(variant_stats, sweep.scored_title)
     lines += _comparison_table(sweep, comparisons)
     lines += _claim_lines(claims, alpha)
     lines += _provenance_lines(provenance, reproducibility)
@@ -144,7 +150,7 @@ def _header(sweep: SweepDefinition, runs: Sequence[Run], missing: Sequence[Missi
                 "comparisons pair images by id"
             )
         sizes = ", ".join(map(str, protocol["num_test_images"]))
-        lines.append(f"- Test images per run: {sizes}; {same}.")
+        lines.append(f"- {sweep.scored_title} images per run: {sizes}; {same}.")
     return lines + [""]
 
 
@@ -153,9 +159,9 @@ def _own_seeds(sweep: SweepDefinition) -> str:
     return f" ({'; '.join(own)})" if own else ""
 
 
-def _variant_table(variant_stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _variant_table(variant_stats: Mapping[str, Mapping[str, Any]], title: str) -> list[str]:
     lines = [
-        "## Test metrics per variant",
+        f"## {title} metrics per variant",
         "",
         "Mean ± std [95% t interval] over seeds (a seed's value is the mean over its folds). "
         "Parameters and GFLOPs per image at the run's image size; throughput: median training "
@@ -178,14 +184,15 @@ def _variant_table(variant_stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def _type_table(variant_stats: Mapping[str, Mapping[str, Any]]) -> list[str]:
+def _type_table(variant_stats: Mapping[str, Mapping[str, Any]], title: str) -> list[str]:
     kinds = list(dict.fromkeys(k for row in variant_stats.values() for k in row.get("types", {})))
     if not kinds:
         return []
     lines = [
-        "## Test Dice per tumour type",
+        f"## {title} Dice per tumour type",
         "",
-        "Each type's Dice over its test pixels (pooled over its images), mean ± std over seeds.",
+        f"Each type's Dice over its {title.lower()} pixels (pooled over its images), mean ± std "
+        "over seeds.",
         "",
         "| variant | " + " | ".join(kinds) + " |",
         "|---|" + "---|" * len(kinds),

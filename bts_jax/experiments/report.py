@@ -29,6 +29,7 @@ from bts_jax.experiments.markdown import report_markdown, write_summary_csv
 from bts_jax.experiments.provenance import environments, test_images
 from bts_jax.experiments.results import load_runs, split_protocol
 from bts_jax.experiments.sweeps import SweepDefinition, load_sweep
+from bts_jax.experiments.training import training_summary
 
 REPORT_FILE = "report.md"
 SUMMARY_CSV = "summary.csv"
@@ -112,8 +113,10 @@ def write_report(
     claims = claim_verdicts(sweep, runs_by_variant, variant_stats, comparisons, alpha=alpha)
 
     figures = {
-        "test Dice per variant": plot_test_dice(
-            runs_by_variant, os.path.join(directory, TEST_DICE_FIGURE)
+        f"{sweep.scored_title.lower()} Dice per variant": plot_test_dice(
+            runs_by_variant,
+            os.path.join(directory, TEST_DICE_FIGURE),
+            split_title=sweep.scored_title,
         ),
         "validation mIoU per epoch": plot_validation_curves(
             runs_by_variant, os.path.join(directory, VAL_MIOU_FIGURE)
@@ -133,6 +136,7 @@ def write_report(
     if sweep.test_folder:
         provenance["test_images"] = test_images(runs, _test_images_now(sweep))
     reproducibility = read_reproducibility(directory)
+    training = training_summary(runs_by_variant, sweep.baseline)
     markdown = report_markdown(
         sweep,
         runs,
@@ -144,6 +148,7 @@ def write_report(
         alpha,
         provenance=provenance,
         reproducibility=reproducibility,
+        training=training,
     )
     jsonio.write_text(paths["report"], markdown)
     write_summary_csv(paths["summary_csv"], variant_stats)
@@ -153,6 +158,7 @@ def write_report(
         "alpha": alpha,
         "confidence": confidence,
         "variants": variant_stats,
+        "training": training,
         "num_comparisons": int(sum(math.isfinite(c["pvalue"]) for c in comparisons)),
         "comparisons": comparisons,
         "claims": claims,

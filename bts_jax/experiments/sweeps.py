@@ -26,6 +26,9 @@ CELL_FILE = "cell.json"
 REPRODUCIBILITY_FILE = "reproducibility.json"  # `bts_jax.experiments.cells.reproduce`
 # The evaluation of a cell on the sweep's test folder: eval_external_test.json and its CSV.
 EXTERNAL_TEST = "external_test"
+# What a report may score: the cells' own test split, or (to choose a recipe without looking at
+# any test image) their validation split.
+SCORE_SPLITS = ("test", "validation")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +51,9 @@ class SweepDefinition:
         type's ids minus the bundled samples' ids (`bts_jax.data.splits.heldout_block`); 0 = all.
       variant_seeds: variant -> its own seeds, for variants run with fewer (or other) seeds than
         ``seeds``; comparisons pair the seeds two variants share.
+      score_split: "test" (the test folder if set, else the cells' test split) or "validation":
+        the report scores the cells' validation split (a study that chooses a recipe; it cannot
+        have a test folder, so no test image is read).
     """
 
     name: str
@@ -62,6 +68,7 @@ class SweepDefinition:
     test_folder: str | None = None
     test_heldout_fraction: float = 0.0
     variant_seeds: dict[str, tuple[int, ...]] = dataclasses.field(default_factory=dict)
+    score_split: str = "test"
 
     def seeds_of(self, variant: str) -> tuple[int, ...]:
         """The seeds a variant runs: its own (``variant_seeds``) or the sweep's."""
@@ -69,8 +76,15 @@ class SweepDefinition:
 
     @property
     def test_split(self) -> str:
-        """The evaluation the report treats as the test set: "external_test" or "test"."""
+        """The evaluation the report scores: "external_test", "test" or "validation"."""
+        if self.score_split == "validation":
+            return "validation"
         return EXTERNAL_TEST if self.test_folder else "test"
+
+    @property
+    def scored_title(self) -> str:
+        """The report's name for the split it scores: "Validation" or "Test"."""
+        return "Validation" if self.score_split == "validation" else "Test"
 
     def to_json(self) -> dict[str, Any]:
         """The ``sweep.json`` content (what `load_sweep` reads)."""
@@ -86,6 +100,7 @@ class SweepDefinition:
             "test_folder": self.test_folder,
             "test_heldout_fraction": self.test_heldout_fraction,
             "variant_seeds": {name: list(seeds) for name, seeds in self.variant_seeds.items()},
+            "score_split": self.score_split,
         }
 
 
@@ -197,6 +212,12 @@ def _validated(fields: Mapping[str, Any], names: _FieldNames) -> SweepDefinition
             f"{names.setting('test_heldout_fraction', fraction)} must lie in [0, 1) and needs "
             f"{names.field('test_folder')}."
         )
+    score_split = fields.get("score_split") or "test"
+    if score_split not in SCORE_SPLITS or (score_split == "validation" and test_folder):
+        raise ValueError(
+            f"{names.setting('score_split', score_split)} must be one of {list(SCORE_SPLITS)}; "
+            f"'validation' scores no test image, so it cannot go with {names.field('test_folder')}."
+        )
     own_seeds = fields.get("variant_seeds") or {}
     if not isinstance(own_seeds, Mapping | ml_collections.ConfigDict):
         raise ValueError(f"{names.field('variant_seeds')} must map variant names to seeds.")
@@ -222,6 +243,7 @@ def _validated(fields: Mapping[str, Any], names: _FieldNames) -> SweepDefinition
             name: _int_tuple(seeds, f"{names.field('variant_seeds')}.{name}")
             for name, seeds in own_seeds.items()
         },
+        score_split=score_split,
     )
 
 
@@ -232,7 +254,7 @@ def parse_sweep(sweep: ml_collections.ConfigDict) -> SweepDefinition:
       sweep: the sweep's ConfigDict: ``name``, ``base_config``, ``overrides`` (nested fields),
         ``variants`` (name -> nested fields), ``baseline``, ``paper_model`` (or ""), ``seeds``,
         ``folds`` (or empty), ``devices_per_run``; optionally ``test_folder``,
-        ``test_heldout_fraction`` and ``variant_seeds``.
+        ``test_heldout_fraction``, ``variant_seeds`` and ``score_split``.
 
     Returns:
       The `SweepDefinition`.

@@ -1,0 +1,59 @@
+"""Recipe v2's study: each recipe part changed alone from the quickstart's, scored on validation.
+
+    python sweep.py --config configs/sweeps/recipe_study.py --workdir workdirs/sweeps/recipe_study
+
+The paper model at the quickstart's size (``configs/quickstart.py``: widths 16-128, 96x96, batch
+4, 8 epochs, Adam at 1e-3 with a 0.1-epoch warmup and cosine decay to 0, BCE + pooled soft
+Dice, BatchNorm, output bias 0), seeds 0-2. Each variant changes one recipe setting, by name from
+the registries (docs/design.md section 10): the head's prior, the norm, the schedule's end, the
+peak and warmup, the optimiser, gradient clipping, weight averaging, the loss, and the
+resolution against the epochs at the same compute (pixels x epochs within 5% of 96 px x 8).
+
+**Chosen on validation only**: ``score_split = "validation"`` makes the report score each cell's
+own validation block (the last 15% of each tumour type's bundled ids, 135 slices) and read no
+test image; the 310 held-out slices of unseen patients (``benchmarks/heldout_quickstart.py``) are
+scored once, for the chosen recipe and for today's, after the study. Restartable in pieces: on
+2 cores ``taskset -c 0 python sweep.py ... --cell 0,2,4`` and ``taskset -c 1 ... --cell 1,3,5``
+share the folder (a cell's lock keeps it single-writer), then ``report.py DIR``.
+"""
+
+import ml_collections
+
+VARIANTS = {
+    # Today's recipe (configs/quickstart.py), the baseline every variant is compared with.
+    "today": {},
+    # The head starts at the tumour's pixel fraction instead of 0.5 (no background-only epochs).
+    "prior": {"model": {"output_bias_prior": "auto"}},
+    # Norms without batch statistics (batch 4 makes BatchNorm's running statistics noisy).
+    "group_norm": {"model": {"norm": "group(8)"}},
+    "instance_norm": {"model": {"norm": "instance"}},
+    "batch_momentum_099": {"model": {"norm": "batch(momentum=0.99)"}},
+    # Schedules that do not spend their last epochs at a rate near 0.
+    "cosine_floor": {"optimizer": {"schedule": "cosine(final=0.1)"}},
+    "poly": {"optimizer": {"schedule": "poly"}},
+    "peak_3e-3_warmup_1": {"optimizer": {"learning_rate": 3e-3, "warmup_epochs": 1.0}},
+    "adamw": {"optimizer": {"name": "adamw", "weight_decay": 1e-2}},
+    "clip_1": {"optimizer": {"grad_clip_norm": 1.0}},
+    # About the last 200 of the 1,536 steps.
+    "ema_0995": {"ema_decay": 0.995},
+    "per_image_dice": {"loss": {"name": "bce:1,dice(per_image=true):1"}},
+    # Resolution against epochs at the same compute: 80^2 x 11 and 112^2 x 6 against 96^2 x 8.
+    "80px_11_epochs": {"data": {"image_size": 80}, "num_epochs": 11},
+    "112px_6_epochs": {"data": {"image_size": 112}, "num_epochs": 6},
+}
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """Returns the recipe study sweep."""
+    sweep = ml_collections.ConfigDict()
+    sweep.name = "recipe_study"
+    sweep.base_config = "configs/quickstart.py"
+    sweep.overrides = {"num_predictions": 0}
+    sweep.variants = VARIANTS
+    sweep.baseline = "today"
+    sweep.paper_model = ""
+    sweep.seeds = (0, 1, 2)
+    sweep.folds = ()
+    sweep.devices_per_run = 0
+    sweep.score_split = "validation"
+    return sweep
