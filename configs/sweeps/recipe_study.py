@@ -4,17 +4,20 @@
 
 The paper model at the quickstart's size (``configs/quickstart.py``: widths 16-128, 96x96, batch
 4, 8 epochs, Adam at 1e-3 with a 0.1-epoch warmup and cosine decay to 0, BCE + pooled soft
-Dice, BatchNorm, output bias 0), seeds 0-2. Each variant changes one recipe setting, by name from
-the registries (docs/design.md section 10): the head's prior, the norm, the schedule's end, the
-peak and warmup, the optimiser, gradient clipping, weight averaging, the loss, and the
-resolution against the epochs at the same compute (pixels x epochs within 5% of 96 px x 8).
+Dice, BatchNorm, output bias 0), seeds 0-2. Each variant changes one recipe setting, by name
+from the registries (docs/extending.md, "Your own recipe parts"; docs/design.md sections 10-11):
+the head's prior, the norm, the schedule's end, the peak and warmup, the optimiser, gradient
+clipping, weight averaging, the loss, and the resolution against the epochs at the same compute
+(pixels x epochs within 5% of 96 px x 8).
 
 **Chosen on validation only**: ``score_split = "validation"`` makes the report score each cell's
 own validation block (the last 15% of each tumour type's bundled ids, 135 slices) and read no
 test image; the 310 held-out slices of unseen patients (``benchmarks/heldout_quickstart.py``) are
 scored once, for the chosen recipe and for today's, after the study. Restartable in pieces: on
-2 cores ``taskset -c 0 python sweep.py ... --cell 0,2,4`` and ``taskset -c 1 ... --cell 1,3,5``
-share the folder (a cell's lock keeps it single-writer), then ``report.py DIR``.
+2 cores, two workers pinned one per core (``taskset -c 0 python sweep.py ... --cell LIST`` and
+``taskset -c 1`` with the same list) share the folder, each leaving a cell the other holds (a
+cell's lock keeps it single-writer); then ``report.py DIR``. Its cells' seconds are those of one
+core each, comparable with one another, not with the quickstart's 2-core time.
 """
 
 import ml_collections
