@@ -9,6 +9,7 @@ import numpy as np
 from helpers import read_text
 from test_report import SAME, make_sweep
 
+from bts_jax.experiments import claims as claims_lib
 from bts_jax.experiments import report, results, sweeps, training
 from bts_jax.workdir import layout
 
@@ -97,3 +98,68 @@ def test_first_epoch_dice_and_final_loss_of_a_run_without_them_are_nan():
     )
     assert math.isnan(training.first_epoch_val_dice(run))
     assert math.isnan(training.final_train_loss(run))
+
+
+def _run_with(history):
+    return results.Run(
+        variant="paper",
+        seed=0,
+        fold=None,
+        path="",
+        config={},
+        test={},
+        per_image={},
+        history=history,
+        wall_s=1.0,
+        environment=None,
+        test_data=None,
+    )
+
+
+def _cosine_history(num_epochs, final):
+    """Epoch rows of a cosine schedule from 1e-3 to ``final`` * 1e-3 over ``num_epochs``."""
+    rates = 1e-3 * (final + (1 - final) * (1 + np.cos(np.pi * np.arange(1, 21) / num_epochs)) / 2)
+    return [{"epoch": e + 1, "learning_rate": float(r)} for e, r in enumerate(rates)]
+
+
+def test_the_loss_bottom_is_not_testable_where_the_schedule_or_the_last_epoch_forces_it():
+    # The quickstart's cosine reaches 0 at its last epoch (8): any curve bottoms out there.
+    ended = _run_with(_cosine_history(8, 0.0)[:8])
+    assert "the curve was cut there" in claims_lib.loss_bottom_untestable([ended], 8)
+    # The kept ablation's paper model bottoms out at epoch 6: epochs 7-8 train at 2.0% of the
+    # peak on average (3.8e-5 and 0).
+    assert "2.0% of its peak" in claims_lib.loss_bottom_untestable([ended], 6)
+    # Four epochs before the end, the rest of the schedule averages 13% of the peak: testable.
+    assert claims_lib.loss_bottom_untestable([ended], 4) == ""
+    # A cosine to a floor of 0.1 never trains below 10% of its peak: testable to the last epoch.
+    floored = _run_with(_cosine_history(20, 0.1))
+    assert claims_lib.loss_bottom_untestable([floored], 8) == ""
+    assert claims_lib.loss_bottom_untestable([floored], 19) == ""
+
+
+def test_claim_c_says_not_testable_on_runs_whose_schedule_ends_at_their_bottom(tmp_path):
+    root = str(tmp_path / "ablation")
+    make_sweep(root, {"unet": SAME, "paper": SAME})
+    for variant in ("unet", "paper"):
+        for seed in (0, 1, 2):
+
+            def to_zero(rows):
+                for row, schedule in zip(rows, _cosine_history(20, 0.0), strict=True):
+                    row["learning_rate"] = schedule["learning_rate"]
+                return rows
+
+            _rewrite_history(sweeps.cell_dir(root, variant, seed), to_zero)
+    report.write_report(root, model_stats=False)
+    with open(os.path.join(root, report.SUMMARY_JSON)) as f:
+        claim = next(c for c in json.load(f)["claims"] if c["id"] == "c")
+    # The fake curves bottom out at epoch 8 (SAME), where this cosine is still at 0.65 of its
+    # peak over 20 epochs: testable, and supported.
+    assert claim["verdict"] == "supported"
+    for variant in ("unet", "paper"):
+        for seed in (0, 1, 2):
+            _rewrite_history(sweeps.cell_dir(root, variant, seed), lambda rows: rows[:8])
+    report.write_report(root, model_stats=False)
+    with open(os.path.join(root, report.SUMMARY_JSON)) as f:
+        claim = next(c for c in json.load(f)["claims"] if c["id"] == "c")
+    assert claim["verdict"] == "not testable"
+    assert "not testable with these runs" in claim["details"]

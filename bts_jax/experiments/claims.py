@@ -23,6 +23,10 @@ LOSS_BOTTOM_TOLERANCE = 0.05
 
 
 LOSS_BOTTOM_EPOCHS = (5, 11)
+# Claim (c) is testable only where the curve could still fall: the runs go on past its bottom
+# epoch (a curve cut there has not shown it stopped), at a learning rate that averages at least
+# this fraction of the peak over the epochs after it (a schedule near 0 flattens any curve).
+LOSS_BOTTOM_MIN_RATE = 0.1
 
 
 # Claim (d): mIoU "settles near 0.8": the mean test mIoU is within this distance of it.
@@ -42,6 +46,9 @@ NOT_SIGNIFICANT = "not significant"
 
 
 NO_DATA = "no data"
+
+
+NOT_TESTABLE = "not testable"
 
 
 def verdict_from_test(
@@ -82,6 +89,32 @@ def combine_verdicts(verdicts: Sequence[str]) -> str:
     if all(v == SUPPORTED for v in verdicts):
         return SUPPORTED
     return NOT_SIGNIFICANT
+
+
+def loss_bottom_untestable(runs: Sequence[Run], bottom: int) -> str:
+    """Why claim (c) cannot be tested at ``bottom`` on these runs ("" when it can).
+
+    Args:
+      runs: runs of one variant (their ``metrics.jsonl``: ``epoch``, ``learning_rate``).
+      bottom: the epoch where their mean validation-loss curve bottoms out.
+
+    Returns:
+      "" when the runs go on past ``bottom`` at a learning rate that averages at least
+      `LOSS_BOTTOM_MIN_RATE` of their peak over the epochs after it; else the reason, in words.
+    """
+    epochs, rates, _, _ = mean_curve(runs, "learning_rate")
+    if not epochs.size:
+        return "no learning_rate in metrics.jsonl"
+    after = rates[epochs > bottom]
+    if not after.size:
+        return f"epoch {bottom} is the last one trained, so the curve was cut there"
+    if after.mean() < LOSS_BOTTOM_MIN_RATE * rates.max():
+        return (
+            f"after epoch {bottom} the learning rate averages {after.mean():.3g}, "
+            f"{after.mean() / rates.max():.1%} of its peak ({rates.max():.3g}): the schedule, "
+            "not the model, flattens the curve"
+        )
+    return ""
 
 
 def loss_bottom_epoch(
@@ -128,10 +161,12 @@ def claim_verdicts(
     seed-level paired t-test on test mIoU, Holm-adjusted. (b) it segments edges better: HD95 (mm)
     lower and boundary IoU higher, both seed-level tests; the part verdicts are combined with
     `combine_verdicts`. (c) its loss bottoms out around epoch 8: on the mean validation-loss curve
-    over its runs, `loss_bottom_epoch` is in `LOSS_BOTTOM_EPOCHS`. (d) its mIoU settles near 0.8:
+    over its runs, `loss_bottom_epoch` is in `LOSS_BOTTOM_EPOCHS`, or "not testable" where
+    `loss_bottom_untestable` says the runs cannot show it. (d) its mIoU settles near 0.8:
     the mean test mIoU over seeds is within `PAPER_MIOU_TOLERANCE` of `PAPER_MIOU`; the claim
     names the split protocol that produced the number (the paper's came from a per-slice split).
-    (c) and (d) are definitions, not tests: "supported" or "not supported".
+    (c) and (d) are definitions, not tests: "supported" or "not supported" (or, for (c), "not
+    testable").
 
     Args:
       sweep: the sweep.
@@ -213,13 +248,16 @@ def claim_verdicts(
     else:
         lo, hi = LOSS_BOTTOM_EPOCHS
         minimum_epoch = int(epochs[np.argmin(loss)])
+        untestable = loss_bottom_untestable(runs, bottom)
+        verdict = SUPPORTED if lo <= bottom <= hi else NOT_SUPPORTED
         add(
             "c",
             texts["c"],
-            SUPPORTED if lo <= bottom <= hi else NOT_SUPPORTED,
+            NOT_TESTABLE if untestable else verdict,
             f"mean validation-loss curve over {len(runs)} runs of {model}: first within "
             f"{LOSS_BOTTOM_TOLERANCE:.0%} of its minimum ({fmt(loss.min(), 4)}, epoch "
-            f"{minimum_epoch}) at epoch {bottom}; 'around 8' = epochs {lo}-{hi}",
+            f"{minimum_epoch}) at epoch {bottom}; 'around 8' = epochs {lo}-{hi}"
+            + (f"; not testable with these runs: {untestable}" if untestable else ""),
             bottom_epoch=bottom,
             minimum_epoch=minimum_epoch,
             curve="val_loss",
