@@ -12,6 +12,7 @@ PACKAGE = ROOT / "bts_jax"
 # Lower layers never import higher ones (docs/architecture.md), and the parts of one layer do not
 # import each other.
 LAYERS = [
+    {"naming"},
     {"models", "data", "configs", "jsonio", "sharding"},
     {"config_tools"},
     {"workdir"},

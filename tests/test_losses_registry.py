@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from helpers import tiny_config
 
+from bts_jax.naming import calls
 from bts_jax.train import loss_builder, losses, region_losses, registry
 from bts_jax.train.config_checks import validate_config
 
@@ -37,7 +38,7 @@ def user_module(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield "my_losses"
-    registry._import.cache_clear()
+    calls.import_path.cache_clear()
     sys.modules.pop("my_losses", None)
 
 
@@ -237,7 +238,7 @@ def test_a_users_loss_that_breaks_the_contract_is_refused(tmp_path, monkeypatch)
                 process_count=1,
             )
     finally:
-        registry._import.cache_clear()
+        calls.import_path.cache_clear()
         sys.modules.pop("bad_losses", None)
 
 

@@ -22,6 +22,7 @@ from bts_jax.config_tools import load_config_file
 from bts_jax.data import augment_ops, check_augmentations
 from bts_jax.experiments import runner, sweeps
 from bts_jax.models import build_model, norms, registry
+from bts_jax.naming import calls
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOC = os.path.join(REPO, "docs", "extending.md")
@@ -80,10 +81,10 @@ def doc_folder(tmp_path, monkeypatch):
     norms._NORMS.clear()
     norms._NORMS.update(saved_norms)
     norms.resolve_norm.cache_clear()
-    registry._import_block.cache_clear()
+    calls.import_path.cache_clear()
     augment_ops._REGISTRY.clear()
     augment_ops._REGISTRY.update(saved_ops)
-    augment_ops._import_op.cache_clear()
+    calls.import_path.cache_clear()
     sys.modules.pop("my_blocks", None)
     sys.modules.pop("my_augment", None)
     sys.modules.pop("my_norms", None)

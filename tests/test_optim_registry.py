@@ -19,6 +19,7 @@ from bts_jax.config_tools import load_config_file
 from bts_jax.configs import default, paper, quickstart
 from bts_jax.experiments import sweeps
 from bts_jax.models import build_model
+from bts_jax.naming import calls
 from bts_jax.train import losses, optim, registry, schedules, steps
 from bts_jax.train import state as state_lib
 from bts_jax.train.config_checks import validate_config
@@ -226,7 +227,7 @@ def user_schedules(tmp_path, monkeypatch):
     )
     monkeypatch.syspath_prepend(str(tmp_path))
     yield
-    registry._import.cache_clear()
+    calls.import_path.cache_clear()
     sys.modules.pop("my_schedules", None)
 
 

@@ -18,6 +18,7 @@ from test_models_extending import DOC, code_blocks, commands, parse_train_comman
 
 from bts_jax import sharding
 from bts_jax import train as train_lib
+from bts_jax.naming import calls
 from bts_jax.train import registry
 from bts_jax.train.config_checks import validate_config
 
@@ -38,7 +39,7 @@ def doc_folder(tmp_path, monkeypatch):
     for table in (registry.LOSSES, registry.OPTIMIZERS, registry.SCHEDULES):
         for name in set(table.names()) - set(saved[table.kind]):
             table.unregister(name)
-    registry._import.cache_clear()
+    calls.import_path.cache_clear()
     for module in ("my_losses", "my_schedules"):
         sys.modules.pop(module, None)
 

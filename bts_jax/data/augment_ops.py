@@ -27,11 +27,8 @@ The old switches ``config.data.augment.*`` map onto the ops string, with the ver
 
 from __future__ import annotations
 
-import ast
 import dataclasses
-import functools
 import hashlib
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Sequence
@@ -39,6 +36,7 @@ from typing import Any
 
 from bts_jax.data._tf import tf
 from bts_jax.data.augment_zoo import BUILTIN_OPS
+from bts_jax.naming.calls import import_path, parse_arguments, split_top_level
 
 SETTING = "config.data.augmentations"
 _NAME = re.compile(r"[a-z][a-z0-9_]*")
@@ -130,15 +128,6 @@ def op_stream(name: str, occurrence: int) -> int:
     return _FIRST_HASHED_STREAM + int.from_bytes(digest[:8], "big") % span
 
 
-@functools.cache
-def _import_op(path: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def _valid_names() -> str:
     return f"{', '.join(op_names())}, or an import path 'package.module:function'"
 
@@ -162,7 +151,7 @@ def resolve_op(name: str, where: str = SETTING) -> Callable[..., Any]:
             raise ValueError(f"{where}: unknown augmentation op {name!r}; valid: {_valid_names()}.")
         return _REGISTRY[name]
     try:
-        op = _import_op(name)
+        op = import_path(name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(
             f"{where}: cannot import the augmentation op {name!r} ({type(error).__name__}: "
@@ -194,36 +183,23 @@ def split_ops(spec: str) -> list[str]:
     Returns:
       The ops' texts, stripped, e.g. ``["flip", "noise(0.03)"]`` (``[""]`` for ``""``).
     """
-    parts, depth, quote, start = [], 0, "", 0
-    for i, char in enumerate(spec):
-        if quote:
-            quote = "" if char == quote else quote
-        elif char in "'\"":
-            quote = char
-        elif char in "([{":
-            depth += 1
-        elif char in ")]}":
-            depth -= 1
-        elif char == "|" and depth == 0:
-            parts.append(spec[start:i].strip())
-            start = i + 1
-    return [*parts, spec[start:].strip()]
+    try:
+        parts = split_top_level(spec, "|")
+    except ValueError:
+        # Unbalanced: leave the text whole, so parse_ops names the op it cannot read.
+        parts = [spec]
+    return [part.strip() for part in parts]
 
 
 def _parse_arguments(text: str, inner: str, where: str) -> tuple[tuple, tuple]:
     """Literal positional and keyword arguments of ``name(inner)``."""
     try:
-        call = ast.parse(f"f({inner})", mode="eval").body
-        args = tuple(ast.literal_eval(node) for node in call.args)
-        kwargs = tuple((k.arg, ast.literal_eval(k.value)) for k in call.keywords)
-    except (SyntaxError, ValueError, TypeError) as error:
+        return parse_arguments(inner)
+    except ValueError as error:
         raise ValueError(
-            f"{where}: cannot read the arguments of {text!r} ({type(error).__name__}: {error}); "
+            f"{where}: cannot read the arguments of {text!r} ({error}); "
             "write them as Python literals, e.g. 'affine(rotate=10,scale=0.1)'."
         ) from None
-    if any(name is None for name, _ in kwargs):
-        raise ValueError(f"{where}: {text!r}: '**' arguments are not allowed.")
-    return args, kwargs
 
 
 def _signature_text(name: str, op: Callable[..., Any], geometric: bool) -> str:

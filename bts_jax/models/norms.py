@@ -31,7 +31,6 @@ called as ``module(x)``, with ``train=`` when its ``__call__`` takes it.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import inspect
@@ -42,7 +41,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from bts_jax.models.registry import NormError, _field_names, _import_block, call_block
+from bts_jax.models.registry import NormError, _field_names, call_block
+from bts_jax.naming.calls import import_path, parse_arguments
 
 # docs/design.md section 1: eps 1e-5 and PyTorch momentum 0.1, i.e. Flax momentum 0.9.
 BATCH_NORM_EPSILON = 1e-5
@@ -94,19 +94,13 @@ def parse_norm(spec: str, where: str = "config.model.norm") -> NormSpec:
     if arguments is None or not arguments.strip():
         return NormSpec(name)
     try:
-        call = ast.parse(f"f({arguments})", mode="eval").body
-        if any(isinstance(a, ast.Starred) for a in call.args) or any(
-            k.arg is None for k in call.keywords
-        ):
-            raise ValueError("no * or ** arguments")
-        args = tuple(ast.literal_eval(a) for a in call.args)
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in call.keywords}
-    except (SyntaxError, ValueError) as error:
+        args, kwargs = parse_arguments(arguments)
+    except ValueError as error:
         raise ValueError(
             f"{where}={spec!r}: the arguments of {name!r} must be Python literals, e.g. "
             f"'group(8)' or 'batch(momentum=0.99)' ({error})."
         ) from error
-    return NormSpec(name, args, tuple(sorted(kwargs.items())))
+    return NormSpec(name, args, tuple(sorted(kwargs)))
 
 
 def register_norm(name: str, factory: NormFactory | type[nn.Module], *, replace=False) -> None:
@@ -161,7 +155,7 @@ def _lookup(name: str, where: str) -> Any:
             )
         return _NORMS[name]
     try:
-        norm = _import_block(name)
+        norm = import_path(name)
     except (ImportError, AttributeError, ValueError) as error:
         raise ValueError(
             f"{where}: cannot import the norm {name!r} ({type(error).__name__}: {error}); "

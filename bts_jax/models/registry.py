@@ -24,7 +24,6 @@ or ``Class(features=F, strides=s)`` (convolution), with ``name``, and ``dtype`` 
 
 import dataclasses
 import functools
-import importlib
 import inspect
 import re
 from collections.abc import Callable, Mapping
@@ -33,6 +32,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
+from bts_jax.naming.calls import import_path
 
 CONV_GROUPS = ("encoder", "bottleneck", "decoder")
 ATTENTION_GROUPS = (*CONV_GROUPS, "skip")
@@ -163,15 +164,6 @@ def _class_factory(kind: str, cls: type[nn.Module], where: str) -> Factory:
     return factory
 
 
-@functools.cache
-def _import_block(path: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
 def resolve(kind: str, name: str, where: str) -> Factory:
     """The factory of a block name or import path (the module docstring's signature).
 
@@ -195,7 +187,7 @@ def resolve(kind: str, name: str, where: str) -> Factory:
         if not module_name or not attribute:
             raise ValueError(f"{where}: {name!r} is not an import path 'package.module:Class'.")
         try:
-            block = _import_block(name)
+            block = import_path(name)
         except (ImportError, AttributeError) as error:
             raise ValueError(
                 f"{where}: cannot import the {kind} block {name!r} "

@@ -1,12 +1,12 @@
 """Recipe parts by name: the registry that losses, optimisers and schedules are chosen from.
 
-A setting names a part as ``name`` or ``name(arguments)``, in the style of big_vision's
-preprocessing strings: ``focal(gamma=2)``, ``tversky(0.3, 0.7)``, ``cosine(final=0.05)``.
-Arguments are Python literals (``true`` / ``false`` also work, for the command line);
-positional ones fill the part's keyword arguments in the order its function declares them. A name
-is registered (`Registry.register`) or the import path of a function of your own,
-``package.module:function``, as for the model's blocks (`bts_jax.models.registry`). Every error
-names the setting and lists the registered names.
+A setting names a part as ``name`` or ``name(arguments)`` (the grammar of
+`bts_jax.naming.calls`, shared with norms, augmentation ops and blocks): ``focal(gamma=2)``,
+``tversky(0.3, 0.7)``, ``cosine(final=0.05)``. Arguments are Python literals (``true`` /
+``false`` also work, for the command line); positional ones fill the part's keyword arguments in
+the order its function declares them. A name is registered (`Registry.register`) or the import
+path of a function of your own, ``package.module:function``, as for the model's blocks
+(`bts_jax.models.registry`). Every error names the setting and lists the registered names.
 
 A loss may be a weighted sum of terms, ``"bce:1,dice:1"`` or ``"focal(gamma=2):1,dice:0.5"``
 (`parse_terms`).
@@ -14,100 +14,12 @@ A loss may be a weighted sum of terms, ``"bce:1,dice:1"`` or ``"focal(gamma=2):1
 
 from __future__ import annotations
 
-import ast
-import dataclasses
 import functools
-import importlib
 import inspect
-import re
 from collections.abc import Callable
 from typing import Any
 
-_NAME = re.compile(r"[a-z][a-z0-9_]*")
-_PATH = re.compile(r"[A-Za-z_][\w.]*:[A-Za-z_][\w.]*")
-# The command line cannot type Python's True / False / None easily: accept JSON-style spellings.
-_LITERALS = {"true": True, "false": False, "none": None, "null": None}
-
-
-@dataclasses.dataclass(frozen=True)
-class Call:
-    """One part named in a setting, with its arguments.
-
-    Attributes:
-      name: a registered name or an import path ``package.module:function``.
-      args: positional arguments, in the order written.
-      kwargs: keyword arguments.
-    """
-
-    name: str
-    args: tuple[Any, ...] = ()
-    kwargs: tuple[tuple[str, Any], ...] = ()
-
-
-def _split_top_level(text: str, separator: str) -> list[str]:
-    """Splits ``text`` at ``separator`` outside parentheses and quoted strings."""
-    parts, depth, start, quote = [], 0, 0, None
-    for i, char in enumerate(text):
-        if quote:
-            quote = None if char == quote else quote
-            continue
-        if char in "'\"":
-            quote = char
-            continue
-        depth += {"(": 1, ")": -1}.get(char, 0)
-        if depth < 0:
-            raise ValueError("unbalanced ')'")
-        if char == separator and depth == 0:
-            parts.append(text[start:i])
-            start = i + 1
-    if depth or quote:
-        raise ValueError("unbalanced '(' or quote")
-    parts.append(text[start:])
-    return parts
-
-
-def _literal(text: str) -> Any:
-    text = text.strip()
-    if text.lower() in _LITERALS:
-        return _LITERALS[text.lower()]
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        raise ValueError(f"argument {text!r} is not a number, string or true/false") from None
-
-
-def parse_call(text: str) -> Call:
-    """Parses ``name`` or ``name(a, b, key=value)`` into a `Call`.
-
-    Args:
-      text: the part as written in a setting.
-
-    Returns:
-      The `Call`.
-
-    Raises:
-      ValueError: malformed text (the caller adds the setting's name).
-    """
-    text = text.strip()
-    name, paren, rest = text.partition("(")
-    name = name.strip()
-    if paren and not rest.endswith(")"):
-        raise ValueError(f"{text!r} must end with ')'")
-    if not (_NAME.fullmatch(name) or _PATH.fullmatch(name)):
-        raise ValueError(f"{name!r} is neither a name nor an import path 'package.module:function'")
-    args, kwargs = [], {}
-    inner = rest[:-1].strip() if paren else ""
-    for item in _split_top_level(inner, ",") if inner else []:
-        key, equals, value = item.partition("=")
-        if equals and re.fullmatch(r"\s*[A-Za-z_]\w*\s*", key):
-            if key.strip() in kwargs:
-                raise ValueError(f"argument {key.strip()!r} given twice in {text!r}")
-            kwargs[key.strip()] = _literal(value)
-        elif kwargs:
-            raise ValueError(f"positional argument {item.strip()!r} after keywords in {text!r}")
-        else:
-            args.append(_literal(item))
-    return Call(name, tuple(args), tuple(kwargs.items()))
+from bts_jax.naming.calls import NAME, Call, import_path, parse_call, split_top_level
 
 
 def _weight(text: str) -> float | None:
@@ -133,7 +45,7 @@ def parse_terms(text: str) -> list[tuple[Call, float]]:
       ValueError: malformed text or an empty term (the caller adds the setting's name).
     """
     terms = []
-    for item in _split_top_level(text, ","):
+    for item in split_top_level(text, ","):
         head, colon, tail = item.rpartition(":")
         weight = _weight(tail) if colon and ")" not in tail else None
         term = head if weight is not None else item
@@ -141,15 +53,6 @@ def parse_terms(text: str) -> list[tuple[Call, float]]:
             raise ValueError(f"empty term in {text!r}")
         terms.append((parse_call(term), 1.0 if weight is None else weight))
     return terms
-
-
-@functools.cache
-def _import(path: str) -> Any:
-    module_name, _, attribute = path.partition(":")
-    obj = importlib.import_module(module_name)
-    for part in attribute.split("."):
-        obj = getattr(obj, part)
-    return obj
 
 
 def _keyword_parameters(function: Callable, skip: int) -> list[inspect.Parameter]:
@@ -187,7 +90,7 @@ class Registry:
         Raises:
           ValueError: an invalid or (without ``replace``) taken name.
         """
-        if not isinstance(name, str) or not _NAME.fullmatch(name):
+        if not isinstance(name, str) or not NAME.fullmatch(name):
             raise ValueError(
                 f"A {self.kind} name must be lower-case letters, digits, '_': {name!r}"
             )
@@ -236,7 +139,7 @@ class Registry:
                 raise self.unknown(where, value, name)
             return self._functions[name]
         try:
-            function = _import(name)
+            function = import_path(name)
         except (ImportError, AttributeError) as error:
             raise ValueError(
                 f"{where}={value!r}: cannot import the {self.kind} {name!r} "
