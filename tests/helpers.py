@@ -73,6 +73,31 @@ def run_steps(config, mesh, batches):
     return state, jax.device_get(step_metrics)
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# helpers.SMALL_MODEL on the command line: when the command line is under test, not the model.
+SMALL_MODEL_FLAGS = ("--config.model.features=(4, 8)", "--config.data.image_size=16")
+
+
+def run_train_py(*flags: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    """Runs ``python train.py --config configs/test.py FLAGS`` from the repository, on the CPU.
+
+    Args:
+      *flags: the rest of the command line (``--workdir``, ``--config.*``).
+      timeout: seconds before the run is killed (and the test fails).
+
+    Returns:
+      The finished process, its stdout and stderr as text.
+    """
+    return subprocess.run(
+        [sys.executable, "train.py", "--config", "configs/test.py", *flags],
+        cwd=REPO,
+        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
 def read_text(*path: str) -> str:
     """The text of the file at ``os.path.join(*path)``."""
     with open(os.path.join(*path)) as f:

@@ -5,13 +5,11 @@ from the command line) is marked slow.
 """
 
 import os
-import subprocess
-import sys
 
 import ml_collections
 import numpy as np
 import pytest
-from helpers import tiny_config
+from helpers import SMALL_MODEL_FLAGS, run_train_py, tiny_config
 
 from bts_jax.config_tools import load_config_file
 from bts_jax.data import (
@@ -285,25 +283,11 @@ def test_pipeline_augments_exactly_when_the_list_is_not_empty():
 @pytest.mark.slow
 def test_every_op_and_a_users_op_train_from_the_command_line(tmp_path):
     every = "|".join(BUILTIN) + "|tests.user_augment:invert(0.5)|tests.user_augment:shift_down"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/test.py",
-            "--workdir",
-            str(tmp_path / "run"),
-            "--config.num_epochs=1",
-            f"--config.data.augmentations={every}",
-            # helpers.SMALL_MODEL: the ops are under test, not the model.
-            "--config.model.features=(4, 8)",
-            "--config.data.image_size=16",
-        ],
-        cwd=REPO,
-        env={**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train_py(
+        f"--workdir={tmp_path / 'run'}",
+        "--config.num_epochs=1",
+        f"--config.data.augmentations={every}",
+        *SMALL_MODEL_FLAGS,  # the ops are under test, not the model
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert (tmp_path / "run" / "eval_validation.json").is_file()

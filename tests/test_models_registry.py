@@ -4,9 +4,6 @@ The user's blocks live in ``tests/user_blocks.py`` and are named ``tests.user_bl
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import chex
 import jax
@@ -14,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers import run_train_py
 
 from bts_jax.configs import test as test_config
 from bts_jax.models import (
@@ -27,7 +25,6 @@ from bts_jax.models import nnx as bts_nnx
 from tests.user_blocks import ChannelGate
 from tools.make_legacy_model_golden import CASES, case_model, variables_shapes
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EVERY = ("encoder", "bottleneck", "decoder")
 
 
@@ -280,25 +277,14 @@ def test_nnx_unet_takes_zoo_and_user_blocks():
 
 @pytest.mark.slow
 def test_train_py_trains_zoo_blocks_named_on_the_command_line(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     workdir = tmp_path / "zoo"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config=configs/test.py",
-            f"--workdir={workdir}",
-            "--config.num_epochs=1",
-            "--config.num_predictions=1",
-            "--config.model.features=4",  # one stage: every group, the smallest program
-            "--config.model.attention=cbam,skip:se",
-            "--config.model.conv=ghost",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train_py(
+        f"--workdir={workdir}",
+        "--config.num_epochs=1",
+        "--config.num_predictions=1",
+        "--config.model.features=4",  # one stage: every group, the smallest program
+        "--config.model.attention=cbam,skip:se",
+        "--config.model.conv=ghost",
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Validation (best checkpoint, step 6)" in done.stdout

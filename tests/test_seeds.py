@@ -15,14 +15,12 @@ exactly, and evaluated.
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import chex
 import jax
 import numpy as np
 import pytest
-from helpers import read_text, small_config, tiny_config
+from helpers import SMALL_MODEL_FLAGS, read_text, run_train_py, small_config, tiny_config
 
 from bts_jax import config_tools, sharding
 from bts_jax import data as data_lib
@@ -32,7 +30,6 @@ from bts_jax.train import seeds, steps
 from bts_jax.train import state as state_lib
 from bts_jax.train.config_checks import validate_config
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NUM_STEPS = 3
 TOLERANCE = {"rtol": 1e-4, "atol": 1e-5}
 
@@ -327,27 +324,9 @@ def test_seeds_that_cannot_resume_together_are_refused(tmp_path):
 
 @pytest.mark.slow
 def test_train_py_trains_k_seeds_and_summarises_each(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     workdir = tmp_path / "cli"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/test.py",
-            "--workdir",
-            str(workdir),
-            "--config.seed=3",
-            "--config.num_seeds=2",
-            # helpers.SMALL_MODEL: the command line is under test, not the model's size.
-            "--config.model.features=(4, 8)",
-            "--config.data.image_size=16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
+    done = run_train_py(
+        f"--workdir={workdir}", "--config.seed=3", "--config.num_seeds=2", *SMALL_MODEL_FLAGS
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Seed 3:" in done.stdout and "Seed 4:" in done.stdout

@@ -4,7 +4,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
 import time
 
@@ -12,11 +11,13 @@ import jax
 import numpy as np
 import pytest
 from helpers import (
+    SMALL_MODEL_FLAGS,
     LoggedProcess,
     first_batches,
     params_of,
     read_text,
     run_steps,
+    run_train_py,
     small_config,
 )
 
@@ -116,58 +117,17 @@ def test_two_processes_train_like_one_process_on_the_same_global_batches(tmp_pat
 
 @pytest.mark.slow
 def test_train_py_end_to_end_and_flag_errors(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TF_CPP_MIN_LOG_LEVEL": "2"}
     workdir = tmp_path / "cli"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/test.py",
-            "--workdir",
-            str(workdir),
-            "--config.num_epochs=1",
-            # helpers.SMALL_MODEL: the command line is under test, not the model's size.
-            "--config.model.features=(4, 8)",
-            "--config.data.image_size=16",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_train_py(f"--workdir={workdir}", "--config.num_epochs=1", *SMALL_MODEL_FLAGS)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "Validation (best checkpoint, step 6)" in done.stdout
     assert (workdir / "eval_validation.json").is_file() and (workdir / "best").is_dir()
 
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            "--config",
-            "configs/test.py",
-            "--workdir",
-            # A new workdir: in the trained one the config guard would refuse the change first.
-            str(tmp_path / "bad"),
-            "--config.model.upsample=nearest",
-        ],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    # A new workdir: in the trained one the config guard would refuse the change first.
+    bad = run_train_py(f"--workdir={tmp_path / 'bad'}", "--config.model.upsample=nearest")
     assert bad.returncode != 0
     assert "config.model.upsample='nearest'" in bad.stderr
-    missing = subprocess.run(
-        [sys.executable, "train.py", "--config", "configs/test.py"],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    missing = run_train_py(timeout=300)
     assert missing.returncode != 0 and "--workdir" in missing.stderr
 
 
