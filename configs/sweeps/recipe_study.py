@@ -13,11 +13,11 @@ clipping, weight averaging, the loss, and the resolution against the epochs at t
 **Chosen on validation only**: ``score_split = "validation"`` makes the report score each cell's
 own validation block (the last 15% of each tumour type's bundled ids, 135 slices) and read no
 test image; the 310 held-out slices of unseen patients (``benchmarks/heldout_quickstart.py``) are
-scored once, for the chosen recipe and for today's, after the study. Restartable in pieces: on
-2 cores, two workers pinned one per core (``taskset -c 0 python sweep.py ... --cell LIST`` and
-``taskset -c 1`` with the same list) share the folder, each leaving a cell the other holds (a
-cell's lock keeps it single-writer); then ``report.py DIR``. Its cells' seconds are those of one
-core each, comparable with one another, not with the quickstart's 2-core time.
+scored once, for the chosen recipe and for today's, after the study. Restartable in pieces (``--cell``; several processes may share the folder, a cell's lock
+keeps it single-writer), then ``report.py DIR``. On the 2-core machine one process using both
+cores trains ~20 images/s, two processes pinned one per core (``taskset -c 0`` and ``-c 1``)
+~7.7 each: the study runs one process. Its first two cells (today, seeds 0-1) ran pinned, so
+their seconds are one core's; the others' are comparable with one another.
 """
 
 import ml_collections
