@@ -15,8 +15,8 @@ own validation block (the last 15% of each tumour type's bundled ids, 135 slices
 test image; the 310 held-out slices of unseen patients (``benchmarks/heldout_quickstart.py``) are
 scored once, for the chosen recipe and for today's, after the study. Restartable in pieces (``--cell``; several processes may share the folder, a cell's lock
 keeps it single-writer), then ``report.py DIR``. On the 2-core machine one process using both
-cores trains ~20 images/s, two processes pinned one per core (``taskset -c 0`` and ``-c 1``)
-~7.7 each: the study runs one process. Its first two cells (today, seeds 0-1) ran pinned, so
+cores steps at ~20 images/s (201 ms per batch of 4, docs/performance.md), two processes pinned
+one per core (``taskset -c 0`` and ``-c 1``) trained ~7.7 each: the study runs one process. Its first two cells (today, seeds 0-1) ran pinned, so
 their seconds are one core's; the others' are comparable with one another.
 """
 
