@@ -225,7 +225,7 @@ def test_json_writes_finds_every_way_to_write_json():
 
 def test_json_is_written_only_through_jsonio():
     # Strict (NaN as null) and atomic: docs/architecture.md, "Where things are written".
-    paths = [*_modules(), *sorted(BENCHMARKS.glob("*.py"))]
+    paths = [*_modules(), *sorted(BENCHMARKS.rglob("*.py"))]
     found = {
         str(p.relative_to(ROOT)): json_writes(p.read_text())
         for p in paths

@@ -48,6 +48,8 @@ sys.path.insert(0, str(HERE))
 import shapes  # noqa: E402
 import xla_side  # noqa: E402
 
+from bts_jax import jsonio  # noqa: E402
+
 BINARY = HERE / "build" / "conv_spike"
 PREFIX = Path(os.environ.get("ONEDNN_PREFIX", "/work/venvs/onednn"))
 F32_TOL, BF16_TOL = 1e-5, 1e-2
@@ -290,9 +292,9 @@ def main(argv=None) -> int:
         pids = [int(p) for p in args.pause_pids.split(",") if p]
         rows = time_all(convs, dtypes, args.reps, pids, args.window_log)
         if args.out:
-            Path(args.out).write_text(json.dumps(rows, indent=1))
+            jsonio.write_json(args.out, rows, indent=1)
     else:
-        rows = json.loads(Path(args.json).read_text())
+        rows = jsonio.read_json(args.json)
     print(shape_table(rows))
     print()
     print(totals_table(rows, all_cases))
