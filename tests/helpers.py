@@ -98,6 +98,26 @@ def run_train_py(*flags: str, timeout: int = 600) -> subprocess.CompletedProcess
     )
 
 
+@contextlib.contextmanager
+def defined_flags():
+    """absl's global flags, with whatever the block defines removed again at its end.
+
+    The programs define their flags into one global registry; removing them lets one test
+    process define the flags of several programs in turn, as each program does alone, and
+    keeps a test that imports a script (which defines its flags on import) from leaving them to
+    the tests after it.
+    """
+    from absl import flags
+
+    before = set(flags.FLAGS)
+    try:
+        yield flags.FLAGS
+    finally:
+        for name in set(flags.FLAGS) - before:
+            delattr(flags.FLAGS, name)
+        flags.FLAGS.unparse_flags()
+
+
 def read_text(*path: str) -> str:
     """The text of the file at ``os.path.join(*path)``."""
     with open(os.path.join(*path)) as f:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import copy_workdir, read_text
+from helpers import copy_workdir, defined_flags, read_text
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -134,7 +134,10 @@ def test_gpu_check_dry_run_runs_every_section_on_the_cpu(tmp_path):
 
 
 def test_reproduce_kept_cell_names_each_difference(trained_workdir, tmp_path):
-    import reproduce_kept_cell
+    # The script defines its flags on import: imported fresh, and they are removed after.
+    sys.modules.pop("reproduce_kept_cell", None)
+    with defined_flags():
+        import reproduce_kept_cell
 
     copy = copy_workdir(trained_workdir, tmp_path)
     assert reproduce_kept_cell.differences(trained_workdir, copy) == []

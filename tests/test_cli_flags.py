@@ -1,6 +1,5 @@
 """Flags defined once (bts_jax/cli/flags.py, benchmarks/bench_flags.py), and clear config errors."""
 
-import contextlib
 import importlib
 import os
 import subprocess
@@ -9,6 +8,7 @@ import sys
 import bench_flags
 import pytest
 from absl import flags
+from helpers import defined_flags
 
 from bts_jax import config_tools
 from bts_jax.cli import flags as cli_flags
@@ -17,22 +17,6 @@ from bts_jax.configs import default
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROGRAMS = ("train", "evaluate", "predict", "export", "sweep", "report", "compare")
 TEST_CONFIG = os.path.join(REPO, "configs", "test.py")
-
-
-@contextlib.contextmanager
-def defined_flags():
-    """absl's global flags, with whatever the block defines removed again at its end.
-
-    The programs define their flags into one global registry; removing them lets one test
-    process define the flags of several programs in turn, as each program does alone.
-    """
-    before = set(flags.FLAGS)
-    try:
-        yield flags.FLAGS
-    finally:
-        for name in set(flags.FLAGS) - before:
-            delattr(flags.FLAGS, name)
-        flags.FLAGS.unparse_flags()
 
 
 def _helps(program: str) -> dict[str, str]:
