@@ -157,7 +157,7 @@ def _call(target: str, shape: tuple, dtype: Any, a, b, strides, pads, groups) ->
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def _conv(x: jax.Array, w: jax.Array, strides: tuple, pads: tuple, groups: int) -> jax.Array:
-    """y (N, OH, OW, O) from x (N, H, W, C) and w (KH, KW, C / groups, O) through oneDNN."""
+    """The convolution (N, OH, OW, O) of x (N, H, W, C) by w (KH, KW, C / groups, O), by oneDNN."""
     (kh, kw), (sh, sw) = w.shape[:2], strides
     (pt, pb), (pl, pr) = pads
     oh = (x.shape[1] + pt + pb - kh) // sh + 1
