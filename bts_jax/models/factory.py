@@ -89,6 +89,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
         se_reduction=int(model_config.get("se_reduction", 16)),
         # Configs written before the field existed had BatchNorm everywhere.
         norm=model_config.get("norm", "batch"),
+        # Configs written before the field existed ran XLA's convolutions.
+        conv_impl=model_config.get("conv_impl", "xla"),
         dtype=parse_dtype(dtype),
         param_dtype=jnp.float32,
     )
