@@ -60,12 +60,17 @@ _loaded: list[ctypes.CDLL] = []  # Keeps the library loaded for the life of the 
 
 @functools.cache
 def availability() -> Availability:
-    """Builds (on first use) and loads the extension, and registers its targets with XLA, once.
+    """Builds (on first use) and loads the extension, and registers its targets, once a process.
 
     Returns:
       ``Availability(ok=True, library=...)``, or ``ok=False`` with the reason (no oneDNN, no
       compiler, a build or load error). Never raises.
     """
+    return load()
+
+
+def load() -> Availability:
+    """What `availability` caches: builds if needed, loads, registers the FFI targets."""
     try:
         library, lib_dir = build.build_library()
         # The SYCL build of oneDNN runs its CPU engine on Intel's OpenCL CPU driver.
@@ -89,6 +94,11 @@ def cache_size() -> int:
     fn = _loaded[-1].bts_onednn_cache_size
     fn.restype = ctypes.c_int64
     return int(fn())
+
+
+def device_count(backend: str) -> int:
+    """The devices a program may be partitioned over: every device of ``backend``."""
+    return jax.device_count(backend)
 
 
 _warned: set[str] = set()
@@ -115,15 +125,14 @@ def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
     if impl == "xla":
         return "xla"
     backend = backend or jax.default_backend()
-    devices = jax.device_count(backend)
-    if backend != "cpu" or devices != 1:
+    why = ""
+    if backend != "cpu":
+        why = f"the backend is {backend!r}, not 'cpu'"
+    elif (devices := device_count(backend)) != 1:
+        why = f"there are {devices} devices: the custom call is not partitioned over a mesh"
+    if why:
         if impl == "auto":
             return "xla"
-        why = (
-            f"the backend is {backend!r}, not 'cpu'"
-            if backend != "cpu"
-            else f"there are {devices} devices: the custom call is not partitioned over a mesh"
-        )
         raise RuntimeError(f"config.model.conv_impl='onednn' cannot run here: {why}.")
     status = availability()
     if status.ok:
