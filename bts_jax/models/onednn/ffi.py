@@ -33,8 +33,9 @@ CONV_IMPLS = ("auto", "xla", "onednn")
 TARGETS = ("bts_onednn_conv_fwd", "bts_onednn_conv_bwd_data", "bts_onednn_conv_bwd_weights")
 # Let oneDNN choose the kernel's memory layout (reordering the small kernel on every call): on
 # plain HWIO memory it falls back to im2col gemm for both gradients (benchmarks/onednn_spike).
-# BTS_JAX_ONEDNN_WEIGHTS=user runs on HWIO memory as is, to measure that alternative.
-WEIGHTS_ANY = os.environ.get("BTS_JAX_ONEDNN_WEIGHTS", "any") != "user"
+# BTS_JAX_ONEDNN_WEIGHTS=user runs on HWIO memory as is, to measure that alternative (read
+# when a convolution is traced).
+WEIGHTS_LAYOUT_VARIABLE = "BTS_JAX_ONEDNN_WEIGHTS"
 
 _log = logging.getLogger(__name__)
 _NHWC = ("NHWC", "HWIO", "NHWC")
@@ -152,11 +153,15 @@ def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
 def _attrs(strides: tuple, pads: tuple, groups: int) -> dict[str, Any]:
     (sh, sw), ((pt, pb), (pl, pr)) = strides, pads
     values = dict(stride_h=sh, stride_w=sw, pad_top=pt, pad_bottom=pb, pad_left=pl, pad_right=pr)
-    values.update(groups=groups, weights_any=int(WEIGHTS_ANY))
+    weights_any = os.environ.get(WEIGHTS_LAYOUT_VARIABLE, "any") != "user"
+    values.update(groups=groups, weights_any=int(weights_any))
     return {k: np.int64(v) for k, v in values.items()}
 
 
 def _call(target: str, shape: tuple, dtype: Any, a, b, strides, pads, groups) -> jax.Array:
+    status = availability()  # Registers the targets when called without resolve_conv_impl.
+    if not status.ok:
+        raise RuntimeError(f"The oneDNN extension is unavailable: {status.reason}")
     out = jax.ShapeDtypeStruct(shape, dtype)
     # vmap runs one call per batch element ("sequential"): the model is never vmapped.
     return jax.ffi.ffi_call(target, out, vmap_method="sequential")(
