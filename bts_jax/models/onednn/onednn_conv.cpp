@@ -39,9 +39,11 @@ struct Attrs {
     int64_t sh, sw, pt, pb, pl, pr, groups, weights_any;
 };
 
+// The engine, lock and cache live until the process ends and are never destroyed: at exit,
+// static destructors would run while XLA's threads and OpenMP's may still be calling in.
 dnnl::engine &engine() {
-    static dnnl::engine e(dnnl::engine::kind::cpu, 0);
-    return e;
+    static auto *e = new dnnl::engine(dnnl::engine::kind::cpu, 0);
+    return *e;
 }
 
 // A primitive built for one shape, with what a call needs around it. Built once per
@@ -59,13 +61,13 @@ struct Entry {
 // Calls are serialised: entries own their kernel buffers, and oneDNN's OpenMP team already
 // uses every core, so two convolutions at once would only compete for them.
 std::mutex &lock() {
-    static std::mutex m;
-    return m;
+    static auto *m = new std::mutex;
+    return *m;
 }
 
 std::map<std::string, std::unique_ptr<Entry>> &cache() {
-    static std::map<std::string, std::unique_ptr<Entry>> c;
-    return c;
+    static auto *c = new std::map<std::string, std::unique_ptr<Entry>>;
+    return *c;
 }
 
 memory::dims dims_of(ffi::AnyBuffer::Dimensions d) { return memory::dims(d.begin(), d.end()); }
