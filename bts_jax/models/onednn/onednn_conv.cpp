@@ -55,8 +55,19 @@ struct Entry {
     memory::desc wei;                 // the primitive's kernel layout
     dnnl::reorder wei_reorder;        // HWIO -> wei (fwd, bwd_data) or wei -> HWIO (bwd_weights)
     memory wei_buffer;                // the kernel in the primitive's layout, reused by every call
+    memory scratch, wei_scratch;      // the primitive's and the reorder's scratchpads
     bool reorder = false;
 };
+
+// Scratchpads are the entries' own ("user" mode): oneDNN's default keeps one per thread, shared
+// by the primitives created on that thread, and XLA calls a custom call from whichever of its
+// threads is free, so a primitive created on one thread and run on another could find its
+// scratchpad too small or in use (crashes seen: "could not execute a primitive", segfaults).
+dnnl::primitive_attr user_scratchpad() {
+    dnnl::primitive_attr attr;
+    attr.set_scratchpad_mode(dnnl::scratchpad_mode::user);
+    return attr;
+}
 
 // Calls are serialised: entries own their kernel buffers, and oneDNN's OpenMP team already
 // uses every core, so two convolutions at once would only compete for them.
@@ -86,31 +97,37 @@ std::unique_ptr<Entry> build(Direction dir, memory::data_type type, const memory
     const memory::dims strides = {a.sh, a.sw}, pad_l = {a.pt, a.pl}, pad_r = {a.pb, a.pr};
     const auto alg = dnnl::algorithm::convolution_direct;
     // The backward primitives need the forward one as a hint, on the same descriptors.
+    const dnnl::primitive_attr attr = user_scratchpad();
     dnnl::convolution_forward::primitive_desc fwd(engine(), dnnl::prop_kind::forward_training,
                                                   alg, e->src, wei_req, e->dst, strides, pad_l,
-                                                  pad_r);
+                                                  pad_r, attr);
+    memory::desc scratch;
     if (dir == FWD) {
         e->prim = dnnl::convolution_forward(fwd);
         e->wei = fwd.weights_desc();
+        scratch = fwd.scratchpad_desc();
     } else if (dir == BWD_DATA) {
         dnnl::convolution_backward_data::primitive_desc pd(engine(), alg, e->src, wei_req, e->dst,
-                                                           strides, pad_l, pad_r, fwd);
+                                                           strides, pad_l, pad_r, fwd, attr);
         e->prim = dnnl::convolution_backward_data(pd);
         e->wei = pd.weights_desc();
+        scratch = pd.scratchpad_desc();
     } else {
-        dnnl::convolution_backward_weights::primitive_desc pd(engine(), alg, e->src, wei_req,
-                                                              e->dst, strides, pad_l, pad_r, fwd);
+        dnnl::convolution_backward_weights::primitive_desc pd(
+            engine(), alg, e->src, wei_req, e->dst, strides, pad_l, pad_r, fwd, attr);
         e->prim = dnnl::convolution_backward_weights(pd);
         e->wei = pd.diff_weights_desc();
+        scratch = pd.scratchpad_desc();
     }
+    e->scratch = memory(scratch, engine());
     e->reorder = e->wei != e->wei_user;
     if (e->reorder) {
         e->wei_buffer = memory(e->wei, engine());
-        e->wei_reorder = dir == BWD_WEIGHTS
-                             ? dnnl::reorder(dnnl::reorder::primitive_desc(
-                                   engine(), e->wei, engine(), e->wei_user))
-                             : dnnl::reorder(dnnl::reorder::primitive_desc(
-                                   engine(), e->wei_user, engine(), e->wei));
+        const bool out = dir == BWD_WEIGHTS;  // the kernel gradient goes back to HWIO
+        dnnl::reorder::primitive_desc pd(engine(), out ? e->wei : e->wei_user, engine(),
+                                         out ? e->wei_user : e->wei, attr);
+        e->wei_reorder = dnnl::reorder(pd);
+        e->wei_scratch = memory(pd.scratchpad_desc(), engine());
     }
     return e;
 }
@@ -157,21 +174,28 @@ ffi::Error run(Direction dir, ffi::AnyBuffer in0, ffi::AnyBuffer in1,
         void *w_user = dir == BWD_WEIGHTS ? p2 : p1;
         memory w_user_mem(e.wei_user, engine(), w_user);
         memory w_mem = e.reorder ? e.wei_buffer : w_user_mem;
-        if (e.reorder && dir != BWD_WEIGHTS)
-            e.wei_reorder.execute(strm, w_user_mem, w_mem);
+        auto reorder = [&](const memory &from, const memory &to) {
+            e.wei_reorder.execute(strm, {{DNNL_ARG_FROM, from},
+                                         {DNNL_ARG_TO, to},
+                                         {DNNL_ARG_SCRATCHPAD, e.wei_scratch}});
+        };
+        if (e.reorder && dir != BWD_WEIGHTS) reorder(w_user_mem, w_mem);
         if (dir == FWD) {
             e.prim.execute(strm, {{DNNL_ARG_SRC, memory(e.src, engine(), p0)},
                                   {DNNL_ARG_WEIGHTS, w_mem},
-                                  {DNNL_ARG_DST, memory(e.dst, engine(), p2)}});
+                                  {DNNL_ARG_DST, memory(e.dst, engine(), p2)},
+                                  {DNNL_ARG_SCRATCHPAD, e.scratch}});
         } else if (dir == BWD_DATA) {
             e.prim.execute(strm, {{DNNL_ARG_DIFF_DST, memory(e.dst, engine(), p0)},
                                   {DNNL_ARG_WEIGHTS, w_mem},
-                                  {DNNL_ARG_DIFF_SRC, memory(e.src, engine(), p2)}});
+                                  {DNNL_ARG_DIFF_SRC, memory(e.src, engine(), p2)},
+                                  {DNNL_ARG_SCRATCHPAD, e.scratch}});
         } else {
             e.prim.execute(strm, {{DNNL_ARG_SRC, memory(e.src, engine(), p0)},
                                   {DNNL_ARG_DIFF_DST, memory(e.dst, engine(), p1)},
-                                  {DNNL_ARG_DIFF_WEIGHTS, w_mem}});
-            if (e.reorder) e.wei_reorder.execute(strm, w_mem, w_user_mem);
+                                  {DNNL_ARG_DIFF_WEIGHTS, w_mem},
+                                  {DNNL_ARG_SCRATCHPAD, e.scratch}});
+            if (e.reorder) reorder(w_mem, w_user_mem);
         }
         strm.wait();
     } catch (const dnnl::error &err) {
