@@ -85,6 +85,8 @@ def jax_impl(config, batch: dict, mesh):
         name += f" (depthwise {config.model.depthwise_impl})"
     if config.model.upsample_impl != "auto":
         name += f" (upsample {config.model.upsample_impl})"
+    if config.model.get("conv_impl", "auto") != "auto":
+        name += f" (conv {config.model.conv_impl})"
     impl = Impl(name, run, dtype=config.dtype, memory=peak_bytes)
     return impl, initial, model, float(cost["flops"])
 

@@ -34,9 +34,12 @@ PyTorch was widest); ``--features/--image_size/--batch`` give one custom size in
 depthwise convolution (``config.model.depthwise_impl``; the default ``auto`` is ``shifted`` on
 CPU), each a row in the same alternated rounds; ``--upsample_impls=conv_transpose,gemm`` does the
 same for the decoder's up-convolution (``config.model.upsample_impl``; ``auto`` is ``gemm`` on
-CPU), for both models. GFLOP/s use one FLOP count per size and model: XLA's cost analysis of the
-float32 step in the model's own formulation (grouped depthwise, transposed up-convolution),
-lowered but not compiled, so a faster formulation shows as more GFLOP/s, not as fewer FLOPs.
+CPU), for both models; ``--conv_impls=xla,onednn`` likewise for the dense convolutions
+(``config.model.conv_impl``; ``auto`` is ``onednn`` on one CPU device when the extension
+builds, bts_jax/models/onednn). GFLOP/s use one FLOP count per size and model: XLA's cost
+analysis of the float32 step in the model's own formulation (grouped depthwise, transposed
+up-convolution), lowered but not compiled, so a faster formulation shows as more GFLOP/s, not as
+fewer FLOPs.
 
 XLA flags go in the ``XLA_FLAGS`` environment variable as usual; what was tried, and what each
 change was worth, is in docs/performance.md.
@@ -97,6 +100,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="auto",
         help="one JAX row per config.model.upsample_impl (auto,conv_transpose,gemm)",
     )
+    parser.add_argument(
+        "--conv_impls",
+        default="auto",
+        help="one JAX row per config.model.conv_impl (auto,xla,onednn)",
+    )
     parser.add_argument("--frameworks", default=",".join(FRAMEWORKS), help=",".join(FRAMEWORKS))
     parser.add_argument(
         "--tf32",
@@ -119,6 +127,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
     args.depthwise_impls = _split(args.depthwise_impls, DEPTHWISE_IMPLS, "--depthwise_impls")
     args.upsample_impls = _split(args.upsample_impls, UPSAMPLE_IMPLS, "--upsample_impls")
+    args.conv_impls = _split(args.conv_impls, ("auto", "xla", "onednn"), "--conv_impls")
     if args.features or args.image_size or args.batch:
         if not (args.features and args.image_size and args.batch):
             parser.error("--features, --image_size and --batch go together")
@@ -142,12 +151,19 @@ def _split(value: str, allowed, setting: str) -> list[str]:
 
 
 def make_config(
-    size: dict, model: dict, dtype: str, depthwise_impl: str = "auto", upsample_impl: str = "auto"
+    size: dict,
+    model: dict,
+    dtype: str,
+    depthwise_impl: str = "auto",
+    upsample_impl: str = "auto",
+    conv_impl: str = "auto",
 ):
     """The experiment config of one benchmark case (constant-rate Adam, loss weights 1, 1)."""
     from bts_jax.configs import default
 
     config = default.get_config()
+    if conv_impl != "auto" or "conv_impl" in config.model:  # older versions lack the field
+        config.model.conv_impl = conv_impl
     config.model.depthwise_impl = depthwise_impl
     config.model.upsample_impl = upsample_impl
     config.model.features = tuple(size["features"])
@@ -186,7 +202,8 @@ def reference_flops(size: dict, model_name: str, batch: dict, mesh) -> float:
 
     from bts_jax.models import build_model
 
-    config = make_config(size, MODELS[model_name], "float32", "grouped", "conv_transpose")
+    # XLA's convolutions: the cost analysis counts no FLOPs inside a custom call (oneDNN).
+    config = make_config(size, MODELS[model_name], "float32", "grouped", "conv_transpose", "xla")
     model = build_model(config.model)
     optimizer = step_impls.library_function("create_optimizer")(
         config.optimizer, optax.constant_schedule(1e-4)
@@ -285,11 +302,13 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     flops = reference_flops(size, model_name, batch, mesh)
     # The baseline has no depthwise convolution: one row per dtype and up-convolution is enough.
     depthwise_impls = args.depthwise_impls if MODELS[model_name]["gsconv_in"] else ["auto"]
-    variants = [(d, u) for d in depthwise_impls for u in args.upsample_impls]
+    variants = [
+        (d, u, c) for d in depthwise_impls for u in args.upsample_impls for c in args.conv_impls
+    ]
     timed = "jax" in args.frameworks
     for dtype in args.dtypes if timed else ["float32"]:
-        for depthwise_impl, upsample_impl in variants if timed else variants[:1]:
-            config = make_config(size, MODELS[model_name], dtype, depthwise_impl, upsample_impl)
+        for variant in variants if timed else variants[:1]:
+            config = make_config(size, MODELS[model_name], dtype, *variant)
             impl, initial, model, _ = step_impls.jax_impl(config, batch, mesh)
             if dtype == "float32" and reference is None:
                 reference = (initial, model)

@@ -49,6 +49,11 @@ def get_config() -> ml_collections.ConfigDict:
     # elsewhere) | "conv_transpose" (nn.ConvTranspose) | "gemm" (one matrix product). The same
     # function and parameters either way; "gemm" is faster on XLA:CPU (docs/performance.md).
     config.model.upsample_impl = "auto"
+    # The dense convolutions (and their gradients): "auto" (oneDNN on a CPU with one device when
+    # the extension builds: pip install "bts_jax[onednn]" and a g++; else XLA) | "xla" | "onednn"
+    # (fails, saying why, where it cannot run). The same function either way; oneDNN's kernels
+    # run the quickstart's convolutions 2-5x faster than XLA:CPU's (bts_jax/models/onednn).
+    config.model.conv_impl = "auto"
     config.model.eca_kernel_size = 0  # 0 = from the channel count (ECA-Net rule)
     # Squeeze-excite MLPs (se, cbam, scse): C -> max(C // r, min(C, 8)) -> C.
     config.model.se_reduction = 16

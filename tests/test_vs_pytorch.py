@@ -55,6 +55,14 @@ def test_upsample_impls_give_one_row_each_for_both_models(vs):
         assert a["gflops"] / a["median"] == pytest.approx(b["gflops"] / b["median"])
 
 
+@pytest.mark.slow
+def test_conv_impls_give_one_row_each(vs):
+    # Eight fake devices here, so only "xla" runs (oneDNN needs a one-device process).
+    args = ["--dtypes=float32", "--frameworks=jax", "--models=baseline", "--conv_impls=auto,xla"]
+    rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])
+    assert [row["impl"] for row in rows] == ["bts_jax float32", "bts_jax float32 (conv xla)"]
+
+
 def test_bad_arguments_name_the_flag(vs):
     with pytest.raises(SystemExit, match="--frameworks"):
         vs.parse_args(["--frameworks=tensorflow"])
@@ -62,6 +70,9 @@ def test_bad_arguments_name_the_flag(vs):
         vs.parse_args(["--depthwise_impls=fft"])
     with pytest.raises(SystemExit, match="--upsample_impls"):
         vs.parse_args(["--upsample_impls=nearest"])
+    with pytest.raises(SystemExit, match="--conv_impls"):
+        vs.parse_args(["--conv_impls=mkl"])
+    assert vs.parse_args(["--conv_impls=xla,onednn"]).conv_impls == ["xla", "onednn"]
     assert vs.parse_args(["--sizes=wide"]).sizes == [("wide", vs.SIZES["wide"])]
     with pytest.raises(SystemExit):
         vs.parse_args(["--features=4,8", "--image_size=16"])  # --batch missing

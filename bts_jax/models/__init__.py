@@ -18,6 +18,7 @@ from bts_jax.models.interop.milesial import import_milesial_unet
 from bts_jax.models.interop.torch_io import read_state_dict
 from bts_jax.models.layers import ECA, ConvBNAct, GSConv, channel_shuffle, eca_kernel_size
 from bts_jax.models.norms import norm_names, register_norm
+from bts_jax.models.onednn.ffi import CONV_IMPLS, resolve_conv_impl
 from bts_jax.models.registry import (
     BlockOptions,
     attention_names,
@@ -28,6 +29,7 @@ from bts_jax.models.registry import (
 from bts_jax.models.unet import UNet
 
 __all__ = [
+    "CONV_IMPLS",
     "CBAM",
     "ECA",
     "SCSE",
@@ -52,6 +54,7 @@ __all__ = [
     "register_attention",
     "register_conv",
     "register_norm",
+    "resolve_conv_impl",
 ]
 
 

@@ -35,6 +35,7 @@ class DepthwiseSeparableConv(nn.Module):
       dtype: computation dtype.
       param_dtype: parameter dtype.
       norm: the norm after each convolution (`bts_jax.models.norms`).
+      conv_impl: how the dense convolutions are computed (``layers.ConvBNAct``).
     """
 
     features: int
@@ -45,12 +46,14 @@ class DepthwiseSeparableConv(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     norm: str = DEFAULT_NORM
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
         """Maps (B, H, W, C_in) to (B, ceil(H / strides), ceil(W / strides), features)."""
         channels = x.shape[-1]
         dtypes = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, norm=self.norm)
+        dtypes.update(conv_impl=self.conv_impl)
         x = ConvBNAct(
             channels,
             self.kernel_size,
@@ -83,6 +86,7 @@ class GhostConv(nn.Module):
       dtype: computation dtype.
       param_dtype: parameter dtype.
       norm: the norm after each convolution (`bts_jax.models.norms`).
+      conv_impl: how the dense convolutions are computed (``layers.ConvBNAct``).
     """
 
     features: int
@@ -95,6 +99,7 @@ class GhostConv(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     norm: str = DEFAULT_NORM
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -103,6 +108,7 @@ class GhostConv(nn.Module):
             raise ValueError(f"GhostConv needs ratio >= 2, got {self.ratio}.")
         intrinsic = math.ceil(self.features / self.ratio)
         dtypes = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, norm=self.norm)
+        dtypes.update(conv_impl=self.conv_impl)
         primary = ConvBNAct(intrinsic, self.kernel_size, self.strides, name="primary", **dtypes)(
             x, train=train
         )
@@ -127,6 +133,7 @@ def _double_conv(features, *, strides, name, dtype, param_dtype, options: BlockO
         dtype=dtype,
         param_dtype=param_dtype,
         norm=options.norm,
+        conv_impl=options.conv_impl,
     )
 
 
@@ -141,11 +148,12 @@ def _gsconv(features, *, strides, name, dtype, param_dtype, options: BlockOption
         dtype=dtype,
         param_dtype=param_dtype,
         norm=options.norm,
+        conv_impl=options.conv_impl,
     )
 
 
 def _with_depthwise_impl(cls):
-    """A factory for a layer whose settings from ``options`` are ``depthwise_impl`` and ``norm``."""
+    """A factory for a layer set by ``options``' ``depthwise_impl``, ``norm``, ``conv_impl``."""
 
     def factory(features, *, strides, name, dtype, param_dtype, options: BlockOptions):
         return cls(
@@ -156,6 +164,7 @@ def _with_depthwise_impl(cls):
             dtype=dtype,
             param_dtype=param_dtype,
             norm=options.norm,
+            conv_impl=options.conv_impl,
         )
 
     return factory

@@ -89,6 +89,8 @@ def build_model(model_config: ml_collections.ConfigDict, *, dtype: str = "float3
         se_reduction=int(model_config.get("se_reduction", 16)),
         # Configs written before the field existed had BatchNorm everywhere.
         norm=model_config.get("norm", "batch"),
+        # Configs written before the field existed ran XLA's convolutions.
+        conv_impl=model_config.get("conv_impl", "xla"),
         dtype=parse_dtype(dtype),
         param_dtype=jnp.float32,
     )
@@ -114,8 +116,8 @@ def model_summary(
     FLOPs come from XLA's cost analysis of the compiled forward pass (a multiply-add counts as 2),
     so they include everything XLA executes (BatchNorm, activations, pooling), not only the
     convolutions. They are the model's own FLOPs, the same whatever the formulation: counted with
-    grouped depthwise convolutions and ``nn.ConvTranspose`` up-convolutions whatever
-    ``model.depthwise_impl`` and ``model.upsample_impl`` are.
+    grouped depthwise convolutions, ``nn.ConvTranspose`` up-convolutions and XLA's convolutions
+    whatever ``model.depthwise_impl``, ``model.upsample_impl`` and ``model.conv_impl`` are.
     No array of the full input size is allocated for the parameter count.
 
     Args:
@@ -128,7 +130,8 @@ def model_summary(
       ``{"params": ..., "flops": ..., "gflops_per_image": ...}``.
     """
     model.check_input_shape((batch_size, image_size, image_size, in_channels))
-    model = model.clone(depthwise_impl="grouped", upsample_impl="conv_transpose")
+    # XLA's own convolutions: its cost analysis counts nothing inside a custom call (oneDNN).
+    model = model.clone(depthwise_impl="grouped", upsample_impl="conv_transpose", conv_impl="xla")
     x = jax.ShapeDtypeStruct((batch_size, image_size, image_size, in_channels), jnp.float32)
     variables = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros(x.shape), train=False)

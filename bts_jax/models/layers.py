@@ -31,6 +31,7 @@ from bts_jax.models.norms import (  # noqa: F401  (importable from here as befor
     apply_norm,
     has_norm,
 )
+from bts_jax.models.onednn.ffi import onednn_conv_general_dilated, resolve_conv_impl
 
 # The activations a block can use. "mish" is the GSConv authors' paper-era default.
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
@@ -131,6 +132,8 @@ class ConvBNAct(nn.Module):
       dtype: computation dtype.
       param_dtype: parameter dtype.
       norm: the norm after the convolution (`bts_jax.models.norms`), at the path ``bn``.
+      conv_impl: how a dense (``groups == 1``) convolution is computed: ``"auto"``, ``"xla"`` or
+        ``"onednn"`` (``onednn.ffi.CONV_IMPLS``); the same function either way.
     """
 
     features: int
@@ -142,6 +145,7 @@ class ConvBNAct(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     norm: str = DEFAULT_NORM
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -155,8 +159,13 @@ class ConvBNAct(nn.Module):
           Output of shape (B, H / strides, W / strides, features).
         """
         activation = get_activation(self.act)
-        impl = resolve_depthwise_impl(self.depthwise_impl)
-        conv_fn = {"dense": block_diagonal_conv, "shifted": shifted_depthwise_conv}.get(impl)
+        if self.groups > 1:
+            impl = resolve_depthwise_impl(self.depthwise_impl)
+            conv_fn = {"dense": block_diagonal_conv, "shifted": shifted_depthwise_conv}.get(impl)
+        elif resolve_conv_impl(self.conv_impl) == "onednn":
+            conv_fn = onednn_conv_general_dilated
+        else:
+            conv_fn = None
         x = nn.Conv(
             self.features,
             (self.kernel_size, self.kernel_size),
@@ -165,7 +174,7 @@ class ConvBNAct(nn.Module):
             # "SAME" pads (0, 1) for stride 2 on even sizes, shifting every output by one pixel.
             padding=((self.kernel_size // 2,) * 2,) * 2,
             feature_group_count=self.groups,
-            conv_general_dilated=conv_fn if self.groups > 1 else None,
+            conv_general_dilated=conv_fn,
             use_bias=not has_norm(self.norm),
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -194,6 +203,7 @@ class GSConv(nn.Module):
       dtype: computation dtype.
       param_dtype: parameter dtype.
       norm: the norm of both branches (`bts_jax.models.norms`).
+      conv_impl: how the dense convolution is computed (see :class:`ConvBNAct`).
     """
 
     features: int
@@ -205,6 +215,7 @@ class GSConv(nn.Module):
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
     norm: str = DEFAULT_NORM
+    conv_impl: str = "auto"
 
     @nn.compact
     def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
@@ -224,7 +235,9 @@ class GSConv(nn.Module):
         get_activation(self.act)  # Fails early, naming the activation, before any parameter.
         half = self.features // 2
         common = dict(act=self.act, dtype=self.dtype, param_dtype=self.param_dtype, norm=self.norm)
-        x1 = ConvBNAct(half, self.kernel_size, self.strides, name="dense", **common)(x, train=train)
+        x1 = ConvBNAct(
+            half, self.kernel_size, self.strides, name="dense", conv_impl=self.conv_impl, **common
+        )(x, train=train)
         x2 = ConvBNAct(
             half, 5, groups=half, depthwise_impl=self.depthwise_impl, name="depthwise", **common
         )(x1, train=train)

@@ -66,6 +66,8 @@ class BlockOptions:
         attention, ``scse``'s channel branch): ``max(C // r, min(C, 8))`` hidden units.
       norm: the norm of every block that has one (``bts_jax.models.norms``: ``"batch"``,
         ``"group(8)"``, ...); a user's factory may read it too.
+      conv_impl: how dense convolutions are computed (``"auto"``, ``"xla"``, ``"onednn"``):
+        the same function and parameters either way.
     """
 
     gsconv_act: str = "mish"
@@ -74,6 +76,7 @@ class BlockOptions:
     eca_kernel_size: int | None = None
     se_reduction: int = 16
     norm: str = "batch"
+    conv_impl: str = "auto"
 
 
 def _register(kind: str, name: str, block: Any, replace: bool) -> None:

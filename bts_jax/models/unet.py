@@ -22,6 +22,7 @@ from bts_jax.models.layers import (
     get_activation,
     resolve_upsample_impl,
 )
+from bts_jax.models.onednn.ffi import CONV_IMPLS
 
 UPSAMPLE_MODES = ("transpose", "bilinear")
 GSCONV_PLACES = frozenset({"encoder", "bottleneck", "decoder"})
@@ -150,6 +151,9 @@ class UNet(nn.Module):
       norm: the norm of every block that has one (`bts_jax.models.norms`): ``"batch"`` (the
         only one with running statistics, ``batch_stats``), ``"group(G)"``, ``"instance"``,
         ``"layer"``, ``"none"``, with arguments (``"batch(momentum=0.99)"``), or an import path.
+      conv_impl: how the blocks' dense convolutions are computed: ``"auto"`` (oneDNN on a CPU
+        with one device when the extension builds, else XLA), ``"xla"`` or ``"onednn"``
+        (`bts_jax.models.onednn`); the same function either way.
     """
 
     features: Sequence[int] = (64, 128, 256, 512)
@@ -169,6 +173,7 @@ class UNet(nn.Module):
     # The fields added last stay last, so that positional construction keeps its meaning.
     upsample_impl: str = "auto"
     norm: str = norms.DEFAULT_NORM
+    conv_impl: str = "auto"
 
     @property
     def downsampling_factor(self) -> int:
@@ -185,6 +190,7 @@ class UNet(nn.Module):
             eca_kernel_size=self.eca_kernel_size,
             se_reduction=self.se_reduction,
             norm=self.norm,
+            conv_impl=self.conv_impl,
         )
 
     def check_input_shape(self, shape: Sequence[int]) -> None:
@@ -230,6 +236,8 @@ class UNet(nn.Module):
             raise ValueError(
                 f"UNet.depthwise_impl={self.depthwise_impl!r}; expected one of {DEPTHWISE_IMPLS}."
             )
+        if self.conv_impl not in CONV_IMPLS:
+            raise ValueError(f"UNet.conv_impl={self.conv_impl!r}; expected one of {CONV_IMPLS}.")
         if self.se_reduction < 1:
             raise ValueError(f"UNet.se_reduction must be >= 1, got {self.se_reduction}.")
         norms.resolve_norm(self.norm, "UNet.norm")  # Unknown names, failed imports, arguments.

@@ -9,7 +9,7 @@ from jax.sharding import Mesh
 
 from bts_jax import data as data_lib
 from bts_jax import workdir as workdir_lib
-from bts_jax.models import build_model
+from bts_jax.models import build_model, resolve_conv_impl
 from bts_jax.sharding import compiled_together, make_mesh
 from bts_jax.train import seeds
 from bts_jax.train.config_checks import validate_config
@@ -136,7 +136,8 @@ def record_environment(member: SeedRun, resume_step: int | None, run: RunSetup) 
     """Appends this start's environment (versions, devices, code, data) to environment.json.
 
     A new run with ``config.model.output_bias_prior`` set also records the prior its head
-    starts at (``"output_bias_prior"``: setting, prior, bias; `output_bias_record`).
+    starts at (``"output_bias_prior"``: setting, prior, bias; `output_bias_record`). Every
+    record says which convolutions ran (``"conv_impl"``: ``"xla"`` or ``"onednn"``).
 
     Args:
       member: the run (its workdir and input).
@@ -154,4 +155,6 @@ def record_environment(member: SeedRun, resume_step: int | None, run: RunSetup) 
         prior = output_bias_record(member.config, run.model.num_classes, member.tumour_fraction())
     if prior is not None:
         record["output_bias_prior"] = prior
+    # What computed the convolutions: "auto" depends on the machine (oneDNN built or not).
+    record["conv_impl"] = resolve_conv_impl(member.config.model.get("conv_impl", "xla"))
     workdir_lib.write_environment(member.workdir, record)

@@ -46,6 +46,10 @@ SAFE_CHANGES: dict[str, str] = {
         "how the 2x2 up-convolutions are computed (transposed convolution or one matrix "
         "product): the same function and parameters, results equal up to float rounding"
     ),
+    "model.conv_impl": (
+        "whose kernels compute the dense convolutions (XLA's or oneDNN's): the same function "
+        "and parameters, results equal up to float rounding"
+    ),
 }
 
 
@@ -61,6 +65,8 @@ IMPLIED_FIELDS: dict[str, Any] = {
     "model.attention": "",
     "model.se_reduction": 16,
     "model.upsample_impl": "auto",
+    # XLA's convolutions (bts_jax/models/onednn came later).
+    "model.conv_impl": "xla",
     # The loss registry: "" is bce_dice with loss.bce_weight / loss.dice_weight, as before.
     "loss.name": "",
     # The augmentation ops string (bts_jax/data/augment_config.py): "flip" leaves augmentation

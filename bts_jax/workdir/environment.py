@@ -33,6 +33,7 @@ PACKAGES = (
     "tensorflow",
     "tensorflow-cpu",
     "numpy",
+    "onednn-cpu-gomp",
     "bts_jax",
 )
 # The parts of a record that must agree for two runs to be comparable, and their names.
