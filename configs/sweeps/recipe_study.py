@@ -10,14 +10,15 @@ the head's prior, the norm, the schedule's end, the peak and warmup, the optimis
 clipping, weight averaging, the loss, and the resolution against the epochs at the same compute
 (pixels x epochs within 5% of 96 px x 8).
 
-**Chosen on validation only**: ``score_split = "validation"`` makes the report score each cell's
-own validation block (the last 15% of each tumour type's bundled ids, 135 slices) and read no
-test image; the 310 held-out slices of unseen patients (``benchmarks/heldout_quickstart.py``) are
-scored once, for the chosen recipe and for today's, after the study. Restartable in pieces (``--cell``; several processes may share the folder, a cell's lock
-keeps it single-writer), then ``report.py DIR``. On the 2-core machine one process using both
-cores steps at ~20 images/s (201 ms per batch of 4, docs/performance.md), two processes pinned
-one per core (``taskset -c 0`` and ``-c 1``) trained ~7.7 each: the study runs one process. Its first two cells (today, seeds 0-1) ran pinned, so
-their seconds are one core's; the others' are comparable with one another.
+**Chosen on validation only**: ``score_split = "validation"`` makes the report score each cell's own
+validation block (the last 15% of each tumour type's bundled ids, 135 slices) and read no test
+image; the 310 held-out slices of unseen patients (``benchmarks/heldout_quickstart.py``) are scored
+once, for the chosen recipe and for today's, after the study. Restartable in pieces (``--cell``;
+several processes may share the folder, a cell's lock keeps it single-writer), then ``report.py
+DIR``. On the 2-core machine one process using both cores steps at ~20 images/s (201 ms per batch of
+4, docs/performance.md), two processes pinned one per core (``taskset -c 0`` and ``-c 1``) trained
+~7.7 each: the study runs one process. Its first two cells (today, seeds 0-1) ran pinned, so their
+seconds are one core's; the others' are comparable with one another.
 """
 
 import ml_collections
