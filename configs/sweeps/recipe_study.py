@@ -52,7 +52,8 @@ def get_config() -> ml_collections.ConfigDict:
     sweep = ml_collections.ConfigDict()
     sweep.name = "recipe_study"
     sweep.base_config = "configs/quickstart.py"
-    sweep.overrides = {"num_predictions": 0}
+    # XLA's convolutions, as the first cells ran (before config.model.conv_impl existed).
+    sweep.overrides = {"num_predictions": 0, "model": {"conv_impl": "xla"}}
     sweep.variants = VARIANTS
     sweep.baseline = "today"
     sweep.paper_model = ""
