@@ -448,6 +448,11 @@ def test_environments_are_listed_and_differences_warned(tmp_path):
     summary = _summary(tmp_path)
     environments = summary["provenance"]["environments"]
     assert sorted(len(e["runs"]) for e in environments) == [1, 3]
+    assert "1 x cpu:cpu; XLA_FLAGS" in environments[0]["description"]
+    # A record that names its CPU model (environment.json since it has a "cpu") shows it.
+    assert "1 x cpu:cpu (AMD EPYC 9R14);" in provenance.describe(
+        {**_environment(), "cpu": {"model": "AMD EPYC 9R14", "cores": 2}}
+    )
     (warning,) = summary["provenance"]["warnings"]
     assert "paper/seed_1" in warning and "versions.jax: 0.10.2 vs 0.10.3" in warning
     text = (tmp_path / report.REPORT_FILE).read_text()

@@ -2,6 +2,7 @@
 
 import json
 import os
+import platform
 import subprocess
 import warnings
 
@@ -30,6 +31,7 @@ def test_an_environment_record_names_versions_devices_code_and_data():
     )
     assert "tensorflow" in record["versions"] or "tensorflow-cpu" in record["versions"]
     assert record["devices"] == {"kinds": ["cpu:cpu"], "count": 2}
+    assert record["cpu"]["cores"] == os.cpu_count()
     assert record["xla_flags"] == os.environ.get("XLA_FLAGS", "")
     commit = subprocess.run(
         ["git", "-C", REPO, "rev-parse", "HEAD"], capture_output=True, text=True
@@ -41,6 +43,17 @@ def test_an_environment_record_names_versions_devices_code_and_data():
     sizes = sum(os.path.getsize(e.image) + os.path.getsize(e.mask) for e in _splits()["source"])
     assert source["examples"] == 60 and source["bytes"] == sizes and len(source["sha256"]) == 64
     assert record["data"]["validation"]["examples"] == 12
+
+
+def test_the_cpu_is_named_from_cpuinfo(tmp_path):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC 9R14\n")
+    assert environment.cpu_description(str(cpuinfo)) == {
+        "model": "AMD EPYC 9R14",
+        "cores": os.cpu_count(),
+    }
+    elsewhere = environment.cpu_description(str(tmp_path / "missing"))
+    assert elsewhere["model"] == platform.processor()
 
 
 def test_outside_a_checkout_the_code_is_the_installed_version(tmp_path):

@@ -25,11 +25,16 @@ def _code(record: dict[str, Any]) -> str:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """One environment record in a line: versions, devices, XLA flags, code, data fingerprints."""
+    """One environment record in a line: versions, devices (and the CPU model, where recorded),
+    XLA flags, code, data fingerprints.
+    """
     versions = ", ".join(f"{k} {v}" for k, v in sorted(record.get("versions", {}).items()))
     devices = record.get("devices", {})
     kinds = ", ".join(devices.get("kinds", [])) or "unknown devices"
     flags = record.get("xla_flags") or "none"
+    # XLA:CPU's kernels, so its rounding, depend on the CPU model; records before it say nothing.
+    cpu = (record.get("cpu") or {}).get("model")
+    kinds += f" ({cpu})" if cpu else ""
     data = record.get("data", {})
     fingerprints = ", ".join(
         f"{name} {data[name]['examples']} images ({data[name]['sha256'][:12]})"

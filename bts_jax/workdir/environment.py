@@ -76,6 +76,29 @@ def code_version(path: str | None = None) -> dict[str, Any]:
     return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain"))}
 
 
+def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
+    """The host's CPU: its model name and logical core count.
+
+    XLA:CPU picks its kernels by the instruction sets it finds, so the same program can round
+    differently on another CPU model: the record says which one a run trained on.
+
+    Args:
+      cpuinfo: Linux's CPU description file (elsewhere `platform.processor()` is used).
+
+    Returns:
+      ``{"model", "cores"}`` (``model`` empty when nothing names it).
+    """
+    model = ""
+    if os.path.isfile(cpuinfo):
+        with open(cpuinfo, errors="replace") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                    break
+    return {"model": model or platform.processor(), "cores": os.cpu_count()}
+
+
 def _file_signature(item: Any) -> tuple[str, int]:
     """(name, size) of an example's image or mask: a file path, or encoded bytes (TFDS)."""
     if isinstance(item, bytes):
@@ -121,8 +144,8 @@ def environment_record(
       devices: the run's devices; default all of JAX's.
 
     Returns:
-      ``{"step", "python", "platform", "versions", "devices", "process_count", "xla_flags",
-      "code", "data"}``.
+      ``{"step", "python", "platform", "cpu", "versions", "devices", "process_count",
+      "xla_flags", "code", "data"}`` (``cpu``: `cpu_description`; recorded, not compared).
     """
     import jax
 
@@ -132,6 +155,7 @@ def environment_record(
         "step": int(step),
         "python": platform.python_version(),
         "platform": f"{sys.platform} {platform.machine()}",
+        "cpu": cpu_description(),
         "versions": {name: v for name in PACKAGES if (v := _version(name)) is not None},
         "devices": {"kinds": kinds, "count": len(devices)},
         "process_count": jax.process_count(),
