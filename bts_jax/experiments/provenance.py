@@ -25,9 +25,7 @@ def _code(record: dict[str, Any]) -> str:
 
 
 def describe(record: dict[str, Any]) -> str:
-    """One environment record in a line: versions, devices (and the CPU model, where recorded),
-    XLA flags, code, data fingerprints.
-    """
+    """One environment record in a line: versions, devices and CPU, XLA flags, code, data."""
     versions = ", ".join(f"{k} {v}" for k, v in sorted(record.get("versions", {}).items()))
     devices = record.get("devices", {})
     kinds = ", ".join(devices.get("kinds", [])) or "unknown devices"
