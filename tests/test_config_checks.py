@@ -38,6 +38,13 @@ def test_a_valid_config_passes():
         ({"ema_decay": 1.0}, 1, 1, r"config\.ema_decay=1\.0 must be a number in \[0, 1\)"),
         ({"ema_decay": -0.5}, 1, 1, r"config\.ema_decay=-0\.5 must be a number in \[0, 1\)"),
         ({"ema_start_step": -1}, 1, 1, r"config\.ema_start_step=-1 must be an integer >= 0"),
+        ({"model.conv_impl": "mkl"}, 1, 1, r"config\.model\.conv_impl='mkl' must be one of"),
+        (
+            {"model.conv_impl": "onednn"},
+            8,
+            1,
+            r"config\.model\.conv_impl='onednn' needs one device, and this run has 8",
+        ),
     ],
 )
 def test_bad_settings_are_named(overrides, device_count, process_count, message):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from bts_jax import data as data_lib
-from bts_jax.models import build_model
+from bts_jax.models import CONV_IMPLS, build_model, resolve_conv_impl
 from bts_jax.models.head import check_output_bias_prior
 from bts_jax.sharding import seed_axis_size
 from bts_jax.train.loss_builder import check_loss_config
@@ -103,13 +103,33 @@ def _check_ema(config: Any) -> None:
         )
 
 
+def _check_conv_impl(model: Any, device_count: int) -> None:
+    """``config.model.conv_impl``: a known name; an explicit ``onednn`` on one device, built."""
+    impl = model.get("conv_impl", "xla")
+    if impl not in CONV_IMPLS:
+        raise ValueError(f"config.model.conv_impl={impl!r} must be one of {list(CONV_IMPLS)}.")
+    if impl != "onednn":
+        return
+    if device_count != 1:
+        raise ValueError(
+            f"config.model.conv_impl='onednn' needs one device, and this run has {device_count}: "
+            "oneDNN's custom call is not partitioned over a mesh. Use 'auto' (XLA's convolutions "
+            "on several devices) or 'xla'."
+        )
+    try:
+        resolve_conv_impl(impl)  # builds and loads the extension now, not inside the first step
+    except RuntimeError as error:
+        raise ValueError(str(error)) from None
+
+
 def validate_config(config: Any, *, device_count: int, process_count: int) -> None:
     """Raises a ValueError naming the field when ``config`` cannot run on these devices.
 
     Checks: the training augmentation (``config.data.augmentations``, or the old switches of
     ``config.data.augment``: op names, arguments, each op run once on a tiny pair; see
     `bts_jax.data.check_augmentations`), the model section (names, placements, widths, dtype,
-    the norm against every layer's width, the head's ``output_bias_prior``), the image size
+    the norm against every layer's width, the head's ``output_bias_prior``, ``conv_impl``: an
+    explicit ``onednn`` needs one device and the extension built), the image size
     against the number of U-Net stages, ``num_seeds`` (one host; each seed's batch against the
     data axis of the seed mesh, see `bts_jax.sharding.make_seed_mesh`), both batch sizes against
     the device and process counts, the number of epochs, the optimiser and schedule (names and
@@ -123,6 +143,7 @@ def validate_config(config: Any, *, device_count: int, process_count: int) -> No
     """
     _check_ema(config)
     data_lib.check_augmentations(config.data)
+    _check_conv_impl(config.model, device_count)  # before build_model, which runs the blocks
     build_model(config.model, dtype=config.dtype)
     check_output_bias_prior(config.model.get("output_bias_prior"))
     _check_image_size(config)
