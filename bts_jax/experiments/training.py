@@ -94,7 +94,8 @@ def training_table(summary: Mapping[str, Mapping[str, Any]], split_title: str) -
       split_title: the scored split's name ("Validation" or "Test").
 
     Returns:
-      The lines, ending with a blank one.
+      The lines, ending with a blank one; variants without a finished run are left out (the
+      report lists their cells as missing).
     """
     lines = [
         "## How each variant trained",
@@ -109,6 +110,8 @@ def training_table(summary: Mapping[str, Mapping[str, Any]], split_title: str) -
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, row in summary.items():
+        if not row["n_runs"]:
+            continue
         dice, loss = row["dice"], row["final_train_loss"]
         cells = [
             name,
