@@ -76,16 +76,21 @@ def _inputs(h, w, c, o, k, groups, dtype, y_shape=None):
     return x.astype(dtype), kernel.astype(dtype), keys[2]
 
 
+def _output_shape(x, kernel, stride, padding, groups):
+    """The shape (N, OH, OW, O) of XLA's convolution of ``x`` by ``kernel``."""
+    return jax.eval_shape(
+        lambda: lax.conv_general_dilated(
+            x, kernel, (stride,) * 2, padding, dimension_numbers=NHWC, feature_group_count=groups
+        )
+    ).shape
+
+
 @needs_onednn
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "x".join(map(str, c[:6])) + f"g{c[7]}")
 def test_float32_forward_and_gradients_match_xla(case):
     h, w, c, o, k, s, padding, groups = case
     x, kernel, key = _inputs(h, w, c, o, k, groups, jnp.float32)
-    y_shape = jax.eval_shape(
-        lambda: lax.conv_general_dilated(
-            x, kernel, (s, s), padding, dimension_numbers=NHWC, feature_group_count=groups
-        )
-    ).shape
+    y_shape = _output_shape(x, kernel, s, padding, groups)
     dy = jax.random.normal(key, y_shape, jnp.float32)
     args = (x, kernel, dy, (s, s), padding, groups)
     expected = conv_and_grads(lax.conv_general_dilated, *args)
@@ -101,11 +106,7 @@ def test_float32_forward_and_gradients_match_xla(case):
 def test_bfloat16_is_within_bfloat16_rounding_of_float32(case):
     h, w, c, o, k, s, padding, groups = case
     x, kernel, key = _inputs(h, w, c, o, k, groups, jnp.bfloat16)
-    y_shape = jax.eval_shape(
-        lambda: lax.conv_general_dilated(
-            x, kernel, (s, s), padding, dimension_numbers=NHWC, feature_group_count=groups
-        )
-    ).shape
+    y_shape = _output_shape(x, kernel, s, padding, groups)
     dy = jax.random.normal(key, y_shape, jnp.float32).astype(jnp.bfloat16)
     args = ((s, s), padding, groups)
     # The reference: float32 on the same (bfloat16-exact) inputs.

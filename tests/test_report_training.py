@@ -90,25 +90,8 @@ def test_the_training_table_reads_spread_first_epochs_losses_and_seconds(tmp_pat
     assert "| unet | 3 |" in table.split("##")[0] and "| paper |" not in table.split("##")[0]
 
 
-def test_first_epoch_dice_and_final_loss_of_a_run_without_them_are_nan():
-    run = results.Run(
-        variant="unet",
-        seed=0,
-        fold=None,
-        path="",
-        config={},
-        test={},
-        per_image={},
-        history=[{"epoch": 2, "step": 4, "val_dice": 0.3}],
-        wall_s=1.0,
-        environment=None,
-        test_data=None,
-    )
-    assert math.isnan(training.first_epoch_val_dice(run))
-    assert math.isnan(training.final_train_loss(run))
-
-
 def _run_with(history):
+    """A finished run of the paper model with only ``history`` (its metrics.jsonl) to read."""
     return results.Run(
         variant="paper",
         seed=0,
@@ -122,6 +105,12 @@ def _run_with(history):
         environment=None,
         test_data=None,
     )
+
+
+def test_first_epoch_dice_and_final_loss_of_a_run_without_them_are_nan():
+    run = _run_with([{"epoch": 2, "step": 4, "val_dice": 0.3}])
+    assert math.isnan(training.first_epoch_val_dice(run))
+    assert math.isnan(training.final_train_loss(run))
 
 
 def _cosine_history(num_epochs, final):
