@@ -13,11 +13,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Test programs are tiny, so XLA's CPU compile time dominates: skip LLVM's optimisations (halves
 # compile time, numerics unchanged) and share compiled programs between tests, test processes and
 # subprocesses through the persistent cache. Environment variables, so subprocesses inherit them.
-os.environ.setdefault("XLA_FLAGS", "--xla_backend_optimization_level=0")
+# Every program goes to the cache, however quick its compile: models run eagerly in the tests
+# compile each operation on its own (~20 ms each, hundreds per test file), which every worker and
+# every subprocess would otherwise compile again (tests/test_models.py run twice: 56 s the second
+# time with a 0.2 s threshold, 42 s with none).
+# XLA:CPU's older elemental emitters compile a small train step in ~3 s where the newer fusion
+# emitters take ~4 s (the two-stage model of helpers.SMALL_MODEL on 8 devices).
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
+)
 os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "bts_jax_test_xla_cache")
 )
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import jax
 
