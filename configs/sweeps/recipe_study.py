@@ -17,8 +17,11 @@ once, for the chosen recipe and for today's, after the study. Restartable in pie
 several processes may share the folder, a cell's lock keeps it single-writer), then ``report.py
 DIR``. On the 2-core machine one process using both cores steps at ~20 images/s (201 ms per batch of
 4, docs/performance.md), two processes pinned one per core (``taskset -c 0`` and ``-c 1``) trained
-~7.7 each: the study runs one process. Its first two cells (today, seeds 0-1) ran pinned, so their
-seconds are one core's; the others' are comparable with one another.
+~7.7 each: the study runs one process, from one fixed commit, so that every kept cell ran the same
+code. Its first 12 cells ran from a moving checkout (four commits), two of them pinned to one core;
+they run again from that commit. XLA:CPU's bits depend on the thread count: a seed pinned to one
+core ends training elsewhere than on two (README, Determinism). Cells that ran while other jobs
+shared the machine have inflated seconds: compare costs with ``benchmarks/recipe_costs.py``.
 """
 
 import ml_collections
