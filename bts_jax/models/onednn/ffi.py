@@ -122,7 +122,7 @@ def resolve_conv_impl(impl: str, backend: str | None = None) -> str:
         several devices, or the extension does not build or load); the message says why.
     """
     if impl not in CONV_IMPLS:
-        raise ValueError(f"config.model.conv_impl={impl!r}; expected one of {CONV_IMPLS}.")
+        raise ValueError(f"config.model.conv_impl={impl!r} must be one of {list(CONV_IMPLS)}.")
     if impl == "xla":
         return "xla"
     backend = backend or jax.default_backend()
