@@ -161,7 +161,7 @@ class Paused:
         self.pids, self.log, self.tag = pids, log, tag
 
     def __enter__(self):
-        self.start = _utc()
+        self.start = utc()
         for pid in self.pids:
             os.kill(pid, signal.SIGSTOP)
         return self
@@ -172,11 +172,12 @@ class Paused:
                 os.kill(pid, signal.SIGCONT)
         if self.pids and self.log:
             with open(self.log, "a") as f:
-                f.write(f"{self.start} {_utc()} {self.tag}\n")
+                f.write(f"{self.start} {utc()} {self.tag}\n")
         return False
 
 
-def _utc() -> str:
+def utc() -> str:
+    """Now, UTC, to the second (a paused window's ends)."""
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

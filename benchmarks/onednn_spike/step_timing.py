@@ -12,9 +12,7 @@ and step as ``benchmarks/vs_pytorch.py --frameworks=jax --conv_impls=xla,onednn`
 nothing and compiles between cases.
 """
 
-import datetime
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -25,6 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import jax  # noqa: E402
 import step_impls  # noqa: E402
 import vs_pytorch  # noqa: E402
+from run import Paused, utc  # noqa: E402  (this folder's run.py, on the path as the script's)
 
 LOG = "/work/logs/paused_windows.txt"
 JOB = "sweep.py --config configs/sweeps/recipe_study.py"
@@ -42,10 +41,6 @@ def job_pids() -> list[int]:
         if "python" in os.path.basename(command[0]) and int(pid) != os.getpid():
             pids.append(int(pid))
     return pids
-
-
-def utc() -> str:
-    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def main() -> None:
@@ -71,24 +66,14 @@ def main() -> None:
         impl.run(3)  # warm-up
         impls.append(impl)
     targets = job_pids() if os.environ.get("PAUSE") == "1" else []
-    start = utc()
-    print(f"pausing {targets} at {start}", flush=True)
-    for pid in targets:
-        os.kill(pid, signal.SIGSTOP)
-    try:
+    with Paused(targets, LOG, os.environ.get("TAG", "step_timing")) as window:
+        print(f"pausing {targets} at {window.start}", flush=True)
         for _ in range(repeats):
             for impl in impls:
                 began = time.perf_counter()
                 impl.run(steps)
                 impl.images_per_s.append(steps * size["batch"] / (time.perf_counter() - began))
-    finally:
-        for pid in targets:
-            os.kill(pid, signal.SIGCONT)
-        end = utc()
-        if targets:
-            with open(LOG, "a") as f:
-                f.write(f"{start} {end} {os.environ.get('TAG', 'step_timing')}\n")
-        print(f"resumed at {end}", flush=True)
+    print(f"resumed at {utc()}", flush=True)
     print(f"{repeats} rounds x {steps} steps, batch {size['batch']}")
     print("| model | dtype | convolutions | images/s median [min-max] | x XLA |")
     print("|---|---|---|---|---|")
