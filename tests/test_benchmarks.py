@@ -174,9 +174,11 @@ def test_reproduce_kept_cell_retrains_the_trained_workdir_identically(trained_wo
 # ----------------------------------------------------------------------------- oneDNN spike
 
 
-def test_onednn_spike_table_reads_the_kept_run_and_judges_the_bar(capsys):
+def test_onednn_spike_table_reads_the_kept_run_and_judges_the_bar(capsys, monkeypatch):
     """`run.py table` reprints the kept timings; the wide float32 baseline misses 1.5x there."""
-    sys.path.insert(0, os.path.join(REPO, "benchmarks", "onednn_spike"))
+    # The folder (and what run.py adds to sys.path itself) leaves the path after this test: its
+    # generic module names (run, shapes) would otherwise come first for every later test.
+    monkeypatch.syspath_prepend(os.path.join(REPO, "benchmarks", "onednn_spike"))
     import run as onednn_spike
 
     kept = os.path.join(REPO, "benchmarks", "onednn_spike", "results_2026-12-07.json")
