@@ -82,9 +82,8 @@ def test_the_training_table_reads_spread_first_epochs_losses_and_seconds(tmp_pat
     assert "| 1/1 |" in line and "| 90 | 1.50 |" in line
 
     # A variant whose cells have not finished is not a row of the table (it is a missing cell).
-    shutil.rmtree(sweeps.cell_dir(root, "paper", 0))
-    shutil.rmtree(sweeps.cell_dir(root, "paper", 1))
-    shutil.rmtree(sweeps.cell_dir(root, "paper", 2))
+    for seed in range(3):
+        shutil.rmtree(sweeps.cell_dir(root, "paper", seed))
     report.write_report(root, model_stats=False)
     table = read_text(root, report.REPORT_FILE).split("## How each variant trained")[1]
     assert "| unet | 3 |" in table.split("##")[0] and "| paper |" not in table.split("##")[0]
