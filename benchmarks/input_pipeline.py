@@ -46,6 +46,14 @@ def main():
     parser.add_argument("--image_size", type=int, default=512)
     parser.add_argument("--equalize_images", type=int, default=200, help="images for cv2 timing")
     args = parser.parse_args()
+    try:  # Checked first: the pipeline's timing takes minutes before OpenCV's starts.
+        import cv2
+    except ImportError:
+        parser.exit(
+            2,
+            "benchmarks/input_pipeline.py compares with OpenCV's equalizeHist, which is not "
+            "installed: pip install -e '.[test]' (./run.sh test installs it)\n",
+        )
     where = args.data_dir or "bundled sample"
     print(
         f"data: {where}; cores: {os.cpu_count()}; image_size {args.image_size}; batch 8; "
@@ -73,8 +81,6 @@ def main():
     print(
         f"train, cache on, later epochs (augment only):                 {rate:8.1f} images/s ({n})"
     )
-
-    import cv2
 
     images = [
         host_images.load_grayscale(e.image)
