@@ -135,6 +135,10 @@ def test_seed_states_initialise_exactly_like_single_runs_and_round_trip():
         assert seed_state.params["head"]["kernel"].sharding.is_fully_replicated
     restacked = state_lib.stack_train_states(seeds, mesh)
     chex.assert_trees_all_equal(jax.device_get(restacked), jax.device_get(stacked))
+    assert restacked.params["head"]["kernel"].sharding == stacked.params["head"]["kernel"].sharding
+    # Stacking reads each leaf whole on the host: a sharded leaf is refused, not half-read.
+    with pytest.raises(ValueError, match="takes replicated states"):
+        state_lib.stack_train_states([stacked, stacked], mesh)
 
 
 def _single_run_params(config, mesh):
