@@ -156,8 +156,13 @@ def check_agreement(model, initial: dict, twin, batch: dict, tolerance: float) -
     return errors
 
 
-def torch_impl(twin, batch: dict, compile_model: bool):
-    """The PyTorch train step (forward, same loss, backward, Adam) of ``twin``, on its device."""
+def torch_impl(twin, batch: dict, compile_model: bool, dtype: str = "float32"):
+    """The PyTorch train step (forward, same loss, backward, Adam) of ``twin``, on its device.
+
+    ``dtype="bfloat16"`` runs the forward pass and the loss under ``torch.autocast`` (bfloat16
+    convolutions with float32 weights, PyTorch's mixed precision), the counterpart of bts_jax's
+    ``config.dtype="bfloat16"``.
+    """
     import torch
     import torch_unet
 
@@ -167,11 +172,13 @@ def torch_impl(twin, batch: dict, compile_model: bool):
     forward = torch.compile(net) if compile_model else net
     x = torch.from_numpy(batch["image"]).permute(0, 3, 1, 2).contiguous().to(device)
     mask = torch.from_numpy(batch["mask"]).to(device)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == "bfloat16")
 
     def run(n: int) -> None:
         for _ in range(n):
             optimizer.zero_grad(set_to_none=True)
-            loss = torch_unet.segmentation_loss(forward(x), mask)
+            with autocast:
+                loss = torch_unet.segmentation_loss(forward(x), mask)
             loss.backward()
             optimizer.step()
         if device.type == "cuda":
@@ -182,8 +189,9 @@ def torch_impl(twin, batch: dict, compile_model: bool):
     def peak_bytes():
         return torch.cuda.max_memory_allocated() if device.type == "cuda" else None
 
-    name = "torch.compile float32" if compile_model else "torch eager float32"
-    return Impl(name, run, memory=peak_bytes)
+    name = "torch.compile" if compile_model else "torch eager"
+    name += " bfloat16 autocast" if dtype == "bfloat16" else " float32"
+    return Impl(name, run, dtype=dtype, memory=peak_bytes)
 
 
 def cuda_available() -> bool:

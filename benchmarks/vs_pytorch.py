@@ -9,9 +9,11 @@ For each size and model (the baseline U-Net and the paper's GSConv + ECA model) 
    statistics) must agree to a relative error below ``--tolerance`` (printed); on a mismatch it
    stops without timing anything;
 3. times the full train step of every implementation in turn within one process (JAX float32,
-   JAX bfloat16, PyTorch eager, PyTorch ``torch.compile``), ``--repeats`` rounds of ``--steps``
-   steps each after ``--warmup`` untimed steps, and prints one table: median images/s and the
-   min-max over rounds, the ratio to PyTorch eager, achieved GFLOP/s (the float32 step's FLOPs from
+   JAX bfloat16, PyTorch eager, PyTorch ``torch.compile``; eager PyTorch also under bfloat16
+   ``torch.autocast`` where ``--dtypes`` names bfloat16), ``--repeats`` rounds of
+   ``--steps`` steps each after ``--warmup`` untimed steps, and prints one table: median images/s
+   and the min-max over rounds, the ratio to PyTorch eager in the row's dtype (bfloat16 rows
+   against autocast), achieved GFLOP/s (the float32 step's FLOPs from
    XLA's cost analysis, the same count for every row), and on a GPU the fraction of the device's
    peak (MFU) and the peak memory.
 
@@ -322,24 +324,31 @@ def run_case(size_name: str, size: dict, model_name: str, args, mesh, kind: str)
     if wants_torch:
         twin = step_impls.torch_twin(make_config(size, MODELS[model_name], "float32"), reference[0])
         step_impls.check_agreement(reference[1], reference[0], twin, batch, args.tolerance)
+        # One PyTorch row per framework and dtype: bfloat16 is eager PyTorch under autocast
+        # (torch.compile stays float32: a second compile would not fit gpu_check.sh's limits).
         for framework in wants_torch:
             compile_model = framework == "torch_compile"
-            try:
-                impl = step_impls.torch_impl(twin, batch, compile_model)
-                impl.run(1)  # compiles; a failure here drops the row, not the run
-            except Exception as error:
-                print(f"  {framework}: skipped ({type(error).__name__}: {str(error)[:200]})")
-                continue
-            impls.append(impl)
+            for dtype in ["float32"] if compile_model else args.dtypes:
+                try:
+                    impl = step_impls.torch_impl(twin, batch, compile_model, dtype)
+                    impl.run(1)  # compiles; a failure here drops the row, not the run
+                except Exception as error:
+                    print(
+                        f"  {framework} {dtype}: skipped ({type(error).__name__}: {error!s:.200})"
+                    )
+                    continue
+                impls.append(impl)
     del jax
     time_impls(impls, size["batch"], args)
 
     rows = []
-    eager = next((i for i in impls if i.name.startswith("torch eager")), None)
-    eager_median = statistics.median(eager.images_per_s) if eager else None
+    # Each row against PyTorch eager in its own dtype (bfloat16 against autocast), else float32.
+    eager = {i.dtype: i for i in impls if i.name.startswith("torch eager")}
     label = f"{size_name} {size['image_size']}px b{size['batch']} w{size['features'][0]}"
     for impl in impls:
         median = statistics.median(impl.images_per_s)
+        reference = eager.get(impl.dtype, eager.get("float32"))
+        eager_median = statistics.median(reference.images_per_s) if reference else None
         peak = _peak_flops(kind, impl.dtype, args.tf32)
         gflops = flops * median / size["batch"] / 1e9
         rows.append(

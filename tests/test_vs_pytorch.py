@@ -128,3 +128,42 @@ def test_torch_train_step_runs_on_a_copy_of_the_twin(vs, built):
     # torch_impl trains a copy: the twin keeps the Flax weights.
     head = twin.head.weight.detach().numpy()[:, :, 0, 0].T
     np.testing.assert_allclose(head, np.asarray(initial["params"]["head"]["kernel"])[0, 0])
+
+
+@pytest.mark.slow
+def test_bfloat16_rows_are_compared_with_pytorch_autocast(vs):
+    pytest.importorskip("torch")
+    args = ["--models=baseline", "--dtypes=float32,bfloat16", "--frameworks=jax,torch"]
+    rows = vs.main([*TINY, *args, "--repeats=1", "--steps=1", "--warmup=0"])
+    by_name = {row["impl"]: row for row in rows}
+    assert list(by_name) == [
+        "bts_jax float32",
+        "bts_jax bfloat16",
+        "torch eager float32",
+        "torch eager bfloat16 autocast",
+    ]
+    for dtype, torch_row in (
+        ("float32", "torch eager float32"),
+        ("bfloat16", "torch eager bfloat16 autocast"),
+    ):
+        ours, theirs = by_name[f"bts_jax {dtype}"], by_name[torch_row]
+        assert theirs["ratio"] == 1.0
+        assert ours["ratio"] == pytest.approx(ours["median"] / theirs["median"])
+
+
+def test_torch_autocast_step_runs_in_bfloat16(vs, built, monkeypatch):
+    import torch_unet
+
+    _, batch, _, _, twin = built
+    seen = []
+    loss = torch_unet.segmentation_loss
+    monkeypatch.setattr(
+        torch_unet, "segmentation_loss", lambda y, m: seen.append(y.dtype) or loss(y, m)
+    )
+    for dtype in ("float32", "bfloat16"):
+        impl = vs.step_impls.torch_impl(twin, batch, compile_model=False, dtype=dtype)
+        assert impl.dtype == dtype
+        impl.run(1)
+    assert impl.name == "torch eager bfloat16 autocast"
+    # The logits reaching the loss: float32, then bfloat16 from the autocast convolutions.
+    assert [str(d) for d in seen] == ["torch.float32", "torch.bfloat16"]
