@@ -124,6 +124,18 @@ def test_exported_ensemble_with_tta(shifted, tmp_path):
         np.testing.assert_allclose(got, want, atol=1e-5)
 
 
+def test_a_model_set_to_onednn_exports_with_xla_convolutions(shifted):
+    # An artifact must run anywhere, and jax.export refuses the oneDNN extension's custom calls;
+    # here (8 devices) tracing with conv_impl="onednn" would itself raise.
+    config, model, variables = shifted
+    size = int(config.data.image_size)
+    onednn = export.export_probabilities([(model.clone(conv_impl="onednn"), variables)], size)
+    xla = export.export_probabilities([(model.clone(conv_impl="xla"), variables)], size)
+    assert "bts_onednn" not in onednn.mlir_module()
+    x = np.random.default_rng(0).random((2, size, size, 1), np.float32)
+    np.testing.assert_array_equal(np.asarray(onednn.call(x)), np.asarray(xla.call(x)))
+
+
 def test_saved_model_reproduces_the_probabilities(shifted, tmp_path):
     config, model, variables = shifted
     size = int(config.data.image_size)

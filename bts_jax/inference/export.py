@@ -46,6 +46,17 @@ FORMAT_VERSION = 1
 _REQUIRED = ("image_size", "equalize", "resize_method", "num_classes", "threshold")
 
 
+def _portable(members: Sequence[Member]) -> list[Member]:
+    """``members`` with XLA's own convolutions and their weights on the host, ready to trace.
+
+    An artifact runs on any platform and machine, and jax.export refuses custom calls that carry
+    no compatibility guarantee, such as the oneDNN extension's (``config.model.conv_impl``).
+    """
+    return [
+        (model.clone(conv_impl="xla"), jax.device_get(variables)) for model, variables in members
+    ]
+
+
 def export_probabilities(
     members: Sequence[Member],
     image_size: int,
@@ -62,10 +73,12 @@ def export_probabilities(
       platforms: lowering platforms, e.g. ("cpu", "cuda"); the artifact runs on any of them.
 
     Returns:
-      The `jax.export.Exported`: float32 (b, S, S, 1) -> float32 (b, S, S, C), b symbolic (>= 1).
+      The `jax.export.Exported`: float32 (b, S, S, 1) -> float32 (b, S, S, C), b symbolic (>= 1),
+      computed with XLA's convolutions whatever the models' ``conv_impl`` (as are the
+      SavedModel and TFLite files).
     """
     tta_lib.check_tta(tta)
-    members = [(model, jax.device_get(variables)) for model, variables in members]
+    members = _portable(members)
 
     def probabilities(images):
         return ensemble_probabilities(members, images, tta)
@@ -103,7 +116,7 @@ def save_saved_model(
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    members = [(model, jax.device_get(variables)) for model, variables in members]
+    members = _portable(members)
     converted = jax2tf.convert(
         lambda images: ensemble_probabilities(members, images, tta),
         polymorphic_shapes=[f"(b, {image_size}, {image_size}, 1)"],
@@ -151,7 +164,7 @@ def save_tflite(
     import tensorflow as tf
     from jax.experimental import jax2tf
 
-    members = [(model, jax.device_get(variables)) for model, variables in members]
+    members = _portable(members)
     converted = jax2tf.convert(
         lambda images: ensemble_probabilities(members, images, tta),
         native_serialization_platforms=("cpu",),
