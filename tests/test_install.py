@@ -8,6 +8,8 @@ import sysconfig
 
 import pytest
 
+from bts_jax.workdir import read_environment
+
 # Building and installing a wheel, then training in a new process: the slow tier.
 pytestmark = pytest.mark.slow
 
@@ -19,7 +21,7 @@ COMMANDS += ("bts-sweep", "bts-report", "bts-compare")
 def _run(args, cwd, env, timeout=600):
     done = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert done.returncode == 0, f"{args}\n{done.stdout[-2000:]}\n{done.stderr[-3000:]}"
-    return done.stdout
+    return done.stdout + done.stderr  # stderr: absl's log lines
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +48,7 @@ def installed(tmp_path_factory):
         [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         cwd=root,
         env=os.environ,
-    ).strip()
+    ).splitlines()[0]
     with open(os.path.join(site, "test_dependencies.pth"), "w") as f:
         f.write(sysconfig.get_paths()["purelib"] + "\n")
     _run(
@@ -63,7 +65,9 @@ def installed(tmp_path_factory):
 def test_the_wheel_holds_the_package_and_its_configs_but_no_checkout(installed):
     venv, site, _ = installed
     package = os.path.join(site, "bts_jax")
-    for name in ("configs/quickstart.py", "configs/sweeps/paper_ablation.py", "cli/train.py"):
+    # The oneDNN extension's source: an installed bts_jax builds it on first use.
+    names = ("configs/quickstart.py", "configs/sweeps/paper_ablation.py", "cli/train.py")
+    for name in (*names, "models/onednn/onednn_conv.cpp"):
         assert os.path.isfile(os.path.join(package, name)), name
     assert os.path.isdir(os.path.join(package, "data", "sample_128", "images"))
     assert not os.path.exists(os.path.join(site, "configs")), "configs/ must live in bts_jax"
@@ -85,6 +89,15 @@ def test_every_command_runs_from_an_empty_folder(installed, tmp_path):
     )
     assert "Validation (best checkpoint" in out
     run = cwd / "run"
+    # One CPU device and conv_impl "auto": oneDNN where the [onednn] extra is installed, else XLA
+    # with one line saying why (CI has no oneDNN; the project's machines run both cases).
+    conv_impl = read_environment(run)[-1]["conv_impl"]
+    fallback = "config.model.conv_impl='auto' uses XLA's convolutions: "
+    if conv_impl == "onednn":
+        assert fallback not in out
+    else:
+        assert conv_impl == "xla"
+        assert out.count(fallback) == 1, out[-3000:]
     for name in ("config.json", "data_split.json", "metrics.jsonl", "eval_validation.json"):
         assert (run / name).is_file(), name
     assert os.listdir(run / "predictions")
