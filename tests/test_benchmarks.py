@@ -50,6 +50,9 @@ COMMANDS = {
         "benchmarks/profile_step.py",
         "--config",
         "configs/test.py",
+        # CPU's default depthwise formulation (configs/test.py sets "grouped"), whose kernel
+        # gradient the profile names as a category of its own.
+        "--config.model.depthwise_impl=auto",
         "--config.model.features=(4, 8)",
         "--config.data.image_size=16",
         "--steps=1",
