@@ -19,8 +19,11 @@ DIR``. On the 2-core machine one process using both cores steps at ~20 images/s 
 4, docs/performance.md), two processes pinned one per core (``taskset -c 0`` and ``-c 1``) trained
 ~7.7 each: the study runs one process, from one fixed commit, so that every kept cell ran the same
 code. Its first 12 cells ran from a moving checkout (four commits), two of them pinned to one core;
-they run again from that commit. XLA:CPU's bits depend on the thread count: a seed pinned to one
-core ends training elsewhere than on two (README, Determinism). Cells that ran while other jobs
+they run again from that commit. The combinations were added later; a cell that ran from a
+later commit says so in its ``environment.json``, and ``benchmarks/reproduce_kept_cell.py``
+retrains a kept cell to check that a commit trains it bit for bit as the one it ran from.
+XLA:CPU's bits depend on the thread count: a seed pinned to one core ends training elsewhere
+than on two (README, Determinism). Cells that ran while other jobs
 shared the machine have inflated seconds: compare costs with ``benchmarks/recipe_costs.py``.
 """
 
@@ -47,6 +50,17 @@ VARIANTS = {
     # Resolution against epochs at the same compute: 80^2 x 11 and 112^2 x 6 against 96^2 x 8.
     "80px_11_epochs": {"data": {"image_size": 80}, "num_epochs": 11},
     "112px_6_epochs": {"data": {"image_size": 112}, "num_epochs": 6},
+    # The parts combined, added after the single-part cells had run (`--cell K` counts cells in
+    # the order of the variants' names, so adding these moved the indices of "prior" onwards;
+    # `--list` prints them): the two parts that changed training and narrowed the seeds' spread
+    # (the prior and GroupNorm), and poly, whose weak seed ended training lower than today's
+    # (train loss 0.553 against 0.653, validation Dice 0.528 against 0.473).
+    "prior_group_norm": {"model": {"output_bias_prior": "auto", "norm": "group(8)"}},
+    "prior_poly": {"model": {"output_bias_prior": "auto"}, "optimizer": {"schedule": "poly"}},
+    "prior_group_norm_poly": {
+        "model": {"output_bias_prior": "auto", "norm": "group(8)"},
+        "optimizer": {"schedule": "poly"},
+    },
 }
 
 
