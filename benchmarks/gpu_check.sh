@@ -7,9 +7,10 @@
 #
 # Prints, each in its own section:
 #   1. benchmarks/vs_pytorch.py on the paper's model and input (widths 64-512, 512x512, batch 8):
-#      baseline U-Net and paper model, bts_jax float32 and bfloat16, PyTorch eager and
-#      torch.compile, TF32 set alike in both frameworks (--tf32, default on), with images/s, the
-#      ratio to PyTorch eager, GFLOP/s, MFU and peak memory;
+#      baseline U-Net and paper model, bts_jax float32 and bfloat16, PyTorch eager (float32 and
+#      bfloat16 autocast) and torch.compile, TF32 set alike in both frameworks (--tf32, default
+#      on), with images/s, the ratio to PyTorch eager in the row's dtype, GFLOP/s, MFU and peak
+#      memory;
 #   2. the formulations on this device, in alternated rounds: GSConv's depthwise convolution
 #      (config.model.depthwise_impl grouped vs dense) and the up-convolution
 #      (config.model.upsample_impl conv_transpose vs gemm);
@@ -39,7 +40,7 @@ for arg in "$@"; do
     --python=*) PYTHON="${arg#*=}" ;;
     --tf32=*) TF32="${arg#*=}" ;;
     -h | --help)
-      sed -n '2,26p' "$0"
+      sed -n '2,27p' "$0"
       exit 0
       ;;
     *)
