@@ -602,6 +602,25 @@ def test_kept_sweep_results_read_back_whole_and_consistent(sweep_file):
     assert provenance.environments(runs)["warnings"] == []
 
 
+def test_a_sweep_scored_on_validation_names_its_dice_figure_so(tmp_path):
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    definition = json.loads((tmp_path / sweeps.SWEEP_FILE).read_text())
+    (tmp_path / sweeps.SWEEP_FILE).write_text(
+        json.dumps({**definition, "score_split": "validation"})
+    )
+    # The fake cells' scores, moved to the files of the validation split.
+    for cell in glob.glob(str(tmp_path / "*" / "seed_*")):
+        for name in (layout.eval_file, layout.per_image_file):
+            os.rename(os.path.join(cell, name("test")), os.path.join(cell, name("validation")))
+    paths = report.write_report(tmp_path, model_stats=False)
+    assert report.dice_figure_file("validation") == "validation_dice.png"
+    assert os.path.isfile(tmp_path / "validation_dice.png")
+    assert not os.path.exists(tmp_path / report.TEST_DICE_FIGURE)
+    assert paths["validation Dice per variant"].endswith("validation_dice.png")
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert "](validation_dice.png)" in text and "test_dice" not in text
+
+
 @pytest.mark.parametrize("test_fraction, split", [(0.15, "test"), (0.0, "validation")])
 def test_prediction_figure_is_named_after_the_split_it_draws(
     tmp_path, monkeypatch, test_fraction, split

@@ -34,8 +34,23 @@ from bts_jax.experiments.training import training_summary
 REPORT_FILE = "report.md"
 SUMMARY_CSV = "summary.csv"
 SUMMARY_JSON = "summary.json"
-TEST_DICE_FIGURE = "test_dice.png"
 VAL_MIOU_FIGURE = "val_miou.png"
+
+
+def dice_figure_file(split: str) -> str:
+    """``<split>_dice.png``: each variant's Dice over seeds, named after the split it scores.
+
+    Args:
+      split: the sweep's scored split, "test" or "validation" (``sweep.score_split``).
+
+    Returns:
+      The file name.
+    """
+    return f"{split}_dice.png"
+
+
+# A sweep scored on test data, as every kept sweep before the recipe study.
+TEST_DICE_FIGURE = dice_figure_file("test")
 
 
 def predictions_figure_file(split: str) -> str:
@@ -76,7 +91,8 @@ def write_report(
 
     Files: ``report.md``, ``summary.csv`` (one row per variant), ``summary.json`` (everything:
     sweep, split protocol, per-variant statistics, comparisons, claims, missing cells, figures;
-    NaN as null), ``test_dice.png`` and ``val_miou.png``.
+    NaN as null), ``<split>_dice.png`` (`dice_figure_file`: ``test_dice.png``, or
+    ``validation_dice.png`` for a sweep scored on validation) and ``val_miou.png``.
 
     Args:
       directory: the sweep folder (see the module docstring for its layout).
@@ -115,7 +131,7 @@ def write_report(
     figures = {
         f"{sweep.scored_title.lower()} Dice per variant": plot_test_dice(
             runs_by_variant,
-            os.path.join(directory, TEST_DICE_FIGURE),
+            os.path.join(directory, dice_figure_file(sweep.score_split)),
             split_title=sweep.scored_title,
         ),
         "validation mIoU per epoch": plot_validation_curves(
