@@ -314,7 +314,7 @@ def test_figures_and_prediction_hook(tmp_path):
 
     paths = report.write_report(tmp_path, model_stats=False, prediction_figure=prediction_figure)
     assert calls == ["paper"]
-    for name in (report.TEST_DICE_FIGURE, report.VAL_MIOU_FIGURE):
+    for name in (report.dice_figure_file("test"), report.VAL_MIOU_FIGURE):
         with Image.open(tmp_path / name) as image:
             assert image.size[0] > 300 and image.size[1] > 300
     text = (tmp_path / report.REPORT_FILE).read_text()
@@ -615,7 +615,7 @@ def test_a_sweep_scored_on_validation_names_its_dice_figure_so(tmp_path):
     paths = report.write_report(tmp_path, model_stats=False)
     assert report.dice_figure_file("validation") == "validation_dice.png"
     assert os.path.isfile(tmp_path / "validation_dice.png")
-    assert not os.path.exists(tmp_path / report.TEST_DICE_FIGURE)
+    assert not os.path.exists(tmp_path / report.dice_figure_file("test"))
     assert paths["validation Dice per variant"].endswith("validation_dice.png")
     text = (tmp_path / report.REPORT_FILE).read_text()
     assert "](validation_dice.png)" in text and "test_dice" not in text

@@ -49,10 +49,6 @@ def dice_figure_file(split: str) -> str:
     return f"{split}_dice.png"
 
 
-# A sweep scored on test data, as every kept sweep before the recipe study.
-TEST_DICE_FIGURE = dice_figure_file("test")
-
-
 def predictions_figure_file(split: str) -> str:
     """``predictions_<split>.png``: the side-by-side predictions, named after the split drawn.
 
