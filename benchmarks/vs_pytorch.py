@@ -10,12 +10,11 @@ For each size and model (the baseline U-Net and the paper's GSConv + ECA model) 
    stops without timing anything;
 3. times the full train step of every implementation in turn within one process (JAX float32,
    JAX bfloat16, PyTorch eager, PyTorch ``torch.compile``; eager PyTorch also under bfloat16
-   ``torch.autocast`` where ``--dtypes`` names bfloat16), ``--repeats`` rounds of
-   ``--steps`` steps each after ``--warmup`` untimed steps, and prints one table: median images/s
-   and the min-max over rounds, the ratio to PyTorch eager in the row's dtype (bfloat16 rows
-   against autocast), achieved GFLOP/s (the float32 step's FLOPs from
-   XLA's cost analysis, the same count for every row), and on a GPU the fraction of the device's
-   peak (MFU) and the peak memory.
+   ``torch.autocast`` where ``--dtypes`` names bfloat16), ``--repeats`` rounds of ``--steps``
+   steps each after ``--warmup`` untimed steps, and prints one table: median images/s and the
+   min-max over rounds, the ratio to PyTorch eager in the row's dtype (bfloat16 rows against
+   autocast), achieved GFLOP/s (the float32 step's FLOPs from XLA's cost analysis, the same count
+   for every row), and on a GPU the fraction of the device's peak (MFU) and the peak memory.
 
 PyTorch is an optional extra, never a runtime dependency. On the project's CPU machines::
 
