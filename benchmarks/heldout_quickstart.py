@@ -126,8 +126,11 @@ def main(argv=None) -> int:
     parser.add_argument("--json", default="", help="Also write the figures to this JSON file.")
     args = parser.parse_args(argv)
 
-    examples = splits.heldout_block(args.data_dir, args.heldout_fraction)
-    check_unseen(args.workdir, {e.id for e in examples})
+    try:
+        examples = splits.heldout_block(args.data_dir, args.heldout_fraction)
+        check_unseen(args.workdir, {e.id for e in examples})
+    except (OSError, ValueError) as error:  # No folder, or a run that saw these patients.
+        parser.exit(2, f"heldout_quickstart.py: {type(error).__name__}: {error}\n")
     if args.max_images > 0:
         # Evenly spaced, so a short run still covers every tumour type.
         keep = np.linspace(0, len(examples) - 1, min(args.max_images, len(examples)))

@@ -52,6 +52,17 @@ def test_check_unseen_refuses_a_run_that_saw_a_heldout_id(tmp_path, capsys):
         heldout_quickstart.check_unseen(str(tmp_path), {"3", "7"})
 
 
+def test_script_without_the_folder_says_so_in_one_line(tmp_path, capsys):
+    # As from a fresh clone without ../shared: the folder named, no traceback.
+    missing = str(tmp_path / "no_figshare")
+    with pytest.raises(SystemExit) as exit_info:
+        heldout_quickstart.main(["--workdir", str(tmp_path), "--data_dir", missing])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("heldout_quickstart.py: FileNotFoundError: Data folder not found: ")
+    assert missing in err and len(err.splitlines()) == 1
+
+
 def test_training_seconds_from_metrics_or_file_times(tmp_path):
     assert heldout_quickstart.training_seconds(str(tmp_path)) is None
     for name in ("config.json", "eval_validation.json"):
