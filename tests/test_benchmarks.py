@@ -2,6 +2,7 @@
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -154,6 +155,42 @@ def test_reproduce_kept_cell_names_each_difference(trained_workdir, tmp_path):
     found = reproduce_kept_cell.differences(trained_workdir, copy)
     assert len(found) == 2 and found[0].startswith("metrics.jsonl epoch 1 train_loss: kept")
     assert found[1] == "per_image_validation.csv differs"
+
+
+def test_reproduce_kept_cell_records_a_rerun_by_other_code_in_the_cells_sweep(
+    trained_workdir, tmp_path, capsys
+):
+    from bts_jax.experiments import provenance
+    from bts_jax.workdir import environment
+
+    sweep = tmp_path / "sweep"
+    kept = sweep / "today" / "seed_0"
+    shutil.copytree(trained_workdir, kept)
+    shutil.copy(os.path.join(REPO, "docs", "results", "quickstart_ablation", "sweep.json"), sweep)
+    # A rerun trained elsewhere, by another commit (the kept workdir's files, so identical).
+    rerun = copy_workdir(trained_workdir, tmp_path)
+    record = environment.read_environment(rerun)[-1]
+    environment.write_environment(rerun, {**record, "code": {"git_commit": "c" * 40}})
+    sys.modules.pop("reproduce_kept_cell", None)
+    with defined_flags() as flags:
+        import reproduce_kept_cell
+
+        def run(*args):
+            flags.unparse_flags()
+            flags(["reproduce_kept_cell.py", f"--kept_cell={kept}", f"--workdir={rerun}", *args])
+            reproduce_kept_cell.main([])
+
+        run("--compare_only", f"--record_in={sweep}")
+        assert capsys.readouterr().out.rstrip().endswith("identical")
+        (check,) = provenance.read_code_checks(sweep)
+        assert check["cell"] == "today/seed_0" and check["identical"]
+        assert check["rerun_code"] == "c" * 12 and check["kept_code"] != check["rerun_code"]
+        # Only the kept cell's own sweep takes the record; an existing rerun is never retrained.
+        with pytest.raises(SystemExit, match="is not the sweep folder of --kept_cell"):
+            run("--compare_only", f"--record_in={tmp_path}")
+        with pytest.raises(SystemExit, match="exists: the rerun needs a new folder"):
+            run(f"--record_in={sweep}")
+    assert len(provenance.read_code_checks(sweep)) == 1
 
 
 @pytest.mark.slow

@@ -471,6 +471,56 @@ def test_environments_are_listed_and_differences_warned(tmp_path):
     assert "cell unet/seed_0 trained again from scratch gave bit-identical metrics.jsonl" in text
 
 
+def _code_environment(commit, dirty=False):
+    return {**_environment(), "code": {"git_commit": commit, "git_dirty": dirty}}
+
+
+def test_cells_from_two_commits_are_explained_only_by_a_code_check_that_matched(tmp_path):
+    early, late = "a" * 40, "b" * 40
+    make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
+    for variant in ("unet", "paper"):
+        for seed in (0, 1):
+            commit = late if variant == "paper" else early
+            cell = sweeps.cell_dir(str(tmp_path), variant, seed)
+            workdir_lib.write_environment(cell, _code_environment(commit))
+    (warning,) = _summary(tmp_path)["provenance"]["warnings"]
+    assert "paper/seed_0, paper/seed_1 differ from unet/seed_0" in warning
+    assert f"code: {early[:12]} vs {late[:12]}" in warning
+
+    # A rerun of unet/seed_0 by the later commit, compared with the kept cell.
+    kept, rerun = sweeps.cell_dir(str(tmp_path), "unet", 0), tmp_path / "rerun"
+    rerun.mkdir()
+    workdir_lib.write_environment(str(rerun), _code_environment(late))
+    differed = provenance.code_check(kept, str(rerun), "unet/seed_0", ["metrics.jsonl"], ["x"])
+    assert differed["identical"] is False and differed["rerun_code"] == late[:12]
+    provenance.add_code_check(tmp_path, differed)
+    assert len(_summary(tmp_path)["provenance"]["warnings"]) == 1  # a check that differed
+
+    matched = provenance.code_check(kept, str(rerun), "unet/seed_0", ["metrics.jsonl"], [])
+    provenance.add_code_check(tmp_path, matched)
+    assert provenance.read_code_checks(tmp_path) == [differed, matched]
+    found = _summary(tmp_path)["provenance"]
+    assert found["warnings"] == []
+    (line,) = found["explained"]
+    assert line.startswith(f"paper/seed_0, paper/seed_1 ran code {late[:12]}, unet/seed_0 code")
+    assert "unet/seed_0 retrained by bbbbbbbbbbbb gave bit-identical metrics.jsonl" in line
+    text = (tmp_path / report.REPORT_FILE).read_text()
+    assert f"- Code checked: {line} (`{sweeps.CODE_CHECKS_FILE}`)." in text
+    # Exported with the sweep, so a kept copy reads the same.
+    results.export_results(tmp_path, tmp_path.parent / "kept")
+    assert provenance.read_code_checks(tmp_path.parent / "kept") == [differed, matched]
+
+    # Other differences, or uncommitted code, are still warned, the code included.
+    paper_0 = sweeps.cell_dir(str(tmp_path), "paper", 0)
+    workdir_lib.write_environment(paper_0, _code_environment(late, dirty=True))
+    warnings = _summary(tmp_path)["provenance"]["warnings"]
+    assert any("(uncommitted changes)" in w for w in warnings)
+    workdir_lib.write_environment(paper_0, {**_code_environment(late), "xla_flags": "--x"})
+    (warning, *_) = _summary(tmp_path)["provenance"]["warnings"]
+    assert "XLA flags" in warning
+    assert f"code: {early[:12]} vs {late[:12]}" in warning
+
+
 def test_a_sweep_with_a_test_folder_reads_each_cells_external_test_files(tmp_path):
     make_sweep(tmp_path, {"unet": SAME, "paper": SAME}, seeds=(0, 1))
     definition = json.loads((tmp_path / sweeps.SWEEP_FILE).read_text())
@@ -597,9 +647,10 @@ def test_kept_sweep_results_read_back_whole_and_consistent(sweep_file):
     assert runs
     # A kept cell is whole: the only cells missing are those not run yet.
     assert [m.reason for m in missing if m.reason != "no cell folder"] == []
-    # Every cell was scored on the same test images, in the same environment.
+    # Every cell was scored on the same test images, in the same environment (or from code that a
+    # recorded check shows trains alike).
     assert len({tuple(sorted(run.per_image["id"])) for run in runs}) == 1
-    assert provenance.environments(runs)["warnings"] == []
+    assert provenance.environments(runs, provenance.read_code_checks(directory))["warnings"] == []
 
 
 def test_a_sweep_scored_on_validation_names_its_dice_figure_so(tmp_path):

@@ -10,7 +10,7 @@ from typing import Any
 
 from bts_jax.experiments.analysis import METRICS, SUMMARY_METRICS
 from bts_jax.experiments.results import MissingCell, Run, split_protocol
-from bts_jax.experiments.sweeps import SweepDefinition
+from bts_jax.experiments.sweeps import CODE_CHECKS_FILE, SweepDefinition
 from bts_jax.experiments.training import training_table
 
 
@@ -299,6 +299,8 @@ def _provenance_lines(
             lines.append(f"- No environment.json: {', '.join(provenance['missing'])}.")
         for warning in provenance["warnings"]:
             lines.append(f"- **Warning: the cells ran in different environments.** {warning}.")
+        for line in provenance["explained"]:
+            lines.append(f"- Code checked: {line} (`{CODE_CHECKS_FILE}`).")
         if "test_images" in provenance:
             lines += _test_image_lines(provenance["test_images"])
     if reproducibility is None:

@@ -26,7 +26,7 @@ from bts_jax.experiments.cells import read_reproducibility, test_data_fingerprin
 from bts_jax.experiments.claims import claim_verdicts
 from bts_jax.experiments.figures import plot_test_dice, plot_validation_curves
 from bts_jax.experiments.markdown import report_markdown, write_summary_csv
-from bts_jax.experiments.provenance import environments, test_images
+from bts_jax.experiments.provenance import environments, read_code_checks, test_images
 from bts_jax.experiments.results import load_runs, split_protocol
 from bts_jax.experiments.sweeps import SweepDefinition, load_sweep
 from bts_jax.experiments.training import training_summary
@@ -144,7 +144,7 @@ def write_report(
         "summary_csv": os.path.join(directory, SUMMARY_CSV),
         "summary_json": os.path.join(directory, SUMMARY_JSON),
     }
-    provenance = environments(runs)
+    provenance = environments(runs, read_code_checks(directory))
     if sweep.test_folder:
         provenance["test_images"] = test_images(runs, _test_images_now(sweep))
     reproducibility = read_reproducibility(directory)

@@ -21,6 +21,7 @@ from bts_jax import jsonio
 from bts_jax.evaluation import PER_IMAGE_COLUMNS
 from bts_jax.experiments.sweeps import (
     CELL_FILE,
+    CODE_CHECKS_FILE,
     REPRODUCIBILITY_FILE,
     SWEEP_FILE,
     SweepDefinition,
@@ -222,7 +223,7 @@ def split_protocol(runs: Sequence[Run]) -> dict[str, Any]:
 # A finished cell's results without its checkpoints, curves and predictions: what the report reads,
 # where the run came from (environment, data split), and what makes `sweep.py` count it as done.
 RESULT_FILES = (CELL_FILE, CONFIG_FILE, ENVIRONMENT_FILE, SPLIT_FILE, METRICS_JSONL)
-SWEEP_RESULT_FILES = (SWEEP_FILE, REPRODUCIBILITY_FILE)
+SWEEP_RESULT_FILES = (SWEEP_FILE, REPRODUCIBILITY_FILE, CODE_CHECKS_FILE)
 
 
 def export_results(directory: str | os.PathLike, destination: str | os.PathLike) -> list[str]:

@@ -24,6 +24,8 @@ from bts_jax.config_tools import apply_overrides, flatten
 SWEEP_FILE = "sweep.json"
 CELL_FILE = "cell.json"
 REPRODUCIBILITY_FILE = "reproducibility.json"  # `bts_jax.experiments.cells.reproduce`
+# Cells retrained by other code and compared (`bts_jax.experiments.provenance.add_code_check`).
+CODE_CHECKS_FILE = "code_checks.json"
 # The evaluation of a cell on the sweep's test folder: eval_external_test.json and its CSV.
 EXTERNAL_TEST = "external_test"
 # What a report may score: the cells' own test split, or (to choose a recipe without looking at
