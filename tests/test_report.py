@@ -14,7 +14,7 @@ import pytest
 import scipy.stats
 from PIL import Image
 
-from bts_jax import evaluation
+from bts_jax import config_tools, evaluation
 from bts_jax import workdir as workdir_lib
 from bts_jax.configs import test as test_config
 from bts_jax.experiments import cells, power, provenance, report, results, stats, sweeps
@@ -651,6 +651,30 @@ def test_kept_sweep_results_read_back_whole_and_consistent(sweep_file):
     # recorded check shows trains alike).
     assert len({tuple(sorted(run.per_image["id"])) for run in runs}) == 1
     assert provenance.environments(runs, provenance.read_code_checks(directory))["warnings"] == []
+
+
+@pytest.mark.parametrize(
+    "sweep_file", KEPT_SWEEPS, ids=lambda p: os.path.basename(os.path.dirname(p))
+)
+def test_kept_sweep_cells_are_the_cells_its_config_gives_today(sweep_file):
+    # A kept sweep can be rerun or extended from its config: each kept cell's config.json is what
+    # configs/sweeps/<name>.py resolves it to now (a base config changed under it would not be).
+    from bts_jax.experiments import runner
+
+    directory = os.path.dirname(sweep_file)
+    name = sweeps.load_sweep(directory).name
+    definition = sweeps.parse_sweep(
+        config_tools.load_config_file(os.path.join("configs", "sweeps", f"{name}.py"), REPO)
+    )
+    base = config_tools.load_config_file(definition.base_config, REPO)
+    cells = sweeps.expand_cells(definition, directory)
+    configs = {cell.name: sweeps.cell_config(definition, base, cell) for cell in cells}
+    runner.check_unchanged(cells, configs)
+    # The check can fail: the same cells under another schedule are refused.
+    base.optimizer.schedule = "poly" if base.optimizer.schedule != "poly" else "cosine"
+    configs = {cell.name: sweeps.cell_config(definition, base, cell) for cell in cells}
+    with pytest.raises(ValueError, match="optimizer.schedule"):
+        runner.check_unchanged(cells, configs)
 
 
 def test_a_sweep_scored_on_validation_names_its_dice_figure_so(tmp_path):

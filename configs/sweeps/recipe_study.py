@@ -2,7 +2,7 @@
 
     python sweep.py --config configs/sweeps/recipe_study.py --workdir workdirs/sweeps/recipe_study
 
-The paper model at the quickstart's size (``configs/quickstart.py``: widths 16-128, 96x96, batch
+The paper model at the quickstart's size (``configs/quickstart_v1.py``: widths 16-128, 96x96, batch
 4, 8 epochs, Adam at 1e-3 with a 0.1-epoch warmup and cosine decay to 0, BCE + pooled soft
 Dice, BatchNorm, output bias 0), seeds 0-2. Each variant changes one recipe setting, by name
 from the registries (docs/extending.md, "Your own recipe parts"; docs/design.md sections 10-11):
@@ -30,7 +30,8 @@ shared the machine have inflated seconds: compare costs with ``benchmarks/recipe
 import ml_collections
 
 VARIANTS = {
-    # Today's recipe (configs/quickstart.py), the baseline every variant is compared with.
+    # Today's recipe (the first quickstart's, configs/quickstart_v1.py), the baseline every
+    # variant is compared with.
     "today": {},
     # The head starts at the tumour's pixel fraction instead of 0.5 (no background-only epochs).
     "prior": {"model": {"output_bias_prior": "auto"}},
@@ -68,7 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
     """Returns the recipe study sweep."""
     sweep = ml_collections.ConfigDict()
     sweep.name = "recipe_study"
-    sweep.base_config = "configs/quickstart.py"
+    sweep.base_config = "configs/quickstart_v1.py"
     # XLA's convolutions, as the first cells ran (before config.model.conv_impl existed).
     sweep.overrides = {"num_predictions": 0, "model": {"conv_impl": "xla"}}
     sweep.variants = VARIANTS
