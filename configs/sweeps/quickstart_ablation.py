@@ -11,8 +11,8 @@ attention in place of ECA, 3 seeds each. Every cell is tested on the same 310 sl
 that no cell trains or selects on: the last 15% of each tumour type's ids of the shared figshare
 folder minus the bundled ids (``bts_jax.data.splits.heldout_block``), each at its own size. Run it
 from the repository root (the folder is ``../shared/...`` from there), or set
-``--config.test_folder``. On a cluster: ``sweep.py ... --list``, then one job per cell with ``--cell
-K``, then ``report.py DIR`` (docs/experiments.md).
+``--config.test_folder``. On a cluster: ``sweep.py ... --list``, then one job per cell with
+``--cell K``, then ``report.py DIR`` (docs/experiments.md).
 """
 
 import ml_collections
