@@ -16,7 +16,7 @@ from helpers import read_text, small_config, tiny_config
 from bts_jax import sharding
 from bts_jax import train as train_lib
 from bts_jax.config_tools import load_config_file
-from bts_jax.configs import default, paper, quickstart
+from bts_jax.configs import default, paper, quickstart_v1
 from bts_jax.experiments import sweeps
 from bts_jax.models import build_model
 from bts_jax.naming import calls
@@ -269,7 +269,7 @@ def _one_device_step_inputs(config):
 @pytest.mark.parametrize(
     "get_config,overrides",
     [
-        (quickstart.get_config, {}),  # Adam, cosine after a warmup.
+        (quickstart_v1.get_config, {}),  # Adam, cosine after a warmup.
         (paper.get_config, {}),  # Adam, constant (default.py's recipe).
         (
             default.get_config,

@@ -4,13 +4,13 @@
         --workdir workdirs/sweeps/attention_zoo
 
 Is ECA better than SE, CBAM, coordinate attention or scSE here? Every variant is the plain U-Net
-(``double_conv``) with one attention in encoder, bottleneck and decoder (docs/design.md section
-9); the baseline is the U-Net without attention. The base is the quickstart's
-(``configs/quickstart.py``): widths 16-128, 96x96, 8 epochs, Adam 1e-3 with warmup and cosine
-decay, the bundled ``sample_128``; every cell is tested on the 310 held-out slices of the shared
-figshare folder. The same zoo on the paper's GSConv U-Net:
-``--config.overrides.model.conv=gsconv``. 6 variants x 3 seeds at about 5 minutes a cell on 2
-CPU cores: about an hour and a half.
+(``double_conv``) with one attention in encoder, bottleneck and decoder (docs/design.md section 9);
+the baseline is the U-Net without attention. The base is the quickstart's
+(``configs/quickstart.py``, recipe v2): widths 16-128, 96x96, 8 epochs, Adam 1e-3 with warmup and
+poly decay, GroupNorm, the head's prior, the bundled ``sample_128``; every cell is tested on the 310
+held-out slices of the shared figshare folder. The same zoo on the paper's GSConv U-Net:
+``--config.overrides.model.conv=gsconv``. 6 variants x 3 seeds at about 5 minutes a cell on 2 CPU
+cores: about an hour and a half.
 """
 
 import ml_collections
