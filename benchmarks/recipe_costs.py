@@ -1,12 +1,12 @@
 """What each recipe part costs per train step: one setting changed at a time, against the config's.
 
-    python benchmarks/recipe_costs.py --config configs/quickstart.py --steps 10 --rounds 3
+    python benchmarks/recipe_costs.py --config configs/quickstart_v1.py --steps 10 --rounds 3
 
 Each variant is the config with one recipe part changed (``--variants``: ``name=field=value``
 items separated by ``;``). All are compiled first, then timed in ``--rounds`` rounds, every round
 timing ``--steps`` steps of each variant in turn (A B C ... A B C ...), so a machine whose speed
 drifts slows every variant alike. The table gives each variant's median step time over all its
-timed steps and its ratio to the first variant's (the config as it is), round by round.
+timed steps and its ratio to the first variant's (the reference), round by round.
 """
 
 import ast
@@ -31,7 +31,7 @@ bench_flags.define_step_flags(10, 2, "Timed steps of each variant in each round.
 flags.DEFINE_integer("rounds", 3, "Rounds of timing; each times every variant once.")
 flags.DEFINE_string(
     "variants",
-    "batch norm (as configured)=model.norm=batch;"
+    "batch norm=model.norm=batch;"
     "group(8)=model.norm=group(8);"
     "EMA 0.999=ema_decay=0.999;"
     "focal + per-image Dice=loss.name=focal(gamma=2):1,dice(per_image=true):1;"
