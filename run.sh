@@ -15,7 +15,11 @@ VENV="${VENV:-.venv}"
 case "${1:-}" in
   train)
     shift
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .
+    # The oneDNN convolutions where this platform has the packages (docs/performance.md, Speed
+    # IV); without them, or without a C++ compiler, training runs XLA's (one line says why).
+    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[onednn]" ||
+      { echo "run.sh: the onednn extra did not install here; installing without it" >&2;
+        "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e .; }
     exec "$VENV/bin/python" train.py --config configs/quickstart.py --workdir workdirs/quickstart "$@"
     ;;
   test)
