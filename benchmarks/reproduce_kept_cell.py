@@ -13,10 +13,12 @@ kernels differ between machines. Exits with status 1 when anything differs.
 
 A sweep whose later cells ran from a later commit (variants added after the first cells) keeps the
 evidence that the two commits train alike: train the rerun from the later commit's checkout, then
-record the comparison from any checkout,
+record the comparison from any checkout. ``PYTHONPATH=.`` makes the rerun import that checkout's
+bts_jax: a script under benchmarks/ otherwise imports whichever checkout the environment installed
+(its environment.json then names that code, and the record shows it),
 
-    (cd LATER_CHECKOUT && python benchmarks/reproduce_kept_cell.py --kept_cell SWEEP/today/seed_0 \
-        --workdir /tmp/today_seed_0)
+    (cd LATER_CHECKOUT && PYTHONPATH=. python benchmarks/reproduce_kept_cell.py \
+        --kept_cell SWEEP/today/seed_0 --workdir /tmp/today_seed_0)
     python benchmarks/reproduce_kept_cell.py --kept_cell SWEEP/today/seed_0 \
         --workdir /tmp/today_seed_0 --compare_only --record_in SWEEP
 
