@@ -58,9 +58,8 @@ COMPARED_FILES = ("eval_validation.json", "per_image_validation.csv")
 
 
 def replayable_rows(workdir: str) -> list[dict]:
-    """The rows of a run's metrics.jsonl without the measured throughput."""
-    rows = workdir_lib.read_metrics(workdir)
-    return [{k: v for k, v in row.items() if k != "train_images_per_s"} for row in rows]
+    """The rows of a run's metrics.jsonl without their measured fields (throughput, seconds)."""
+    return workdir_lib.without_measured(workdir_lib.read_metrics(workdir))
 
 
 def differences(kept: str, rerun: str) -> list[str]:
@@ -99,7 +98,8 @@ def main(argv):
         train_lib.train_and_evaluate(config, FLAGS.workdir, show_progress=False)
     found = differences(FLAGS.kept_cell, FLAGS.workdir)
     rows = len(replayable_rows(FLAGS.kept_cell))
-    compared = [f"metrics.jsonl ({rows} epochs, all but train_images_per_s)", *COMPARED_FILES]
+    measured = ", ".join(workdir_lib.MEASURED_FIELDS)
+    compared = [f"metrics.jsonl ({rows} epochs, all but {measured})", *COMPARED_FILES]
     print(f"kept cell: {FLAGS.kept_cell}\nrerun:     {FLAGS.workdir}")
     print("compared:  " + ", ".join(compared))
     if cell is not None:

@@ -126,9 +126,8 @@ def score_on_test_folder(
 
 
 def _metric_rows(workdir: str) -> list[dict[str, Any]]:
-    # The measured throughput differs between any two runs; every other value must not.
-    rows = workdir_lib.read_metrics(workdir)
-    return [{k: v for k, v in row.items() if k != "train_images_per_s"} for row in rows]
+    # The measured fields (throughput, seconds) differ between any two runs; no other value may.
+    return workdir_lib.without_measured(workdir_lib.read_metrics(workdir))
 
 
 def _variables(workdir: str, which: str) -> dict[str, Any]:
@@ -160,7 +159,7 @@ def compare_runs(a: str, b: str, splits_scored: Sequence[str]) -> tuple[list[str
                 name = "/".join(str(k.key) for k in path)
                 diff = float(np.max(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64))))
                 differences.append(f"{which} checkpoint {name}: max |difference| {diff:.3g}")
-    compared.append(f"{METRICS_JSONL} (but train_images_per_s)")
+    compared.append(f"{METRICS_JSONL} (but {', '.join(workdir_lib.MEASURED_FIELDS)})")
     if _metric_rows(a) != _metric_rows(b):
         differences.append(f"{METRICS_JSONL} differs")
     for split in splits_scored:

@@ -1,4 +1,6 @@
-"""`RunSetup`, what a run derives from its config, and `epoch_row`, what it makes of an epoch.
+"""What a run derives from its config (`RunSetup`), makes of an epoch and counts of its time.
+
+`epoch_row` is an epoch's row of ``metrics.jsonl``; `RunClock` how long a run has trained.
 
 A module of its own, below `setup` (which builds a `RunSetup`), `seeds` and `monitor` (which take
 one), so that those import it and not each other: imports within ``bts_jax.train`` have no cycle.
@@ -7,6 +9,7 @@ one), so that those import it and not each other: imports within ``bts_jax.train
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -76,3 +79,24 @@ def epoch_row(
         "learning_rate": float(run.schedule(step)),
         "train_images_per_s": len(epoch_metrics) * batch_size / elapsed,
     }
+
+
+@dataclasses.dataclass
+class RunClock:
+    """How long a run has trained: the sittings before its last resume, then this one.
+
+    A resumed run counts from the seconds its save recorded (``meta["wall_s"]``), so the time a
+    killed sitting spent after its last save (work the resume redoes) is not counted twice. Saves
+    from before the field start the count at the resume.
+
+    Attributes:
+      before: seconds of training up to the save this sitting resumed from (0 for a new run).
+      started: ``time.perf_counter()`` when this sitting began (before set-up and compilation).
+    """
+
+    before: float = 0.0
+    started: float = dataclasses.field(default_factory=time.perf_counter)
+
+    def seconds(self) -> float:
+        """The run's training seconds so far: ``before`` plus this sitting's."""
+        return self.before + time.perf_counter() - self.started

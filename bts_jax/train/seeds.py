@@ -37,7 +37,7 @@ from bts_jax.sharding import (
     make_seed_batch,
     make_seed_mesh,
 )
-from bts_jax.train.run_setup import RunSetup, epoch_row
+from bts_jax.train.run_setup import RunClock, RunSetup, epoch_row
 from bts_jax.train.state import (
     TrainState,
     create_seed_train_states,
@@ -99,6 +99,7 @@ class SeedRun:
       epoch_metrics: the fetched step metrics of the current epoch (since the run started).
       resumed_losses: the losses of the current epoch's steps before a resume, from the save.
       train_fraction: its training split's tumour pixel fraction, once `tumour_fraction` read it.
+      clock: how long it has trained (``wall_s`` of its rows and saves).
     """
 
     config: ml_collections.ConfigDict
@@ -112,6 +113,7 @@ class SeedRun:
     epoch_metrics: list[dict] = dataclasses.field(default_factory=list)
     resumed_losses: list[float] = dataclasses.field(default_factory=list)
     train_fraction: float | None = None
+    clock: RunClock = dataclasses.field(default_factory=RunClock)
 
     def tumour_fraction(self) -> float | None:
         """The training split's tumour pixel fraction if the prior is ``"auto"``, else None.
@@ -127,26 +129,32 @@ class SeedRun:
         return self.train_fraction
 
     def restore_history(self, meta: dict[str, Any]) -> None:
-        """Takes the history, best mIoU and epoch so far of a restored save (or a new run's)."""
+        """Takes the history, best mIoU, epoch and seconds of a restored save (or a new run's)."""
         self.writer.history = list(meta["history"])
         self.best_miou = -math.inf if meta["best_miou"] is None else meta["best_miou"]
         # Saves from before the epoch's losses were kept resume the epoch's mean from the resume.
         self.resumed_losses = list(meta.get("epoch_losses", []))
+        self.clock.before = float(meta.get("wall_s") or 0.0)
 
     def meta(self) -> dict[str, Any]:
-        """What a save holds besides the state: history, best mIoU, the epoch's losses so far.
+        """What a save holds besides the state: history, best mIoU, epoch losses, ``wall_s``.
 
         The losses let a run resumed mid-epoch write that epoch's ``train_loss`` as the
         uninterrupted run does (float32 values, kept exactly as JSON numbers).
         """
         best = None if self.best_miou == -math.inf else self.best_miou
         losses = self.resumed_losses + [float(m["loss"]) for m in self.epoch_metrics]
-        return {"history": self.writer.history, "best_miou": best, "epoch_losses": losses}
+        return {
+            "history": self.writer.history,
+            "best_miou": best,
+            "epoch_losses": losses,
+            "wall_s": self.clock.seconds(),
+        }
 
     def close_epoch(
         self, state: TrainState, run: RunSetup, step: int, elapsed: float, *, evaluate: bool
     ) -> bool:
-        """Writes this run's epoch row, validating it when due.
+        """Writes this run's epoch row, validating it when due; its ``wall_s`` is read last.
 
         Returns:
           Whether the validation mIoU improved on the best so far.
@@ -167,6 +175,7 @@ class SeedRun:
             row.update(val_loss=val["loss"], val_miou=val["miou"], val_dice=val["dice"])
             improved = row["val_miou"] > self.best_miou
             self.best_miou = max(self.best_miou, row["val_miou"])
+        row["wall_s"] = self.clock.seconds()
         self.writer.write(row)
         if jax.process_index() == 0:
             logging.info(

@@ -41,7 +41,12 @@ from bts_jax.workdir.lock import (
     lock_holder,
     prepare_workdir,
 )
-from bts_jax.workdir.metrics_log import MetricLogger, read_metrics
+from bts_jax.workdir.metrics_log import (
+    MEASURED_FIELDS,
+    MetricLogger,
+    read_metrics,
+    without_measured,
+)
 from bts_jax.workdir.split_file import read_split_file, recorded_split_ids, write_split_file
 from bts_jax.workdir.weights import (
     EMA_WEIGHTS,
@@ -61,6 +66,7 @@ __all__ = [
     "SAFE_CHANGES",
     "ConfigChange",
     "ConfigChangedError",
+    "MEASURED_FIELDS",
     "MetricLogger",
     "WorkdirLock",
     "WorkdirLockedError",
@@ -94,6 +100,7 @@ __all__ = [
     "seed_workdir",
     "seed_workdirs_in",
     "weights_name",
+    "without_measured",
     "write_environment",
     "write_split_file",
 ]

@@ -7,6 +7,12 @@ import os
 from bts_jax import jsonio
 from bts_jax.workdir.layout import METRICS_CSV, METRICS_JSONL, TENSORBOARD_DIR
 
+# The fields of an epoch's row that are measured, not computed: they differ between any two runs
+# of one config (on one machine too), so every reproducibility check leaves them out.
+# ``train_images_per_s``: the epoch's training throughput; ``wall_s``: seconds since the run
+# started training (set-up and compilation included), summed over its sittings.
+MEASURED_FIELDS = ("train_images_per_s", "wall_s")
+
 
 class MetricLogger:
     """Writes per-epoch metrics to JSON lines, CSV and TensorBoard; silent on processes != 0.
@@ -65,3 +71,15 @@ def read_metrics(workdir: str | os.PathLike) -> list[dict]:
     """
     path = os.path.join(os.fspath(workdir), METRICS_JSONL)
     return jsonio.read_jsonl(path) if os.path.isfile(path) else []
+
+
+def without_measured(rows: list[dict]) -> list[dict]:
+    """The rows of ``metrics.jsonl`` without their `MEASURED_FIELDS`: what two runs must share.
+
+    Args:
+      rows: per-epoch rows (`read_metrics`).
+
+    Returns:
+      New rows, every other key kept.
+    """
+    return [{k: v for k, v in row.items() if k not in MEASURED_FIELDS} for row in rows]
