@@ -139,6 +139,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.ema_start_step = 0  # until this optimiser step the average equals the weights
 
     config.checkpoint = ml_collections.ConfigDict()
+    # The latest saves kept in checkpoints/; 0 keeps every one (each can be scored afterwards,
+    # e.g. evaluate.py --which=step:N, benchmarks/quality_vs_compute.py).
     config.checkpoint.max_to_keep = 3
     config.checkpoint.every_steps = 0  # 0 = at the end of every epoch
 

@@ -66,6 +66,14 @@ def test_shared_definitions_parse_and_mark_required_flags():
         cli_flags.define_workdirs_flag()
         registry(["prog", "--workdir=a,b"])
         assert registry.workdir == ["a", "b"]
+    with defined_flags() as registry:
+        cli_flags.define_which_flag()
+        cli_flags.define_data_dir_flag("Folder.", "d")
+        registry(["prog", "--which=step:1536"])
+        assert (registry.which, registry.data_dir) == ("step:1536", "d")
+        registry.unparse_flags()
+        with pytest.raises(flags.IllegalFlagValueError, match="best, latest or step:N"):
+            registry(["prog", "--which=last"])
 
 
 def test_benchmark_flags_belong_to_the_script_that_defines_them():

@@ -35,11 +35,9 @@ def define_flags() -> None:
     cli_flags.define_prediction_flags()
     cli_flags.define_split_flag()
     cli_flags.define_output_dir_flag("Folder for the JSON/CSV of a settings evaluation.")
-    flags.DEFINE_string(
-        "data_dir",
-        None,
+    cli_flags.define_data_dir_flag(
         "Score on this labelled folder (images/, masks/, optional metadata.csv) at each image's "
-        "own size, instead of a split of the training data.",
+        "own size, instead of a split of the training data."
     )
 
 

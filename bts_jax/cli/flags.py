@@ -19,7 +19,9 @@ FLAGS = flags.FLAGS
 # them), as if it had defined them itself.
 flags.disclaim_key_flags()
 
-CHECKPOINT_HELP = "Checkpoint: best validation mIoU or latest."
+CHECKPOINT_HELP = (
+    "Checkpoint: best (validation mIoU), latest, or step:N (a save kept in checkpoints/)."
+)
 
 
 def define_config_flag(help_text: str, default: str | None = None, *, lock: bool = False) -> None:
@@ -95,6 +97,16 @@ def define_output_dir_flag(help_text: str) -> None:
     flags.DEFINE_string("output_dir", None, help_text)
 
 
+def define_data_dir_flag(help_text: str, default: str | None = None) -> None:
+    """``--data_dir``: a labelled folder to score on (images/, masks/, optional metadata.csv).
+
+    Args:
+      help_text: what the program does with it.
+      default: the folder used without the flag (None: none).
+    """
+    flags.DEFINE_string("data_dir", default, help_text)
+
+
 def define_batch_size_flag(default: int = 8) -> None:
     """``--batch_size``: images per forward pass of a prediction.
 
@@ -115,8 +127,18 @@ def define_num_images_flag(default: int, help_text: str) -> None:
 
 
 def define_which_flag() -> None:
-    """``--which``: the best or the latest checkpoint."""
-    flags.DEFINE_enum("which", "best", ["best", "latest"], CHECKPOINT_HELP)
+    """``--which``: the best or the latest checkpoint, or a kept save by its step."""
+    from bts_jax.workdir import check_which  # Where the forms a save is named by live.
+
+    flags.DEFINE_string("which", "best", CHECKPOINT_HELP)
+
+    def valid(value: str) -> bool:
+        try:
+            return bool(check_which(value))
+        except ValueError:
+            return False
+
+    flags.register_validator("which", valid, "--which: best, latest or step:N (N a kept step)")
 
 
 def define_tta_flags(*, baked: bool = False) -> None:

@@ -74,7 +74,7 @@ def save_split_predictions(
       output_dir: where to write ``<id>.png``; default ``workdir/predictions``.
       num_images: how many images of the split (fewer if the split is smaller).
       split: "validation" or "train".
-      which: checkpoint, "best" or "latest".
+      which: checkpoint, "best", "latest" or "step:N".
 
     Returns:
       The written paths, in split order.
@@ -111,7 +111,7 @@ def compare_workdirs(
       num_images: rows of the figure (fewer if the split is smaller).
       names: the two column titles; default the workdirs' folder names.
       split: "validation" or "train".
-      which: checkpoint of both models, "best" or "latest".
+      which: checkpoint of both models, "best", "latest" or "step:N".
 
     Returns:
       ``output_path``.

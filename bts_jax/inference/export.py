@@ -201,7 +201,7 @@ def export_workdirs(
       workdirs: a directory written by ``train.py``, or several (probabilities averaged; see
         `bts_jax.inference.load_members`).
       output_dir: the folder to write (created if needed).
-      which: checkpoint, "best" or "latest".
+      which: checkpoint, "best", "latest" or "step:N".
       tta: TTA baked into the exported function.
       threshold: the decision threshold recorded for one-logit models.
       platforms: lowering platforms of both artifacts.

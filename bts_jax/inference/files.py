@@ -187,7 +187,7 @@ def predict_files(
       inputs: a folder (its .png/.jpg/.jpeg/.bmp/.tif/.tiff files, not recursive), a file, or a
         list of folders and files. Files given by name are read whatever their extension.
       output_dir: output folder (created if needed).
-      which: checkpoint to use, "best" or "latest".
+      which: checkpoint to use, "best", "latest" or "step:N".
       batch_size: images per forward pass.
       settings: TTA, threshold and post-processing (default: none of them, threshold 0.5).
       save_probabilities: None, "png" or "npy".

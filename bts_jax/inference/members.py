@@ -53,7 +53,7 @@ def load_members(
 
     Args:
       workdirs: a workdir or a list of them (seeds or folds of one sweep).
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
 
     Returns:
       ``(config, members)``: the first workdir's config and one ``(model, variables)`` per
@@ -80,7 +80,7 @@ def member_records(workdirs: Sequence[str | os.PathLike], which: str) -> list[di
 
     Args:
       workdirs: the members.
-      which: their checkpoint choice, "best" or "latest".
+      which: their checkpoint choice, "best", "latest" or "step:N".
 
     Returns:
       One ``{"workdir" (absolute), "which", "step", "weights"}`` per workdir; ``weights`` is

@@ -77,7 +77,7 @@ def evaluate_settings(
       workdirs: a workdir or several (see `bts_jax.inference.load_members`).
       settings: the combinations of TTA, threshold and post-processing to score.
       split: "validation", "test" or "train".
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
 
     Returns:
       One `bts_jax.evaluation.Evaluation` per settings, in order, with the metrics of
@@ -122,7 +122,7 @@ def evaluate_predictions(
     Args:
       workdirs: a workdir or several (see `bts_jax.inference.load_members`).
       split: "validation", "test" or "train".
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
       settings: TTA, threshold and post-processing (default: none, threshold 0.5).
 
     Returns:
@@ -151,7 +151,7 @@ def evaluate_examples(
     Args:
       workdirs: a workdir or several (an ensemble; see `bts_jax.inference.load_members`).
       examples: the images and masks (files or encoded bytes), e.g. a folder's.
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
       settings: TTA, threshold and post-processing (default: none, threshold 0.5).
       batch_size: images per forward pass.
 
@@ -210,7 +210,7 @@ def evaluate_folder(
     Args:
       workdirs: a workdir or several (an ensemble; see `bts_jax.inference.load_members`).
       data_dir: the labelled folder.
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
       settings: TTA, threshold and post-processing (default: none, threshold 0.5).
       batch_size: images per forward pass.
 
@@ -326,7 +326,7 @@ def score_split(
     Args:
       workdirs: one workdir or several (an ensemble).
       split: "validation", "test" or "train".
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
       settings: TTA, threshold and post-processing (default: none, threshold 0.5).
       output_dir: where a settings evaluation goes; default the first workdir.
 
@@ -372,7 +372,7 @@ def score_examples(
       examples: the labelled images.
       directory: where the files go.
       name: the evaluation's name (``external_test``, ``folder_<settings tag>``).
-      which: checkpoint of each, "best" or "latest".
+      which: checkpoint of each, "best", "latest" or "step:N".
       settings: TTA, threshold and post-processing (default: none, threshold 0.5).
       batch_size: images per forward pass.
       record: more entries of the JSON (where the images came from, how they were predicted).

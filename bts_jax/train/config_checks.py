@@ -40,7 +40,7 @@ def _check_seeds(config: Any, device_count: int, process_count: int) -> None:
             f"num_seeds that divides the device count) and the data axis {data_devices}. Change "
             "config.batch_size or config.num_seeds."
         )
-    if int(config.checkpoint.max_to_keep) < 2:
+    if 0 < int(config.checkpoint.max_to_keep) < 2:  # 0 keeps every save
         raise ValueError(
             f"config.checkpoint.max_to_keep={config.checkpoint.max_to_keep} must be >= 2 with "
             f"config.num_seeds={num_seeds}: a run killed between its seeds' saves of one step "

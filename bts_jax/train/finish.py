@@ -155,7 +155,7 @@ def evaluate_checkpoint(
       config: the run's config.
       workdir: the run's directory.
       split: the split to evaluate ("validation", "test" or "train").
-      which: "best" or "latest" (see `bts_jax.workdir.resolve_checkpoint`).
+      which: "best", "latest" or "step:N" (see `bts_jax.workdir.resolve_checkpoint`).
       run: an existing RunSetup to reuse compiled steps; built from ``config`` when None.
       pipeline: an existing input pipeline; built from ``config`` when None.
 

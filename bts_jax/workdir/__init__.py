@@ -8,6 +8,7 @@ writable and single-writer; `checkpoints` saves and restores Orbax checkpoints; 
 
 from bts_jax.workdir.checkpoints import (
     CHECKPOINT_CHOICES,
+    check_which,
     checkpoint_managers,
     latest_saved_step,
     load_trained_model,
@@ -15,6 +16,7 @@ from bts_jax.workdir.checkpoints import (
     restore_checkpoint,
     restore_train_state,
     save_checkpoint,
+    saved_steps,
 )
 from bts_jax.workdir.configs import (
     SAFE_CHANGES,
@@ -72,6 +74,7 @@ __all__ = [
     "WorkdirLockedError",
     "WorkdirNotWritableError",
     "check_config",
+    "check_which",
     "checkpoint_managers",
     "describe_weights",
     "diff_configs",
@@ -97,6 +100,7 @@ __all__ = [
     "restore_train_state",
     "save_checkpoint",
     "save_config",
+    "saved_steps",
     "seed_workdir",
     "seed_workdirs_in",
     "weights_name",

@@ -1,14 +1,14 @@
 """A workdir's Orbax checkpoints, and the one rule for which one to use.
 
-``checkpoints/`` holds the latest ``config.checkpoint.max_to_keep`` saves, ``best/`` the one save
-with the highest validation mIoU. Each save holds the whole train state (``state``) and a small
-JSON (``meta``: the metric history and the best mIoU so far, NaN written as ``null``), so a run
-resumes exactly. Orbax writes a save into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
-complete; such folders, left by a killed run, are never restored (Orbax skips them by name) and
-are deleted when the next run opens the workdir. Inference restores only ``params``,
-``batch_stats``, ``step`` and (for a run with ``config.ema_decay > 0``) ``ema`` of a save, on the
-default device, whatever the device layout of training was, and uses the weights
-`bts_jax.workdir.evaluated_variables` chooses.
+``checkpoints/`` holds the latest ``config.checkpoint.max_to_keep`` saves (0: every one), ``best/``
+the one save with the highest validation mIoU. Each save holds the whole train state (``state``) and
+a small JSON (``meta``: the metric history, the best mIoU and the seconds trained so far, NaN
+written as ``null``), so a run resumes exactly. Orbax writes a save into
+``<step>.orbax-checkpoint-tmp-*`` and renames it when complete; such folders, left by a killed run,
+are never restored (Orbax skips them by name) and are deleted when the next run opens the workdir.
+Inference restores only ``params``, ``batch_stats``, ``step`` and (for a run with
+``config.ema_decay > 0``) ``ema`` of a save, on the default device, whatever the device layout of
+training was, and uses the weights `bts_jax.workdir.evaluated_variables` chooses.
 """
 
 from __future__ import annotations
@@ -32,6 +32,8 @@ from bts_jax.workdir.layout import BEST_DIR, CONFIG_FILE, LATEST_DIR
 from bts_jax.workdir.weights import describe_weights, ema_enabled, evaluated_variables
 
 CHECKPOINT_CHOICES = ("best", "latest")
+# A kept save by its step: "step:1536" (one of `saved_steps`).
+STEP_PREFIX = "step:"
 
 
 def checkpoint_managers(
@@ -53,7 +55,9 @@ def checkpoint_managers(
     latest = ocp.CheckpointManager(
         os.path.join(root, LATEST_DIR),
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=config.checkpoint.max_to_keep, create=True
+            # 0 keeps every save (Orbax's None), to score the run at each of them later.
+            max_to_keep=int(config.checkpoint.max_to_keep) or None,
+            create=True,
         ),
     )
     best = ocp.CheckpointManager(
@@ -169,28 +173,67 @@ def _latest_step(directory: str) -> int | None:
         return manager.latest_step()
 
 
+def saved_steps(workdir: str | os.PathLike) -> list[int]:
+    """The steps of a workdir's complete saves in ``checkpoints/``, oldest first.
+
+    ``config.checkpoint.max_to_keep`` says how many a run keeps (0 keeps every one), so a run can
+    be scored at each of its epochs afterwards (``which="step:N"``).
+
+    Args:
+      workdir: the run's directory.
+
+    Returns:
+      The steps; empty when it holds none.
+    """
+    directory = os.path.join(os.path.abspath(os.fspath(workdir)), LATEST_DIR)
+    if not os.path.isdir(directory):
+        return []
+    with ocp.CheckpointManager(directory) as manager:
+        return sorted(int(step) for step in manager.all_steps())
+
+
+def check_which(which: str) -> str:
+    """``which`` itself if it names a save ("best", "latest" or "step:N", N >= 0).
+
+    Raises:
+      ValueError: anything else, with the accepted forms.
+    """
+    step = which[len(STEP_PREFIX) :] if which.startswith(STEP_PREFIX) else None
+    if which in CHECKPOINT_CHOICES or (step is not None and step.isdigit()):
+        return which
+    raise ValueError(
+        f"which={which!r}; expected one of {CHECKPOINT_CHOICES} or 'step:N' (a kept save's step)."
+    )
+
+
 def resolve_checkpoint(workdir: str | os.PathLike, which: str = "best") -> tuple[str, int]:
     """The one rule for which save of a workdir to use.
 
     ``"latest"`` is the newest save in ``checkpoints/``. ``"best"`` is the save in ``best/`` (the
     highest validation mIoU); a run that never evaluated has none, and then the latest save is
-    used, with a logged warning.
+    used, with a logged warning. ``"step:N"`` is the save of step N in ``checkpoints/``.
 
     Args:
       workdir: a directory written by ``train.py``.
-      which: "best" or "latest".
+      which: "best", "latest" or "step:N" (`check_which`).
 
     Returns:
       ``(checkpoint directory, step)``.
 
     Raises:
-      ValueError: ``which`` is neither "best" nor "latest".
-      FileNotFoundError: the workdir holds no save at all.
+      ValueError: ``which`` names no kind of save.
+      FileNotFoundError: the workdir holds no save at all, or none of step N (the kept steps named).
     """
-    if which not in CHECKPOINT_CHOICES:
-        raise ValueError(f"which={which!r}; expected one of {CHECKPOINT_CHOICES}.")
+    check_which(which)
     root = os.path.abspath(os.fspath(workdir))
     latest_dir, best_dir = os.path.join(root, LATEST_DIR), os.path.join(root, BEST_DIR)
+    if which.startswith(STEP_PREFIX):
+        step, kept = int(which[len(STEP_PREFIX) :]), saved_steps(workdir)
+        if step not in kept:
+            raise FileNotFoundError(
+                f"No save of step {step} in {latest_dir} (kept steps: {kept or 'none'})."
+            )
+        return latest_dir, step
     if which == "best":
         step = _latest_step(best_dir)
         if step is not None:
@@ -210,7 +253,7 @@ def restore_train_state(workdir: str | os.PathLike, target: Any, which: str = "b
     Args:
       workdir: a directory written by ``train.py``.
       target: the abstract state (shapes, dtypes, shardings) to restore into.
-      which: "best" or "latest".
+      which: "best", "latest" or "step:N".
 
     Returns:
       The restored TrainState.
@@ -253,7 +296,7 @@ def load_trained_model(
 
     Args:
       workdir: a directory written by ``train.py``.
-      which: "best" or "latest" (see `resolve_checkpoint`).
+      which: "best", "latest" or "step:N" (see `resolve_checkpoint`).
 
     Returns:
       ``(config, model, variables)``: the run's config, the unbound model, and the evaluated
