@@ -7,6 +7,8 @@ from `bts_jax.cli.flags`, so each flag name has one definition in the repository
 (``tests/test_architecture.py`` checks it).
 """
 
+import os
+
 from absl import flags
 
 from bts_jax.cli import flags as cli_flags
@@ -44,3 +46,26 @@ def define_image_size_flag(default: int, help_text: str) -> None:
       help_text: how the script uses it.
     """
     flags.DEFINE_integer("image_size", default, help_text)
+
+
+# The shared folder beside the repository, and the share of each tumour type's last ids held out
+# (the same as tools/make_sample_128.py's, which bundles only ids before those blocks).
+SHARED_DATA_DIR = os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    "..",
+    "shared",
+    "data",
+    "figshare_brain_tumor",
+)
+HELDOUT_FRACTION = 0.15
+
+
+def define_heldout_flags() -> None:
+    """``--data_dir``, ``--heldout_fraction``, ``--max_images``: the held-out patients scored.
+
+    The last ``--heldout_fraction`` of each tumour type's ids of the folder, minus the bundled
+    samples' ids (`bts_jax.data.splits.heldout_block`), ``--max_images`` of them evenly spaced.
+    """
+    cli_flags.define_data_dir_flag("The figshare folder (Kaggle layout).", SHARED_DATA_DIR)
+    flags.DEFINE_float("heldout_fraction", HELDOUT_FRACTION, "Each type's last ids held out.")
+    flags.DEFINE_integer("max_images", 0, "Score this many, evenly spaced (0 = every one).")

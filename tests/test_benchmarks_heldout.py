@@ -50,6 +50,10 @@ def test_check_unseen_refuses_a_run_that_saw_a_heldout_id(tmp_path, capsys):
     heldout_quickstart.check_unseen(str(tmp_path), {"3"})
     with pytest.raises(ValueError, match="validation split"):
         heldout_quickstart.check_unseen(str(tmp_path), {"3", "7"})
+    # A run's own test split is never trained or selected on (a run on the whole folder).
+    with open(tmp_path / "data_split.json", "w") as f:
+        json.dump({"train": ["1", "2"], "validation": ["4"], "test": ["7", "8"]}, f)
+    heldout_quickstart.check_unseen(str(tmp_path), {"7", "8"})
 
 
 def test_script_without_the_folder_says_so_in_one_line(tmp_path, capsys):
