@@ -136,7 +136,7 @@ def build_step(config):
     from bts_jax.models import build_model
     from bts_jax.sharding import make_global_batch, make_mesh
     from bts_jax.train.optim import create_learning_rate_schedule, create_optimizer
-    from bts_jax.train.state import create_train_state
+    from bts_jax.train.state import create_train_state, prior_fraction
     from bts_jax.train.steps import make_train_step
 
     mesh = make_mesh(jax.devices()[:1])
@@ -144,7 +144,9 @@ def build_step(config):
     # The schedule's numbers do not change the compiled program, only its constants.
     schedule = create_learning_rate_schedule(config.optimizer, 100, 100 * config.num_epochs)
     optimizer = create_optimizer(config.optimizer, schedule)
-    state = create_train_state(config, model, optimizer, mesh)
+    state = create_train_state(
+        config, model, optimizer, mesh, train_fraction=prior_fraction(config)
+    )
     rng = np.random.default_rng(0)
     b, s = int(config.batch_size), int(config.data.image_size)
     batch = {

@@ -23,7 +23,7 @@ from absl import app, flags
 from bts_jax import train as train_lib
 from bts_jax.config_tools import apply_overrides
 from bts_jax.sharding import make_global_batch
-from bts_jax.train.state import create_train_state
+from bts_jax.train.state import create_train_state, prior_fraction
 
 FLAGS = flags.FLAGS
 bench_flags.define_config_flag("configs/quickstart.py")
@@ -65,7 +65,10 @@ class Timed:
 
     def __init__(self, config):
         self.run = train_lib.setup_run(config)
-        self.state = create_train_state(config, self.run.model, self.run.optimizer, self.run.mesh)
+        run, fraction = self.run, prior_fraction(config)
+        self.state = create_train_state(
+            config, run.model, run.optimizer, run.mesh, train_fraction=fraction
+        )
         pipeline = train_lib.make_input_pipeline(config)
         self.batches = iter(pipeline.train_batches(start_step=0))
         first = make_global_batch(next(self.batches), self.run.mesh)

@@ -44,7 +44,7 @@ from absl import app, flags
 
 from bts_jax import train as train_lib
 from bts_jax.sharding import make_global_batch, make_seed_batch
-from bts_jax.train.state import create_seed_train_states, create_train_state
+from bts_jax.train.state import create_seed_train_states, create_train_state, prior_fraction
 
 FLAGS = flags.FLAGS
 bench_flags.define_config_flag("configs/quickstart.py")
@@ -94,13 +94,19 @@ def together(config, num_seeds: int, batches: list[dict]) -> tuple[float, float]
     config.num_seeds = num_seeds
     run = train_lib.setup_run(config)
     if num_seeds == 1:
-        state = create_train_state(config, run.model, run.optimizer, run.mesh)
+        state = create_train_state(
+            config, run.model, run.optimizer, run.mesh, train_fraction=prior_fraction(config)
+        )
 
         def make_batch(batch):
             return make_global_batch(batch, run.mesh)
 
     else:
-        state = create_seed_train_states(config, run.model, run.optimizer, run.mesh)
+        # The seeds of one config train on one split: one fraction for all.
+        fractions = None if prior_fraction(config) is None else [prior_fraction(config)] * num_seeds
+        state = create_seed_train_states(
+            config, run.model, run.optimizer, run.mesh, train_fractions=fractions
+        )
 
         def make_batch(batch):
             return make_seed_batch([batch] * num_seeds, run.mesh)
@@ -121,7 +127,10 @@ class OneByOne:
     def __init__(self, config, batch: dict):
         self.config = config
         self.run = train_lib.setup_run(config)
-        self.initial = create_train_state(config, self.run.model, self.run.optimizer, self.run.mesh)
+        run, fraction = self.run, prior_fraction(config)
+        self.initial = create_train_state(
+            config, run.model, run.optimizer, run.mesh, train_fraction=fraction
+        )
         _, self.compiled = compile_step(self.run.train_fn, self.initial, self.make_batch, batch)
 
     def make_batch(self, batch: dict) -> dict:

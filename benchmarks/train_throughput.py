@@ -22,7 +22,7 @@ from absl import app, flags
 
 from bts_jax import train as train_lib
 from bts_jax.sharding import make_global_batch
-from bts_jax.train.state import create_train_state
+from bts_jax.train.state import create_train_state, prior_fraction
 
 FLAGS = flags.FLAGS
 bench_flags.define_config_flag("configs/default.py")
@@ -49,7 +49,9 @@ def main(argv):
         raise app.UsageError("--steps must be >= 1 and --warmup >= 0")
     config = FLAGS.config
     run = train_lib.setup_run(config)
-    state = create_train_state(config, run.model, run.optimizer, run.mesh)
+    state = create_train_state(
+        config, run.model, run.optimizer, run.mesh, train_fraction=prior_fraction(config)
+    )
     batches = batches_forever(config)
 
     start = time.perf_counter()

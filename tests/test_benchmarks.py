@@ -13,12 +13,16 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # helpers.SMALL_MODEL: the scripts' wiring is under test, so the smallest model that has them all.
 SMALL = ["--config.model.features=(4, 8)", "--config.data.image_size=16"]
+# The head's prior as the quickstart sets it: a script that builds its own train state must pass
+# the training split's tumour fraction, as training does.
+AUTO_PRIOR = "--config.model.output_bias_prior=auto"
 COMMANDS = {
     "train_throughput": [
         "benchmarks/train_throughput.py",
         "--config",
         "configs/test.py",
         *SMALL,
+        AUTO_PRIOR,
         "--steps=2",
         "--warmup=1",
     ],
@@ -42,6 +46,7 @@ COMMANDS = {
         "--config",
         "configs/test.py",
         "--config.model.features=(4, 8)",
+        AUTO_PRIOR,
         "--image_size=16",
         "--num_seeds=1,2",
         "--steps=2",
@@ -56,6 +61,7 @@ COMMANDS = {
         "--config.model.depthwise_impl=auto",
         "--config.model.features=(4, 8)",
         "--config.data.image_size=16",
+        AUTO_PRIOR,
         "--steps=1",
         "--warmup=0",
         "--top=3",
@@ -65,6 +71,7 @@ COMMANDS = {
         "--config",
         "configs/test.py",
         *SMALL,
+        AUTO_PRIOR,
         "--steps=1",
         "--warmup=0",
         "--rounds=1",

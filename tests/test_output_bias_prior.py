@@ -139,3 +139,20 @@ def test_the_command_line_sets_the_prior_and_the_norm(value, expected):
     flag_values(argv)
     assert flag_values.config.model.output_bias_prior == expected
     assert flag_values.config.model.norm == "batch(momentum=0.99)"
+
+
+def test_prior_fraction_is_what_create_train_state_needs():
+    # Code that builds a state outside the train loop (the benchmarks) gets the training split's
+    # fraction for "auto", and nothing to compute otherwise.
+    assert state_lib.prior_fraction(tiny_config()) is None
+    assert state_lib.prior_fraction(tiny_config(**{"model.output_bias_prior": 0.1})) is None
+    config = tiny_config(**{"model.output_bias_prior": "auto"})
+    fraction = state_lib.prior_fraction(config)
+    assert fraction == data_lib.tumour_pixel_fraction(config, "train") and 0 < fraction < 0.5
+    model = build_model(config.model)
+    optimizer = optax.adam(1e-3)
+    mesh = sharding.make_mesh(jax.devices()[:1])
+    with pytest.raises(ValueError, match="needs the training split's tumour pixel fraction"):
+        state_lib.create_train_state(config, model, optimizer, mesh)
+    state = state_lib.create_train_state(config, model, optimizer, mesh, train_fraction=fraction)
+    np.testing.assert_allclose(jax.nn.sigmoid(state.params["head"]["bias"]), [fraction], rtol=1e-5)

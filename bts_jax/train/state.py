@@ -162,6 +162,25 @@ def output_bias_prior(
     )
 
 
+def prior_fraction(config: ml_collections.ConfigDict, cache: Any = None) -> float | None:
+    """What `create_train_state` needs as ``train_fraction`` for this config (None if nothing).
+
+    The training split's tumour pixel fraction (`bts_jax.data.tumour_pixel_fraction`, training
+    masks only) when ``config.model.output_bias_prior`` is ``"auto"``; None for any other
+    setting, so that code building a state outside the train loop (the benchmarks) starts it as
+    training does.
+
+    Args:
+      config: experiment config.
+      cache: a `bts_jax.data.DataCache` to decode the split into (or None).
+    """
+    if config.model.get("output_bias_prior") != AUTO:
+        return None
+    from bts_jax import data as data_lib  # Only "auto" reads masks.
+
+    return data_lib.tumour_pixel_fraction(config, "train", cache)
+
+
 def output_bias_record(
     config: ml_collections.ConfigDict, num_classes: int, train_fraction: float | None = None
 ) -> dict[str, Any] | None:
