@@ -453,6 +453,11 @@ def test_environments_are_listed_and_differences_warned(tmp_path):
     assert "1 x cpu:cpu (AMD EPYC 9R14);" in provenance.describe(
         {**_environment(), "cpu": {"model": "AMD EPYC 9R14", "cores": 2}}
     )
+    # And its generation, where the record has it (two EPYC generations can share one name).
+    zen5 = {"model": "AMD EPYC", "cores": 2, "family": "26", "model_number": "2"}
+    assert "1 x cpu:cpu (AMD EPYC, family 26 model 2);" in provenance.describe(
+        {**_environment(), "cpu": zen5}
+    )
     (warning,) = summary["provenance"]["warnings"]
     assert "paper/seed_1" in warning and "versions.jax: 0.10.2 vs 0.10.3" in warning
     text = (tmp_path / report.REPORT_FILE).read_text()

@@ -54,6 +54,18 @@ def test_the_cpu_is_named_from_cpuinfo(tmp_path):
     }
     elsewhere = environment.cpu_description(str(tmp_path / "missing"))
     assert elsewhere["model"] == platform.processor()
+    # Two generations that share a model name differ in family and model numbers (Zen 4, Zen 5).
+    for family, number in (("25", "17"), ("26", "2")):
+        cpuinfo.write_text(
+            f"processor\t: 0\ncpu family\t: {family}\nmodel\t\t: {number}\n"
+            "model name\t: AMD EPYC\n\nprocessor\t: 1\ncpu family\t: 99\n"
+        )
+        assert environment.cpu_description(str(cpuinfo)) == {
+            "model": "AMD EPYC",
+            "cores": os.cpu_count(),
+            "family": family,
+            "model_number": number,
+        }
 
 
 def test_outside_a_checkout_the_code_is_the_installed_version(tmp_path):

@@ -39,8 +39,11 @@ def describe(record: dict[str, Any]) -> str:
     kinds = ", ".join(devices.get("kinds", [])) or "unknown devices"
     flags = record.get("xla_flags") or "none"
     # XLA:CPU's kernels, so its rounding, depend on the CPU model; records before it say nothing.
-    cpu = (record.get("cpu") or {}).get("model")
-    kinds += f" ({cpu})" if cpu else ""
+    cpu = record.get("cpu") or {}
+    name = cpu.get("model") or ""
+    if "family" in cpu:  # Records before it name the model only.
+        name += f", family {cpu['family']} model {cpu.get('model_number', '?')}"
+    kinds += f" ({name})" if name else ""
     data = record.get("data", {})
     fingerprints = ", ".join(
         f"{name} {data[name]['examples']} images ({data[name]['sha256'][:12]})"

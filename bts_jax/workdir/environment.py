@@ -77,26 +77,32 @@ def code_version(path: str | None = None) -> dict[str, Any]:
 
 
 def cpu_description(cpuinfo: str = "/proc/cpuinfo") -> dict[str, Any]:
-    """The host's CPU: its model name and logical core count.
+    """The host's CPU: its model name, family and model numbers, and logical core count.
 
-    XLA:CPU picks its kernels by the instruction sets it finds, so the same program can round
-    differently on another CPU model: the record says which one a run trained on.
+    XLA:CPU and oneDNN pick their kernels by the instruction sets they find, so the same program
+    can round differently on another CPU generation: the record says which one a run trained on.
+    The model name alone may not tell (two EPYC generations both read "AMD EPYC" on some hosts,
+    and trained the paper model differently: docs/results.md); the family and model numbers do.
 
     Args:
       cpuinfo: Linux's CPU description file (elsewhere `platform.processor()` is used).
 
     Returns:
-      ``{"model", "cores"}`` (``model`` empty when nothing names it).
+      ``{"model", "cores"}`` (``model`` empty when nothing names it), plus ``"family"`` and
+      ``"model_number"`` (as the file writes them) where the file gives them.
     """
-    model = ""
+    fields = {"model name": "model", "cpu family": "family", "model": "model_number"}
+    found: dict[str, str] = {}
     if os.path.isfile(cpuinfo):
         with open(cpuinfo, errors="replace") as f:
             for line in f:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
+                if not line.strip():  # The first processor's block is enough.
                     break
-    return {"model": model or platform.processor(), "cores": os.cpu_count()}
+                key, _, value = line.partition(":")
+                if key.strip() in fields:
+                    found.setdefault(fields[key.strip()], value.strip())
+    record = {"model": found.pop("model", "") or platform.processor(), "cores": os.cpu_count()}
+    return {**record, **found}
 
 
 def _file_signature(item: Any) -> tuple[str, int]:
