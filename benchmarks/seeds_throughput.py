@@ -103,7 +103,8 @@ def together(config, num_seeds: int, batches: list[dict]) -> tuple[float, float]
 
     else:
         # The seeds of one config train on one split: one fraction for all.
-        fractions = None if prior_fraction(config) is None else [prior_fraction(config)] * num_seeds
+        fraction = prior_fraction(config)
+        fractions = None if fraction is None else [fraction] * num_seeds
         state = create_seed_train_states(
             config, run.model, run.optimizer, run.mesh, train_fractions=fractions
         )

@@ -43,6 +43,7 @@ from bts_jax.train.state import (
     create_seed_train_states,
     create_train_state,
     output_bias_record,
+    prior_fraction,
     stack_train_states,
     unstack_train_state,
 )
@@ -120,12 +121,8 @@ class SeedRun:
 
         Only the training split's masks are read (`bts_jax.data.tumour_pixel_fraction`), once.
         """
-        if self.config.model.get("output_bias_prior") != "auto":
-            return None
         if self.train_fraction is None:
-            self.train_fraction = data_lib.tumour_pixel_fraction(
-                self.config, "train", self.pipeline.cache
-            )
+            self.train_fraction = prior_fraction(self.config, self.pipeline.cache)
         return self.train_fraction
 
     def restore_history(self, meta: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from bts_jax import data as data_lib
 from bts_jax.models.head import AUTO, check_output_bias_prior, output_bias, with_output_bias
 from bts_jax.sharding import SEED_AXIS
 from bts_jax.workdir.weights import ema_enabled, evaluated_variables
@@ -167,8 +168,8 @@ def prior_fraction(config: ml_collections.ConfigDict, cache: Any = None) -> floa
 
     The training split's tumour pixel fraction (`bts_jax.data.tumour_pixel_fraction`, training
     masks only) when ``config.model.output_bias_prior`` is ``"auto"``; None for any other
-    setting, so that code building a state outside the train loop (the benchmarks) starts it as
-    training does.
+    setting. The train loop (`bts_jax.train.seeds.SeedRun.tumour_fraction`) and code building a
+    state outside it (the benchmarks) both take it from here.
 
     Args:
       config: experiment config.
@@ -176,8 +177,6 @@ def prior_fraction(config: ml_collections.ConfigDict, cache: Any = None) -> floa
     """
     if config.model.get("output_bias_prior") != AUTO:
         return None
-    from bts_jax import data as data_lib  # Only "auto" reads masks.
-
     return data_lib.tumour_pixel_fraction(config, "train", cache)
 
 
